@@ -1,0 +1,127 @@
+"""The ``edit-plugins`` command line."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+@click.group()
+@click.version_option(package_name="edit-plugins")
+def main():
+    """Lifelong knowledge-editing plugins for EasyEdit."""
+
+
+@main.command()
+def plugins():
+    """List registered methods and diagnostics, and the plugin each came from."""
+    from . import easyedit_compat
+    from .plugins import pm, registry
+
+    reg = registry()
+    click.echo("Methods:")
+    for m in sorted(reg.methods.values(), key=lambda m: m.name):
+        click.echo(f"  {m.name:<10} {m.hparams_class.__name__:<22} from {m.plugin}")
+    click.echo("Diagnostics:")
+    for d in sorted(reg.diagnostics.values(), key=lambda d: d.name):
+        click.echo(f"  {d.name:<10} from {d.plugin}")
+    if not reg.diagnostics:
+        click.echo("  (none)")
+    click.echo("Plugins loaded: " + ", ".join(sorted(pm.get_name(p) or repr(p) for p in pm.get_plugins())))
+    if easyedit_compat.available():
+        version = "HEAD" if easyedit_compat.is_head() else "0.0.1.dev0"
+        click.echo(f"EasyEdit: installed ({version}); ALG_DICT has: "
+                   + ", ".join(n for n in reg.methods if n in easyedit_compat.alg_dict()))
+    else:
+        click.echo("EasyEdit: not installed (methods run through edit-plugins' own API)")
+
+
+@main.command()
+@click.option("--hparams", "hparams_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="EasyEdit-style hparams YAML (alg_name selects the method).")
+@click.option("--prompt", required=True, help='Prompt containing the subject, e.g. "The Eiffel Tower is in".')
+@click.option("--subject", required=True)
+@click.option("--target", "target_new", required=True, help="New target, e.g. Rome.")
+@click.option("--device", default=None, help="Override the hparams device: cpu, cuda, cuda:N, auto.")
+def edit(hparams_path, prompt, subject, target_new, device):
+    """Apply one edit and show the model's prediction before and after."""
+    import torch
+
+    from . import hparams as hparams_module
+    from .events import collect_events
+    from .models import load_model
+    from .plugins import get_method
+
+    hp = hparams_module.load(hparams_path)
+    if device:
+        hp.device = device
+    model, tok = load_model(hp.model_name, hp.device, hp.model_parallel)
+    request = {"prompt": prompt, "subject": subject, "target_new": target_new}
+
+    def predict():
+        ids = tok(prompt, return_tensors="pt").to(model.device)
+        with torch.no_grad():
+            return tok.decode(model(**ids).logits[0, -1].argmax())
+
+    before = predict()
+    with collect_events() as events:
+        get_method(hp.alg_name).apply(model, tok, [request], hp)
+    report = {"before": before, "after": predict(), **{k: v for e, _ in events for k, v in e.info.items()}}
+    click.echo(json.dumps(report, indent=2))
+
+
+def print_summary(summary: dict) -> None:
+    rows = [("method", summary["method"]), ("edits", f"{summary['edits_done']}/{summary['edits_planned']}")]
+    rows += [(f"immediate {k}", v) for k, v in summary["immediate"].items() if v is not None]
+    rows += [(f"final {k}", v) for k, v in summary["final_checkpoint"].items() if k != "step" and v is not None]
+    rows += [(f"S component {k}", v) for k, v in summary["S_components"].items() if v is not None]
+    rows += [("S (harmonic mean)", summary["S"])]
+    if summary.get("layer_histogram"):
+        rows.append(("layers chosen", " ".join(f"{k}:{v}" for k, v in summary["layer_histogram"].items())))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"  {key:<{width}}  {value:.3f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
+
+
+@main.command()
+@click.option("--hparams", "hparams_path", type=click.Path(exists=True, dir_okay=False),
+              help="EasyEdit-style hparams YAML (any registered method, or EasyEdit's own).")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False),
+              help="ZsRE (MEND format) or CounterFact (EasyEdit or ROME format) JSON file.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--resume", "resume", is_flag=False, flag_value="", default=None, metavar="[RUN_DIR]",
+              help="Continue a killed or stopped run (RUN_DIR, or the --out folder).")
+@click.option("--num-edits", type=int, default=None)
+@click.option("--start", type=int, default=0, help="Skip this many records first.")
+@click.option("--shuffle/--no-shuffle", default=False)
+@click.option("--seed", type=int, default=0)
+@click.option("--batch-size", type=int, default=1, help="Edits per apply call, for methods that batch.")
+@click.option("--checkpoints", default=None, help="Comma-separated steps (default 1,2,4,8,... and the last).")
+@click.option("--save-every", type=int, default=10, help="Save resumable state every K edits.")
+@click.option("--probe-data", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Never-edited facts for locality, in ROME's known_1000.json format.")
+@click.option("--num-probes", type=int, default=100)
+@click.option("--diagnostics", default="interference", help="Comma-separated diagnostics to run ('' for none).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def lifelong(hparams_path, data, out_dir, resume, num_edits, start, shuffle, seed, batch_size, checkpoints,
+             save_every, probe_data, num_probes, diagnostics, quiet):
+    """Stream edits with no rollback, re-check old ones at checkpoints; resumable after a kill."""
+    from .lifelong.runner import RunOptions, resume_lifelong, run_lifelong
+
+    if resume is not None:
+        summary = resume_lifelong(resume or out_dir, progress_bar=not quiet)
+    else:
+        if not hparams_path or not data:
+            raise click.UsageError("--hparams and --data are required (unless --resume)")
+        options = RunOptions(num_edits=num_edits, start=start, shuffle=shuffle, seed=seed, batch_size=batch_size,
+                             checkpoints=[int(s) for s in checkpoints.split(",")] if checkpoints else None,
+                             save_every=save_every, probe_data=probe_data, num_probes=num_probes,
+                             diagnostics=[d for d in diagnostics.split(",") if d])
+        summary = run_lifelong(hparams_path, data, out_dir, options=options, progress_bar=not quiet)
+    click.echo(f"Run folder: {out_dir if resume is None else (resume or out_dir)}")
+    print_summary(summary)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

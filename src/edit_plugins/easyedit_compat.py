@@ -1,0 +1,147 @@
+"""Everything that knows which EasyEdit version (if any) is installed lives here.
+
+Supported: PyPI ``easyeditor 0.0.1.dev0`` (transformers <= 4.55) and EasyEdit's GitHub HEAD
+(torch 2.9, transformers 5.x). The rest of the package asks this module, never easyeditor.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+from dataclasses import dataclass
+
+# "1" keeps edit-plugins from importing easyeditor at all (it then acts as if it were absent).
+NO_EASYEDIT_ENV = "EDIT_PLUGINS_NO_EASYEDIT"
+
+_base = None
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def easyeditor_module():
+    """The imported ``easyeditor`` package, or None where it is absent or does not import."""
+    if _env_true(NO_EASYEDIT_ENV):
+        return None
+    try:
+        if importlib.util.find_spec("easyeditor") is None:
+            return None
+        return importlib.import_module("easyeditor")
+    except Exception:  # a broken install (e.g. dev0 under transformers 5) counts as absent
+        return None
+
+
+def available() -> bool:
+    return easyeditor_module() is not None
+
+
+@dataclass
+class _StandaloneHyperParams:
+    """Stand-in for easyeditor's ``HyperParams`` where easyeditor is not installed."""
+
+
+def hyperparams_base() -> type:
+    """easyeditor's ``HyperParams`` dataclass where importable, else a stand-in."""
+    global _base
+    if _base is None:
+        _base = _StandaloneHyperParams
+        if easyeditor_module() is not None:
+            try:
+                _base = importlib.import_module("easyeditor.util.hparams").HyperParams
+            except Exception:
+                pass
+    return _base
+
+
+def alg_dict() -> dict:
+    # dev0's star imports rebind the attribute easyeditor.util, so never use attribute access.
+    return importlib.import_module("easyeditor.util.alg_dict").ALG_DICT
+
+
+def is_head() -> bool:
+    """EasyEdit HEAD has ``sequential_edit`` on ``BaseEditor.edit``; 0.0.1.dev0 does not."""
+    from easyeditor import BaseEditor
+
+    return "sequential_edit" in inspect.signature(BaseEditor.edit).parameters
+
+
+def _callable_restore_set():
+    try:
+        return importlib.import_module("easyeditor.editors.utils").CALLABLE_RESTORE_ALGS
+    except (ImportError, AttributeError):
+        return None  # dev0 has no editors/utils.py
+
+
+def register_methods(methods) -> list[str]:
+    """Add methods to ALG_DICT (mutating it) and, at HEAD, to the callable-restore set."""
+    table = alg_dict()
+    restore_set = _callable_restore_set()
+    added = []
+    for method in methods:
+        if table.get(method.name) is not method.apply:
+            table[method.name] = method.apply
+            added.append(method.name)
+        if method.restore == "callable" and restore_set is not None:
+            restore_set.add(method.name)
+    return added
+
+
+def foreign_methods() -> dict:
+    """EasyEdit's own methods (ROME, MEMIT, ...) as {name: apply_fn}; empty without easyeditor."""
+    if not available():
+        return {}
+    return dict(alg_dict())
+
+
+def foreign_hparams_class(alg_name: str):
+    """easyeditor's hparams class for one of its methods (``ROMEHyperParams`` for ROME, ...)."""
+    module = easyeditor_module()
+    candidates = [f"{alg_name}HyperParams", f"{alg_name.replace('-', '_')}HyperParams",
+                  f"{alg_name.capitalize()}HyperParams", f"{alg_name}Hparams"]
+    for name in candidates:
+        cls = getattr(module, name, None)
+        if cls is not None:
+            return cls
+    raise KeyError(f"easyeditor has no hparams class for alg_name {alg_name!r} (tried {candidates})")
+
+
+def prepare_for_sequential_use(alg_name: str, hparams) -> None:
+    """Per-method settings so that an EasyEdit method keeps its edits across apply calls."""
+    if alg_name == "WISE":
+        # HEAD's WISE keeps its side memory across calls only with this set in code.
+        hparams.sequential_edit = True
+
+
+def edit_kwargs(sequential: bool) -> dict:
+    """Keyword arguments for ``BaseEditor.edit`` that mean the same in both versions."""
+    return {"sequential_edit": sequential} if is_head() else {"keep_original_weight": not sequential}
+
+
+def compute_edit_quality(model, model_name, hparams, tok, record, device):
+    from easyeditor.evaluate import compute_edit_quality as easyedit_quality
+
+    return easyedit_quality(model, model_name, hparams, tok, record, device)
+
+
+def weights_copy_for_caller(weights_copy: dict, keep_original_weight: bool) -> dict:
+    """What an apply function returns as ``weights_copy``.
+
+    0.0.1.dev0 restores whatever is returned, so edits stay only if we return {} when
+    ``keep_original_weight`` is False. HEAD always passes False and decides itself (via
+    ``sequential_edit``) whether to restore, so it must always get the originals.
+    """
+    if not keep_original_weight and available() and not is_head():
+        return {}
+    return weights_copy
+
+
+def sequential_apply_kwargs() -> dict:
+    """Apply-function arguments under which the edit stays in the model and the originals come back.
+
+    dev0 returns the originals only when ``keep_original_weight`` is True (it never restores them
+    itself inside the apply function); HEAD always returns them with ``return_orig_weights``.
+    """
+    head_or_absent = not available() or is_head()
+    return {"copy": False, "return_orig_weights": True, "keep_original_weight": not head_or_absent}

@@ -1,0 +1,168 @@
+"""Second-moment statistics C = E[k kᵀ] of FFN output-projection inputs, with ROME's .npz cache.
+
+Cache layout (shared with ROME/MEMIT/EasyEdit, so stats users already have are reused):
+``{stats_dir}/{model_key}/{ds_name}_stats/{module_name}_{precision}_mom2_{n_samples}.npz``
+holding ``mom2.count`` and ``mom2.mom2`` (the *sum* of k kᵀ).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .keys import capture_inputs, run_until_captured
+from .layers import input_device
+
+SELF_SOURCE = "self"  # offline: text the model samples itself (slow: autoregressive sampling)
+PYDOC_SOURCE = "pydoc"  # offline default: the English documentation text bundled with CPython
+
+
+class StatisticsError(ValueError):
+    pass
+
+
+def dataset_name(source: str) -> str:
+    if source == SELF_SOURCE:
+        return "self_generated"
+    path = Path(source)
+    return path.stem if path.suffix else source
+
+
+def cache_path(stats_dir, model_key: str, source: str, module: str, n_samples: int, precision="float32") -> Path:
+    return (Path(stats_dir) / model_key.replace("/", "_") / f"{dataset_name(source)}_stats"
+            / f"{module}_{precision}_mom2_{n_samples}.npz")
+
+
+def pydoc_texts(chunk_chars: int = 1000) -> list[str]:
+    """CPython's bundled documentation (``pydoc_data.topics``) cut into ~1000-character documents."""
+    from pydoc_data.topics import topics
+
+    texts = []
+    for _, topic in sorted(topics.items()):
+        chunk = ""
+        for paragraph in topic.split("\n\n"):
+            paragraph = " ".join(paragraph.split())
+            if not paragraph:
+                continue
+            chunk = f"{chunk}\n\n{paragraph}" if chunk else paragraph
+            if len(chunk) >= chunk_chars:
+                texts.append(chunk)
+                chunk = ""
+        if chunk:
+            texts.append(chunk)
+    return texts
+
+
+def _read_texts(source: str, n_samples: int) -> list[str]:
+    if source == PYDOC_SOURCE:
+        return pydoc_texts()[:n_samples]
+    path = Path(source)
+    if path.suffix in (".txt", ".jsonl", ".json"):
+        if not path.is_file():
+            raise StatisticsError(f"mom2_dataset: text file {source!r} does not exist")
+        if path.suffix == ".txt":
+            texts = [p.strip() for p in path.read_text().split("\n\n") if p.strip()]
+        else:
+            lines = path.read_text().splitlines() if path.suffix == ".jsonl" else None
+            records = [json.loads(l) for l in lines if l.strip()] if lines is not None else json.loads(path.read_text())
+            texts = [r["text"] if isinstance(r, dict) else str(r) for r in records]
+        if not texts:
+            raise StatisticsError(f"mom2_dataset: {source!r} holds no text")
+        return texts[:n_samples]
+    try:
+        import datasets
+    except ImportError:
+        raise StatisticsError(
+            f"mom2_dataset {source!r} is neither 'self' nor a .txt/.jsonl file; loading it as a Hugging Face "
+            "dataset needs `pip install datasets` and network access"
+        ) from None
+    name, _, config = source.partition(":")
+    ds = datasets.load_dataset(name, config or None, split="train", streaming=True)
+    return [row["text"] for _, row in zip(range(n_samples), ds)]
+
+
+def self_generated_texts(model, tok, n_samples: int, length: int = 64, batch: int = 32, seed: int = 1234) -> list[list[int]]:
+    """Token sequences sampled from the model itself (temperature 1). Deterministic for a seed."""
+    start = tok.bos_token or tok.eos_token
+    device = input_device(model)
+    out = []
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), torch.no_grad():
+        torch.manual_seed(seed)
+        for first in tqdm(range(0, n_samples, batch), desc="sampling text for C", leave=False):
+            count = min(batch, n_samples - first)
+            ids = tok([start] * count, return_tensors="pt", add_special_tokens=False).input_ids.to(device)
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
+                                 max_new_tokens=length, min_new_tokens=length,
+                                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+            out.extend(row.tolist() for row in gen)
+    return out
+
+
+@torch.no_grad()
+def second_moments(model, tok, modules: list[str], *, source: str = PYDOC_SOURCE, n_samples: int = 1000,
+                   stats_dir="data/stats", model_key: str = "model", max_tokens: int = 256,
+                   batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """C for each module (float32, on the CPU), computed in one pass over the text for all uncached ones."""
+    result, missing = {}, []
+    for module in modules:
+        path = cache_path(stats_dir, model_key, source, module, n_samples)
+        if path.is_file():
+            data = np.load(path)
+            result[module] = torch.from_numpy(data["mom2.mom2"] / float(data["mom2.count"])).float()
+        else:
+            missing.append(module)
+    if not missing:
+        return result
+    device = input_device(model)
+    if source == SELF_SOURCE:
+        sequences = self_generated_texts(model, tok, n_samples)
+    else:
+        sequences = [tok(t, truncation=True, max_length=max_tokens).input_ids for t in _read_texts(source, n_samples)]
+    sums = {m: None for m in missing}
+    count = 0
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for first in tqdm(range(0, len(sequences), batch_size), desc=f"second moments ({len(missing)} layers)", leave=False):
+        chunk = [s[:max_tokens] for s in sequences[first : first + batch_size] if s]
+        width = max(len(s) for s in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(chunk):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        with capture_inputs(model, missing, stop_early=True) as captured:
+            run_until_captured(model, input_ids=ids.to(device), attention_mask=mask.to(device))
+        captured = {m: captured[m].detach() for m in missing}
+        keep = mask.bool()
+        count += int(keep.sum())
+        for m in missing:
+            acts = captured[m][keep.to(captured[m].device)].double()
+            sums[m] = acts.T @ acts if sums[m] is None else sums[m] + acts.T @ acts
+    for m in missing:
+        path = cache_path(stats_dir, model_key, source, m, n_samples)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **{"mom2.constructor": np.array("edit_plugins.SecondMoment()"),
+                         "mom2.count": np.array(count), "mom2.mom2": sums[m].float().cpu().numpy()})
+        os.replace(tmp, path)
+        result[m] = (sums[m] / count).float().cpu()
+    return result
+
+
+def safe_inverse(C: torch.Tensor, damping: float, what: str = "C") -> torch.Tensor:
+    """(C + λ·mean(diag C)·I)⁻¹ in float64. λ = 0 asks for the plain inverse and fails if C is singular."""
+    C64 = C.double()
+    d = C64.shape[0]
+    if damping > 0:
+        C64 = C64 + damping * C64.diagonal().mean() * torch.eye(d, dtype=C64.dtype, device=C64.device)
+    L, info = torch.linalg.cholesky_ex(C64)
+    if int(info) != 0:
+        cond = torch.linalg.cond(C64).item()
+        raise StatisticsError(
+            f"{what} is singular or not positive definite (condition number {cond:.3g}); "
+            f"set a positive damping (mom2_damping, e.g. 1e-4) or collect more samples"
+        )
+    return torch.cholesky_inverse(L).float()

@@ -1,0 +1,69 @@
+"""Keys: the input of the FFN output projection at the subject's last token, for many layers at once."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .layers import get_module, input_device
+from .requests import EditRequest
+from .tokens import encode, pad_batch, subject_last_index
+
+
+class _EnoughCaptured(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def capture_inputs(model, module_names, stop_early: bool = False):
+    """Record the first positional input of each named module during forward passes.
+
+    With ``stop_early`` the forward pass is cut off once every module has been seen (use
+    :func:`run_until_captured`), so no layer above the deepest one, and no LM head, is computed.
+    """
+    captured, handles = {}, []
+    for name in module_names:
+        def hook(module, args, _name=name):
+            captured[_name] = args[0]
+            if stop_early and len(captured) == len(module_names):
+                raise _EnoughCaptured
+        handles.append(get_module(model, name).register_forward_pre_hook(hook))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def run_until_captured(model, **inputs):
+    try:
+        model.base_model(**inputs, use_cache=False)
+    except _EnoughCaptured:
+        pass
+
+
+@torch.no_grad()
+def compute_keys(model, tok, requests: list[EditRequest], module_names: list[str], templates=("{}",),
+                 batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Keys averaged over context templates: ``{module_name: (len(requests), d_in)}``.
+
+    One forward pass per batch of prompts serves every layer.
+    """
+    rows = [(i, t) for i in range(len(requests)) for t in templates]
+    sums = {}
+    device = input_device(model)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        seqs = [encode(tok, t.format(requests[i].prompt).format(requests[i].subject)) for i, t in chunk]
+        positions = torch.tensor([subject_last_index(tok, t, requests[i]) for i, t in chunk], device=device)
+        ids, mask = pad_batch(tok, seqs, device)
+        with capture_inputs(model, module_names, stop_early=True) as captured:
+            run_until_captured(model, input_ids=ids, attention_mask=mask)
+        owners = torch.tensor([i for i, _ in chunk], device=device)
+        for name in module_names:
+            acts = captured[name]
+            picked = acts[torch.arange(len(chunk), device=acts.device), positions.to(acts.device)].float()
+            if name not in sums:
+                sums[name] = torch.zeros(len(requests), picked.shape[-1], device=picked.device)
+            sums[name].index_add_(0, owners.to(picked.device), picked)
+    return {name: s / len(templates) for name, s in sums.items()}

@@ -1,0 +1,64 @@
+"""Finding modules by name template and reading/writing FFN output projections as (out, in)."""
+from __future__ import annotations
+
+import torch
+
+
+class LayerError(ValueError):
+    pass
+
+
+def get_module(model, name: str):
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise LayerError(f"the model has no module named {name!r}") from None
+
+
+def module_name(template: str, layer: int) -> str:
+    return template.format(layer)
+
+
+def num_layers(model) -> int:
+    return model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") else model.config.n_layer
+
+
+def check_layers(model, template: str, layers) -> None:
+    """Fail before any weight is touched if a layer index or the module template is wrong."""
+    total = num_layers(model)
+    for layer in layers:
+        if not isinstance(layer, int) or not 0 <= layer < total:
+            raise LayerError(f"layer {layer!r} does not exist: the model has layers 0..{total - 1}")
+        module = get_module(model, module_name(template, layer))
+        if getattr(module, "weight", None) is None or module.weight.dim() != 2:
+            raise LayerError(f"module {module_name(template, layer)!r} has no 2-D weight to edit")
+
+
+def is_transposed(module) -> bool:
+    """GPT-2's Conv1D stores its weight as (in, out); nn.Linear as (out, in)."""
+    return type(module).__name__ == "Conv1D"
+
+
+def weight_out_in(module) -> torch.Tensor:
+    """The weight as an (out, in) matrix (a view, no copy)."""
+    return module.weight.t() if is_transposed(module) else module.weight
+
+
+def add_to_weight(module, delta_out_in: torch.Tensor) -> None:
+    with torch.no_grad():
+        delta = delta_out_in.to(module.weight.device, module.weight.dtype)
+        module.weight.add_(delta.t() if is_transposed(module) else delta)
+
+
+def decoder_layers(model):
+    """The ModuleList of transformer blocks (GPT-2 ``transformer.h``, Llama ``model.layers``, ...)."""
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.layers"):
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
+    raise LayerError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def input_device(model) -> torch.device:
+    return model.get_input_embeddings().weight.device

@@ -1,0 +1,22 @@
+"""The closed-form rank-one update  ΔW = (v* − W k)(C⁻¹k)ᵀ / (kᵀC⁻¹k)."""
+from __future__ import annotations
+
+import torch
+
+
+def rank_one_update(weight_out_in: torch.Tensor, key: torch.Tensor, target_value: torch.Tensor,
+                    c_inv: torch.Tensor | None) -> torch.Tensor:
+    """The (out, in) update that maps ``key`` exactly to ``target_value`` and changes W least in C-norm.
+
+    ``c_inv`` None means C = I (no second-moment adjustment).
+    """
+    W = weight_out_in.detach().float()
+    k = key.to(W.device).float()
+    u = k if c_inv is None else c_inv.to(W.device).float() @ k
+    residual = target_value.to(W.device).float() - W @ k
+    return torch.outer(residual, u) / torch.dot(k, u)
+
+
+def relative_size(delta: torch.Tensor, weight_out_in: torch.Tensor) -> float:
+    """WilKE's layer score LA = ‖ΔW‖_F / ‖W‖_F."""
+    return float(delta.norm() / weight_out_in.detach().float().norm())

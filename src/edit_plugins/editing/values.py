@@ -1,0 +1,262 @@
+"""The target value v* = W k + δ: δ is optimised at one layer's FFN output (ROME's compute_v).
+
+Loss = NLL(target | rewrite prompts) + kl_factor · KL(essence prompt) + v_weight_decay · ‖δ‖²/‖v₀‖²,
+with δ clamped to clamp_norm_factor · ‖v₀‖. Fast on CPU because:
+- the blocks below the edited layer do not depend on δ, so their outputs are computed once and
+  replayed on every step;
+- logits are computed only at the positions the loss reads;
+- no parameter gradients are kept, only δ's.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .layers import decoder_layers, get_module, input_device
+from .requests import EditRequest
+from .tokens import encode, pad_batch, subject_last_index, target_ids
+
+ESSENCE_PROMPTS = ("{} is a",)
+
+
+@dataclass
+class ValueResult:
+    delta: torch.Tensor  # δ, the change of the FFN output at the subject's last token
+    v0_norm: float
+    steps: int
+    nll: float
+    initial_nll: float
+
+
+@dataclass
+class _Batch:
+    """Rewrite prompts (+ target) and essence prompts, split at each row's subject-last token.
+
+    Tokens before that split never depend on δ, so they are run once into a KV cache (left-padded
+    so that every row's split falls on the same column); each step runs only the suffix.
+    """
+    seqs: list
+    lookup: torch.Tensor  # subject-last index per row, in the full sequence
+    loss_rows: torch.Tensor
+    loss_pos: torch.Tensor  # in full-sequence coordinates
+    labels: torch.Tensor
+    n_rewrite: int
+    target_len: int
+    kl_rows: torch.Tensor
+    kl_pos: torch.Tensor
+
+    @property
+    def ids(self):  # right-padded full sequences, for passes without a prefix cache
+        return self._full[0]
+
+    @property
+    def mask(self):
+        return self._full[1]
+
+
+def build_batch(tok, request: EditRequest, templates, device) -> _Batch:
+    target = target_ids(tok, request.target_new)
+    seqs, lookup, rows, pos, labels = [], [], [], [], []
+    for row, template in enumerate(templates):
+        prompt_ids = encode(tok, template.format(request.prompt).format(request.subject))
+        seqs.append(prompt_ids + target[:-1])
+        lookup.append(subject_last_index(tok, template, request))
+        for j, label in enumerate(target):
+            rows.append(row)
+            pos.append(len(prompt_ids) - 1 + j)
+            labels.append(label)
+    kl_rows, kl_pos = [], []
+    for essence in ESSENCE_PROMPTS:
+        essence_request = EditRequest(prompt=essence, subject=request.subject, target_new=request.target_new)
+        ids = encode(tok, essence.format(request.subject))
+        kl_rows.append(len(seqs))
+        kl_pos.append(len(ids) - 1)
+        seqs.append(ids)
+        lookup.append(subject_last_index(tok, "{}", essence_request))
+    t = lambda xs: torch.tensor(xs, device=device)  # noqa: E731
+    batch = _Batch(seqs, t(lookup), t(rows), t(pos), t(labels), len(templates), len(target), t(kl_rows), t(kl_pos))
+    batch._full = pad_batch(tok, seqs, device)
+    return batch
+
+
+@dataclass
+class _SplitBatch:
+    prefix_ids: torch.Tensor
+    prefix_mask: torch.Tensor
+    prefix_pos: torch.Tensor
+    suffix_ids: torch.Tensor
+    suffix_pos: torch.Tensor
+    full_mask: torch.Tensor
+    lookup: torch.Tensor  # always column 0 of the suffix
+
+    def suffix_positions(self, batch: _Batch, rows, positions):
+        return positions - batch.lookup[rows]
+
+
+def split_batch(tok, batch: _Batch, device) -> _SplitBatch | None:
+    """None when some row's subject starts the text (no prefix to cache)."""
+    lookups = batch.lookup.tolist()
+    if min(lookups) < 1:
+        return None
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    width_p = max(lookups)
+    width_s = max(len(s) - l for s, l in zip(batch.seqs, lookups))
+    n = len(batch.seqs)
+    prefix_ids = torch.full((n, width_p), pad_id, dtype=torch.long)
+    prefix_mask = torch.zeros((n, width_p), dtype=torch.long)
+    prefix_pos = torch.zeros((n, width_p), dtype=torch.long)
+    suffix_ids = torch.full((n, width_s), pad_id, dtype=torch.long)
+    suffix_mask = torch.zeros((n, width_s), dtype=torch.long)
+    suffix_pos = torch.zeros((n, width_s), dtype=torch.long)
+    for row, (seq, split) in enumerate(zip(batch.seqs, lookups)):
+        prefix_ids[row, width_p - split:] = torch.tensor(seq[:split])
+        prefix_mask[row, width_p - split:] = 1
+        prefix_pos[row, width_p - split:] = torch.arange(split)
+        rest = seq[split:]
+        suffix_ids[row, : len(rest)] = torch.tensor(rest)
+        suffix_mask[row, : len(rest)] = 1
+        suffix_pos[row] = torch.arange(split, split + width_s)
+    to = lambda x: x.to(device)  # noqa: E731
+    return _SplitBatch(to(prefix_ids), to(prefix_mask), to(prefix_pos), to(suffix_ids), to(suffix_pos),
+                       to(torch.cat([prefix_mask, suffix_mask], dim=1)), torch.zeros(n, dtype=torch.long, device=device))
+
+
+@contextlib.contextmanager
+def frozen_parameters(model):
+    """No parameter gradients while δ is optimised (they would cost a third of the backward pass)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def replay_lower_layers(model, layer: int, run):
+    """Call ``run()`` once, then make blocks 0..layer-1 return what they returned then."""
+    blocks = decoder_layers(model)
+    recorded, handles = {}, []
+    for j in range(layer):
+        def hook(module, args, output, _j=j):
+            recorded[_j] = output
+        handles.append(blocks[j].register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    for j in range(layer):
+        blocks[j].forward = (lambda *a, _out=recorded[j], **k: _out)
+    try:
+        yield
+    finally:
+        for j in range(layer):
+            del blocks[j].forward  # back to the class's forward
+
+
+class _SuffixRunner:
+    """Runs the edited part of the batch: the suffix after a cached prefix, or the whole batch."""
+
+    def __init__(self, model, tok, batch: _Batch, device):
+        self.model, self.batch = model, batch
+        self.split = split_batch(tok, batch, device)
+        self.cache = None
+        if self.split is not None:
+            with torch.no_grad():
+                self.cache = model.base_model(input_ids=self.split.prefix_ids, attention_mask=self.split.prefix_mask,
+                                              position_ids=self.split.prefix_pos, use_cache=True).past_key_values
+
+    @property
+    def lookup(self):
+        return self.batch.lookup if self.split is None else self.split.lookup
+
+    def hidden(self):
+        if self.split is None:
+            return self.model.base_model(input_ids=self.batch.ids, attention_mask=self.batch.mask,
+                                         use_cache=False).last_hidden_state
+        return self.model.base_model(input_ids=self.split.suffix_ids, attention_mask=self.split.full_mask,
+                                     position_ids=self.split.suffix_pos, past_key_values=copy.deepcopy(self.cache),
+                                     use_cache=True).last_hidden_state
+
+    def log_probs(self, rows, positions):
+        """Next-token log-probabilities only at the (row, full-sequence position) pairs asked for."""
+        hidden = self.hidden()
+        if self.split is not None:
+            positions = positions - self.batch.lookup[rows]
+        picked = hidden[rows.to(hidden.device), positions.to(hidden.device)]
+        head = self.model.get_output_embeddings()
+        return F.log_softmax(head(picked.to(head.weight.device)).float(), dim=-1)
+
+
+@contextlib.contextmanager
+def add_at_positions(module, rows: torch.Tensor, positions: torch.Tensor, delta_fn):
+    """Add ``delta_fn()`` to ``module``'s output at (rows, positions)."""
+    def hook(mod, args, output):
+        delta = delta_fn()
+        add = torch.zeros_like(output)
+        add[rows.to(output.device), positions.to(output.device)] = delta.to(output.dtype).to(output.device)
+        return output + add
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def rewrite_nll(batch: _Batch, log_probs: torch.Tensor) -> torch.Tensor:
+    """Mean over templates of the target's mean token NLL (ROME's nll_loss)."""
+    n = len(batch.loss_rows)
+    token_nll = -log_probs[torch.arange(n, device=log_probs.device), batch.labels.to(log_probs.device)]
+    return token_nll.sum() / (batch.n_rewrite * batch.target_len)
+
+
+def optimise_delta(model, tok, request: EditRequest, layer: int, module_name: str, hp, templates,
+                   v0: torch.Tensor) -> ValueResult:
+    """Find δ at ``module_name`` (the FFN output projection of ``layer``) that makes the target likely."""
+    device = input_device(model)
+    batch = build_batch(tok, request, templates, device)
+    module = get_module(model, module_name)
+    rows = torch.cat([batch.loss_rows, batch.kl_rows])
+    positions = torch.cat([batch.loss_pos, batch.kl_pos])
+    n_loss = len(batch.loss_rows)
+    v0 = v0.detach().float()
+    v0_norm = float(v0.norm())
+    delta = torch.zeros_like(v0, requires_grad=True)
+    optimiser = torch.optim.Adam([delta], lr=hp.v_lr)
+    max_norm = hp.clamp_norm_factor * v0_norm
+    steps, nll_value, initial_nll = 0, float("nan"), float("nan")
+    with frozen_parameters(model):
+        runner = _SuffixRunner(model, tok, batch, device)
+        all_rows = torch.arange(len(batch.seqs), device=device)
+        with replay_lower_layers(model, layer, runner.hidden), \
+                add_at_positions(module, all_rows, runner.lookup, lambda: delta):
+            kl_init = None
+            for step in range(hp.v_num_grad_steps):
+                optimiser.zero_grad()
+                log_probs = runner.log_probs(rows, positions)
+                nll = rewrite_nll(batch, log_probs[:n_loss])
+                kl_log_probs = log_probs[n_loss:]
+                if kl_init is None:
+                    kl_init = kl_log_probs.detach().clone()
+                    initial_nll = float(nll.detach())
+                kl = F.kl_div(kl_log_probs, kl_init, log_target=True, reduction="batchmean")
+                weight_decay = hp.v_weight_decay * delta.pow(2).sum() / (v0_norm ** 2)
+                nll_value, steps = float(nll.detach()), step
+                if nll_value + hp.kl_factor * float(kl.detach()) < hp.v_early_stop_loss:
+                    break
+                (nll + hp.kl_factor * kl + weight_decay).backward()
+                optimiser.step()
+                steps = step + 1
+                with torch.no_grad():
+                    norm = delta.norm()
+                    if norm > max_norm:
+                        delta.mul_(max_norm / norm)
+    return ValueResult(delta.detach(), v0_norm, steps, nll_value, initial_nll)

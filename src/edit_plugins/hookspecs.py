@@ -1,0 +1,44 @@
+"""The hooks a plugin can implement. Built-in methods and diagnostics use exactly these."""
+import pluggy
+
+hookspec = pluggy.HookspecMarker("edit_plugins")
+hookimpl = pluggy.HookimplMarker("edit_plugins")
+
+
+@hookspec
+def register_methods(register):
+    """Register editing methods.
+
+    Call ``register(name, apply_fn, hparams_class, restore="weights")`` once per method.
+    ``apply_fn`` follows EasyEdit's contract
+    ``apply_fn(model, tok, requests, hparams, copy=False, return_orig_weights=False,
+    keep_original_weight=False, **kwargs) -> (model, weights_copy)``.
+    ``restore="callable"`` says that ``weights_copy`` is a callable that undoes the edit.
+    """
+
+
+@hookspec
+def register_diagnostics(register):
+    """Register diagnostics: ``register(name, factory)``.
+
+    ``factory(**options)`` returns an object that is registered as a plugin for the
+    length of a run, so its ``after_edit`` etc. hook implementations are called.
+    """
+
+
+@hookspec
+def before_sequence(run):
+    """Called once before a sequence of edits starts (a lifelong run, or the first edit)."""
+
+
+@hookspec
+def after_edit(event):
+    """Called after every edit with an :class:`edit_plugins.events.EditEvent`.
+
+    Return a JSON-serialisable dict (or None); it is stored in that edit's log line.
+    """
+
+
+@hookspec
+def after_sequence(run, summary):
+    """Called once after a sequence of edits ends, with the run's summary dict."""

@@ -1,0 +1,182 @@
+"""EasyEdit-style hparams: YAML files with an ``alg_name``, validated into dataclasses."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import yaml
+
+from .easyedit_compat import hyperparams_base
+
+
+class HparamsError(ValueError):
+    """A hparams file or dict is invalid; the message names the file and the field."""
+
+
+def _type_name(annotation) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " (or null)"
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(annotation) or (typing.Any,)
+        return f"a list of {_type_name(inner)}"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        annotation, getattr(annotation, "__name__", str(annotation))
+    )
+
+
+def _coerce(value, annotation):
+    """Return value converted to annotation, or raise TypeError. Accepts YAML's '1e-3' strings."""
+    origin = typing.get_origin(annotation)
+    if annotation is typing.Any:
+        return value
+    if origin is typing.Union:
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg)
+            except TypeError:
+                pass
+        raise TypeError
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        (inner, *_) = typing.get_args(annotation) or (typing.Any,)
+        return [_coerce(v, inner) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TypeError
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 1e-3 as a string
+            except ValueError:
+                pass
+        raise TypeError
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError
+    return value
+
+
+@dataclasses.dataclass(kw_only=True)
+class EditHyperParams(hyperparams_base()):
+    """Fields every edit-plugins method has. Subclasses add their own."""
+
+    alg_name: str
+    model_name: str
+    device: str = "auto"  # cpu | cuda | cuda:N | auto
+    model_parallel: bool = False
+    # Diagnostics to run after each edit in EasyEdit runs (lifelong mode turns interference on).
+    diagnostics: typing.List[str] = dataclasses.field(default_factory=list)
+    diagnostics_log: typing.Optional[str] = None
+
+    # Subclasses set this to the alg_name they accept.
+    ALG_NAME: typing.ClassVar[str] = ""
+
+    @classmethod
+    def from_dict(cls, config: dict, source: str = "<dict>"):
+        if not isinstance(config, dict):
+            raise HparamsError(f"{source}: expected a mapping of hparams fields, got {type(config).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(config) - set(fields))
+        if unknown:
+            raise HparamsError(
+                f"{source}: unknown field(s) {unknown} for alg_name {cls.ALG_NAME!r}; "
+                f"expected fields are {sorted(fields)}"
+            )
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for name, field in fields.items():
+            if name not in config:
+                if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+                    raise HparamsError(
+                        f"{source}: missing required field {name!r} (expected {_type_name(hints[name])})"
+                    )
+                continue
+            try:
+                values[name] = _coerce(config[name], hints[name])
+            except TypeError:
+                raise HparamsError(
+                    f"{source}: field {name!r} must be {_type_name(hints[name])}, got {config[name]!r}"
+                ) from None
+        if cls.ALG_NAME and values.get("alg_name") != cls.ALG_NAME:
+            raise HparamsError(
+                f"{source}: field 'alg_name' must be {cls.ALG_NAME!r} for {cls.__name__}, "
+                f"got {values.get('alg_name')!r}"
+            )
+        hparams = cls(**values)
+        hparams.validate(source)
+        return hparams
+
+    @classmethod
+    def from_hparams(cls, path):
+        """EasyEdit's constructor name: read a YAML file (``.yaml`` may be left off)."""
+        config, source = read_yaml(path)
+        return cls.from_dict(config, source)
+
+    def validate(self, source: str) -> None:
+        """Cross-field checks; subclasses extend. Raise HparamsError naming source and field."""
+        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
+            raise HparamsError(
+                f"{source}: field 'device' must be cpu, cuda, cuda:N or auto, got {self.device!r}"
+            )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def read_yaml(path) -> tuple[dict, str]:
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_suffix(".yaml")
+    if not path.is_file():
+        raise HparamsError(f"{path}: hparams file not found")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise HparamsError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(config, dict):
+        raise HparamsError(f"{path}: expected a mapping of hparams fields")
+    return config, str(path)
+
+
+def load(path):
+    """Read an EasyEdit-style YAML file into the hparams class registered for its ``alg_name``.
+
+    Works for edit-plugins methods and, where easyeditor is importable, for EasyEdit's own.
+    """
+    from . import easyedit_compat
+    from .plugins import registry
+
+    config, source = read_yaml(path)
+    alg_name = config.get("alg_name")
+    if not isinstance(alg_name, str):
+        raise HparamsError(f"{source}: missing required field 'alg_name' (expected a method name)")
+    methods = registry().methods
+    if alg_name in methods:
+        return methods[alg_name].hparams_class.from_dict(config, source)
+    if alg_name in easyedit_compat.foreign_methods():
+        return easyedit_compat.foreign_hparams_class(alg_name).from_hparams(source)
+    known = sorted(set(methods) | set(easyedit_compat.foreign_methods()))
+    raise HparamsError(f"{source}: field 'alg_name': unknown method {alg_name!r}; registered methods: {known}")

@@ -1,0 +1,374 @@
+"""The lifelong runner: any registered (or EasyEdit) method, edits accumulating with no rollback.
+
+After each edit: that edit's metrics. At checkpoints (1, 2, 4, 8, ... and the last): every past edit
+again (retention) and never-edited probe facts (locality). State is saved every ``save_every`` edits,
+so a killed run resumes to the same ``summary.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import signal
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from .. import easyedit_compat
+from ..events import EditEvent, collect_events, emit_after_edit
+from ..plugins import pm, registry
+from . import evaluate
+from .data import EditRecord, file_hash, load_probe_facts, load_records
+from .plots import write_plots
+from .state import atomic_write_json, atomic_write_jsonl, atomic_write_text, load_state, save_state, set_rng_state
+
+SUMMARY_METRICS = ("rewrite_acc", "rephrase_acc", "locality_acc", "portability_acc", "efficacy", "paraphrase",
+                   "neighbourhood")
+
+
+class LifelongError(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class RunOptions:
+    num_edits: int | None = None
+    start: int = 0
+    shuffle: bool = False
+    seed: int = 0
+    batch_size: int = 1
+    checkpoints: list | None = None  # explicit steps; default 1, 2, 4, ... and the last
+    save_every: int = 10
+    probe_data: str | None = None  # never-edited facts (ROME's known_1000.json format)
+    num_probes: int = 100
+    diagnostics: list = dataclasses.field(default_factory=lambda: ["interference"])
+
+
+def checkpoint_steps(total: int, explicit=None) -> list[int]:
+    if explicit:
+        return sorted({s for s in explicit if 1 <= s <= total} | {total})
+    steps, s = set(), 1
+    while s < total:
+        steps.add(s)
+        s *= 2
+    return sorted(steps | {total})
+
+
+def _resolve_method(alg_name: str):
+    """(apply_fn, restore kind) for a plugin method or, where easyeditor is importable, one of its own."""
+    methods = registry().methods
+    if alg_name in methods:
+        return methods[alg_name].apply, methods[alg_name].restore
+    foreign = easyedit_compat.foreign_methods()
+    if alg_name in foreign:
+        return foreign[alg_name], "weights"
+    raise LifelongError(f"no method named {alg_name!r}: registered {sorted(methods)}"
+                        + (f", EasyEdit {sorted(foreign)}" if foreign else " (easyeditor is not installed)"))
+
+
+def _versions() -> dict:
+    out = {}
+    for dist in ("edit-plugins", "torch", "transformers", "easyeditor"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _hparams_dict(hp) -> dict:
+    raw = hp.to_dict() if hasattr(hp, "to_dict") else dict(vars(hp))
+    return {k: (v if isinstance(v, (str, int, float, bool, list, dict, type(None))) else repr(v)) for k, v in raw.items()}
+
+
+class _Run:
+    def __init__(self, run_dir: Path, hp, model, tok, records: list[EditRecord], probes, options: RunOptions,
+                 apply_fn, restore_kind: str):
+        self.dir, self.hp, self.model, self.tok = run_dir, hp, model, tok
+        self.records, self.probes, self.options = records, probes, options
+        self.apply_fn, self.restore_kind = apply_fn, restore_kind
+        self.checkpoints = checkpoint_steps(len(records), options.checkpoints)
+        self.edits, self.checkpoint_rows, self.timings = [], [], []
+        self.changed_params: set = set()
+        self.position = 0
+        self.stop_requested = False
+        self.diagnostics = []
+
+    # -- references from the unedited model ------------------------------------------------------
+    def compute_references(self):
+        pairs = [pair for r in self.records for pair in r.locality]
+        preds = [s.predicted for s in evaluate.score_answers(self.model, self.tok, pairs)] if pairs else []
+        self.locality_reference, i = [], 0
+        for r in self.records:
+            self.locality_reference.append(preds[i : i + len(r.locality)])
+            i += len(r.locality)
+        self.probe_reference = [s.predicted for s in evaluate.score_answers(self.model, self.tok, self.probes)] \
+            if self.probes else []
+
+    # -- one edit ---------------------------------------------------------------------------------
+    def apply(self, batch: list[EditRecord]) -> tuple[list, float]:
+        requests = [dict(r.request) for r in batch]
+        started = time.perf_counter()
+        with collect_events() as events:
+            _, weights_copy = self.apply_fn(self.model, self.tok, requests, self.hp,
+                                            **easyedit_compat.sequential_apply_kwargs())
+        seconds = time.perf_counter() - started
+        if callable(weights_copy):
+            raise LifelongError(f"{self.hp.alg_name} returns a restore callable; lifelong state saving supports "
+                                "methods that edit parameters")
+        self.changed_params.update(weights_copy or {})
+        if not events:  # a method that does not fire the hook itself (EasyEdit's own)
+            deltas = {n: (self.model.get_parameter(n).detach() - w.to(self.model.get_parameter(n).device))
+                      for n, w in (weights_copy or {}).items()}
+            for request in requests:
+                with collect_events() as fired:
+                    emit_after_edit(EditEvent(method=self.hp.alg_name, request=request, model=self.model,
+                                              hparams=self.hp, modules=[n.rsplit(".", 1)[0] for n in deltas],
+                                              weight_deltas=deltas))
+                events.extend(fired)
+        return events, seconds
+
+    def evaluate_checkpoint(self, step: int) -> dict:
+        past = self.records[:step]
+        row = {"step": step, **evaluate.retention(self.model, self.tok, past)}
+        if self.probes:
+            scores = evaluate.score_answers(self.model, self.tok, self.probes)
+            row["probe_locality"] = evaluate.mean(evaluate.agreement(scores, self.probe_reference))
+        pairs = [(pair, ref) for r, refs in zip(past, self.locality_reference) for pair, ref in zip(r.locality, refs)]
+        if pairs:
+            scores = evaluate.score_answers(self.model, self.tok, [p for p, _ in pairs])
+            row["locality_acc"] = evaluate.mean(evaluate.agreement(scores, [r for _, r in pairs]))
+        return row
+
+    # -- saving -----------------------------------------------------------------------------------
+    def save(self):
+        atomic_write_jsonl(self.dir / "edits.jsonl", self.edits)
+        atomic_write_jsonl(self.dir / "checkpoints.jsonl", self.checkpoint_rows)
+        save_state(self.dir, self.model, self.changed_params, {
+            "position": self.position, "edits": self.edits, "checkpoints": self.checkpoint_rows,
+            "timings": self.timings, "changed_params": sorted(self.changed_params),
+            "locality_reference": self.locality_reference, "probe_reference": self.probe_reference,
+            "diagnostics": [d.state_dict() for d in self.diagnostics if hasattr(d, "state_dict")]})
+
+    def restore(self, progress: dict):
+        self.position = progress["position"]
+        self.edits, self.checkpoint_rows = progress["edits"], progress["checkpoints"]
+        self.timings, self.changed_params = progress["timings"], set(progress["changed_params"])
+        self.locality_reference, self.probe_reference = progress["locality_reference"], progress["probe_reference"]
+        for diagnostic, state in zip([d for d in self.diagnostics if hasattr(d, "load_state_dict")],
+                                     progress.get("diagnostics", [])):
+            diagnostic.load_state_dict(state)
+        set_rng_state(progress["rng"])
+
+    def summary(self) -> dict:
+        done = self.records[: self.position]
+        immediate = {m: evaluate.mean(e["metrics"].get(m) for e in self.edits) for m in SUMMARY_METRICS}
+        final = self.checkpoint_rows[-1] if self.checkpoint_rows else {}
+        es = immediate["efficacy"] if immediate["efficacy"] is not None else immediate["rewrite_acc"]
+        gs = immediate["paraphrase"] if immediate["paraphrase"] is not None else immediate["rephrase_acc"]
+        ls = immediate["neighbourhood"] if immediate["neighbourhood"] is not None else immediate["locality_acc"]
+        components = {"ES": es, "GS": gs, "LS": ls, "ERS": final.get("retention_exact"),
+                      "ORS": final.get("probe_locality")}
+        return {
+            "method": self.hp.alg_name, "edits_done": len(done), "edits_planned": len(self.records),
+            "complete": self.position == len(self.records),
+            "immediate": immediate, "final_checkpoint": {k: v for k, v in final.items() if k != "lost_case_ids"},
+            "lost_edits_at_end": len(final.get("lost_case_ids", [])),
+            "S": evaluate.harmonic_mean(components.values()), "S_components": components,
+            "layer_histogram": _layer_histogram(self.edits),
+        }
+
+    def finish(self) -> dict:
+        self.save()
+        summary = self.summary()
+        atomic_write_json(self.dir / "summary.json", summary)
+        edit_s = sum(t["edit_seconds"] for t in self.timings)
+        eval_s = sum(t["eval_seconds"] for t in self.timings)
+        atomic_write_json(self.dir / "timing.json", {"edit_seconds": edit_s, "eval_seconds": eval_s,
+                                                     "wall_seconds": sum(t["wall_seconds"] for t in self.timings)})
+        write_plots(self.dir, self.edits, self.checkpoint_rows, self.timings)
+        return summary
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def loop(self, progress_bar: bool = True):
+        bs = max(1, self.options.batch_size)
+        bar = tqdm(total=len(self.records), initial=self.position, desc=f"lifelong {self.hp.alg_name}",
+                   unit="edit", disable=not progress_bar)
+        next_save = self.position + self.options.save_every
+        while self.position < len(self.records) and not self.stop_requested:
+            wall = time.perf_counter()
+            batch = self.records[self.position : self.position + bs]
+            events, edit_seconds = self.apply(batch)
+            started = time.perf_counter()
+            for i, record in enumerate(batch):
+                step = self.position + i + 1
+                metrics = evaluate.edit_metrics(self.model, self.tok, record, self.locality_reference[step - 1])
+                hooks = {}
+                for event, result in events:
+                    if event.request.get("case_id", record.case_id) == record.case_id or len(batch) == 1:
+                        hooks.update(result)
+                info = next((e.info for e, _ in events if e.request.get("case_id") == record.case_id), {})
+                self.edits.append({"step": step, "case_id": record.case_id, "layer": info.get("layer"),
+                                   "modules": sorted({m for e, _ in events for m in e.modules}),
+                                   "metrics": metrics, "hooks": hooks,
+                                   "info": {k: v for k, v in info.items() if k != "layer"}})
+            self.position += len(batch)
+            for step in [s for s in self.checkpoints if self.position - len(batch) < s <= self.position]:
+                self.checkpoint_rows.append(self.evaluate_checkpoint(step))
+                bar.set_postfix(retention=f"{self.checkpoint_rows[-1]['retention_exact']:.3f}")
+            eval_seconds = time.perf_counter() - started
+            self.timings.append({"step": self.position, "edit_seconds": edit_seconds, "eval_seconds": eval_seconds,
+                                 "wall_seconds": time.perf_counter() - wall})
+            self.edits[-1]["seconds"] = round(edit_seconds, 4)
+            bar.update(len(batch))
+            if self.position >= next_save:
+                self.save()
+                next_save = self.position + self.options.save_every
+        bar.close()
+
+
+def _layer_histogram(edits) -> dict:
+    hist = {}
+    for e in edits:
+        if e.get("layer") is not None:
+            hist[str(e["layer"])] = hist.get(str(e["layer"]), 0) + 1
+    return dict(sorted(hist.items(), key=lambda kv: int(kv[0])))
+
+
+def _start_diagnostics(run: _Run):
+    available = registry().diagnostics
+    for name in run.options.diagnostics:
+        if name in available:
+            diagnostic = available[name].factory(model=run.model, tok=run.tok, hparams=run.hp, probes=run.probes)
+            pm.register(diagnostic, name=f"diagnostic:{name}:{id(run)}")
+            run.diagnostics.append(diagnostic)
+
+
+def _stop_diagnostics(run: _Run):
+    for diagnostic in run.diagnostics:
+        pm.unregister(diagnostic)
+
+
+def _execute(run: _Run, progress_bar: bool, progress: dict | None = None) -> dict:
+    """Run (or, given saved ``progress``, continue) the loop with diagnostics and Ctrl-C handling."""
+    previous = signal.getsignal(signal.SIGINT)
+
+    def request_stop(signum, frame):  # Ctrl-C: finish the current edit, save, then stop
+        run.stop_requested = True
+        tqdm.write("stopping after the current edit; results will be saved")
+
+    try:
+        signal.signal(signal.SIGINT, request_stop)
+    except ValueError:  # not the main thread
+        previous = None
+    _start_diagnostics(run)
+    try:
+        if progress is None:
+            pm.hook.before_sequence(run=run)
+        else:
+            run.restore(progress)
+        run.loop(progress_bar)
+        summary = run.finish()
+        pm.hook.after_sequence(run=run, summary=summary)
+        return summary
+    finally:
+        _stop_diagnostics(run)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def run_lifelong(hparams, data, out_dir, *, model=None, tok=None, options: RunOptions | None = None,
+                 progress_bar: bool = True, apply_fn=None) -> dict:
+    """Run a lifelong sequence and return its summary. ``hparams`` is an object or a YAML path."""
+    from .. import hparams as hparams_module
+    from ..models import load_model
+
+    options = options or RunOptions()
+    hparams_path = None
+    if isinstance(hparams, (str, Path)):
+        hparams_path, hparams = str(hparams), hparams_module.load(hparams)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise LifelongError(f"{out_dir}: the output folder is not empty; choose a new one, or pass --resume to continue it")
+    records = data if isinstance(data, list) else load_records(data, options.num_edits, options.start,
+                                                                 options.shuffle, options.seed)
+    probes = load_probe_facts(options.probe_data, options.num_probes, options.seed) if options.probe_data else []
+    if apply_fn is None:
+        apply_fn, restore_kind = _resolve_method(hparams.alg_name)
+    else:
+        restore_kind = "weights"
+    easyedit_compat.prepare_for_sequential_use(hparams.alg_name, hparams)
+    if model is None:
+        model, tok = load_model(hparams.model_name, hparams.device, hparams.model_parallel)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump({
+        "hparams": _hparams_dict(hparams), "hparams_path": hparams_path, "options": dataclasses.asdict(options),
+        "data": {"path": str(data) if not isinstance(data, list) else None,
+                 "sha256": file_hash(data) if not isinstance(data, list) else None,
+                 "records": len(records)},
+        "probe_data": {"path": options.probe_data, "sha256": file_hash(options.probe_data) if options.probe_data else None},
+        "versions": _versions()}, sort_keys=False))
+    torch.manual_seed(options.seed)
+    run = _Run(out_dir, hparams, model, tok, records, probes, options, apply_fn, restore_kind)
+    run.compute_references()
+    return _execute(run, progress_bar)
+
+
+def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True) -> dict:
+    """Continue a run from its last saved state, with the arguments it was started with."""
+    from .. import hparams as hparams_module
+    from ..models import load_model
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise LifelongError(f"{run_dir}: not a lifelong run folder (no config.yaml)")
+    config = yaml.safe_load(config_path.read_text())
+    options = RunOptions(**config["options"])
+    if config["hparams_path"]:
+        hparams = hparams_module.load(config["hparams_path"])
+        hparams.__dict__.update({k: v for k, v in config["hparams"].items() if k in hparams.__dict__})
+    else:
+        raise LifelongError(f"{run_dir}: this run was started from Python with an hparams object; resume it from "
+                            "Python with the same object")
+    if config["data"]["path"] is None:
+        raise LifelongError(f"{run_dir}: this run was started from in-memory records; resume it from Python")
+    if file_hash(config["data"]["path"]) != config["data"]["sha256"]:
+        raise LifelongError(f"{config['data']['path']}: the data file changed since the run started")
+    records = load_records(config["data"]["path"], options.num_edits, options.start, options.shuffle, options.seed)
+    probes = load_probe_facts(options.probe_data, options.num_probes, options.seed) if options.probe_data else []
+    apply_fn, restore_kind = _resolve_method(hparams.alg_name)
+    easyedit_compat.prepare_for_sequential_use(hparams.alg_name, hparams)
+    if model is None:
+        model, tok = load_model(hparams.model_name, hparams.device, hparams.model_parallel)
+    run = _Run(run_dir, hparams, model, tok, records, probes, options, apply_fn, restore_kind)
+    return _execute(run, progress_bar, progress=load_state(run_dir, model))
+
+
+def records_from_requests(requests: list[dict]) -> list[EditRecord]:
+    """EasyEdit request dicts (as ``BaseEditor.edit`` builds them) as lifelong records."""
+    from ..editing.requests import normalize_request
+
+    records = []
+    for i, request in enumerate(requests):
+        normalize_request(request, i)
+        rephrase = request.get("rephrase_prompt")
+        locality = [(v["prompt"], v["ground_truth"]) for v in (request.get("locality") or {}).values()
+                    if isinstance(v, dict) and v.get("prompt")]
+        portability = [(v["prompt"], v["ground_truth"]) for v in (request.get("portability") or {}).values()
+                       if isinstance(v, dict) and v.get("prompt")]
+        flat = lambda x: x[0] if isinstance(x, list) else x  # noqa: E731
+        locality = [(flat(p), flat(a)) for p, a in locality]
+        portability = [(flat(p), flat(a)) for p, a in portability]
+        records.append(EditRecord(request.get("case_id", i), {**request, "case_id": request.get("case_id", i)},
+                                  [rephrase] if isinstance(rephrase, str) else list(rephrase or []),
+                                  locality, portability, "counterfact" if request.get("ground_truth") else "zsre"))
+    return records
+
+
+def lifelong_edit(editor, requests: list[dict], out_dir, options: RunOptions | None = None, progress_bar=True) -> dict:
+    """EasyEdit entry point: run an existing ``BaseEditor``'s method as a lifelong sequence."""
+    return run_lifelong(editor.hparams, records_from_requests(requests), out_dir, model=editor.model, tok=editor.tok,
+                        options=options, progress_bar=progress_bar, apply_fn=editor.apply_algo)

@@ -1,0 +1,1 @@
+"""One folder per editing method: config (hparams) separate from mechanics."""

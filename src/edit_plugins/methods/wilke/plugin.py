@@ -1,0 +1,9 @@
+"""Registers WilKE, exactly as a third-party plugin would."""
+from ...hookspecs import hookimpl
+from .config import WilKEHyperParams
+from .wilke_main import apply_wilke_to_model
+
+
+@hookimpl
+def register_methods(register):
+    register("WilKE", apply_wilke_to_model, WilKEHyperParams)

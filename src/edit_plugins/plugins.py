@@ -1,0 +1,115 @@
+"""The project's one PluginManager, entry-point loading, and the registries filled by hooks."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pluggy
+
+from . import hookspecs
+
+ENTRY_POINT_GROUP = "edit_plugins"
+# "1" turns entry-point loading off; plugins can still be registered with pm.register().
+NO_ENTRY_POINTS_ENV = "EDIT_PLUGINS_NO_ENTRY_POINTS"
+# Comma-separated entry-point names: only these are loaded ("wilke,interference").
+LOAD_PLUGINS_ENV = "EDIT_PLUGINS_LOAD"
+
+pm = pluggy.PluginManager("edit_plugins")
+pm.add_hookspecs(hookspecs)
+
+_loaded = False
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    apply: Callable
+    hparams_class: type
+    restore: str = "weights"  # or "callable": weights_copy undoes the edit when called
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    name: str
+    factory: Callable
+    plugin: str = ""
+
+
+@dataclass
+class Registry:
+    methods: dict = field(default_factory=dict)
+    diagnostics: dict = field(default_factory=dict)
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def load_plugins() -> None:
+    """Load plugins from the ``edit_plugins`` entry-point group (once)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    if _env_true(NO_ENTRY_POINTS_ENV):
+        return
+    wanted = os.environ.get(LOAD_PLUGINS_ENV)
+    if wanted is None:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        return
+    from importlib.metadata import entry_points
+
+    names = {n.strip() for n in wanted.split(",") if n.strip()}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in names and pm.get_plugin(ep.name) is None:
+            pm.register(ep.load(), name=ep.name)
+            names.discard(ep.name)
+    if names:
+        raise RuntimeError(
+            f"{LOAD_PLUGINS_ENV} names plugins that no installed package provides: {sorted(names)}"
+        )
+
+
+def _plugin_name(plugin) -> str:
+    name = pm.get_name(plugin) or getattr(plugin, "__name__", repr(plugin))
+    for dist_plugin, dist in pm.list_plugin_distinfo():
+        if dist_plugin is plugin:
+            return f"{name} ({dist.project_name} {dist.version})"
+    return name
+
+
+def registry() -> Registry:
+    """Collect every registered method and diagnostic, with the plugin each came from."""
+    load_plugins()
+    reg = Registry()
+    # Call each plugin's hooks separately so every entry knows where it came from.
+    for impl in pm.hook.register_methods.get_hookimpls():
+        source = _plugin_name(impl.plugin)
+
+        def register_method(name, apply_fn, hparams_class, restore="weights", _source=source):
+            if restore not in ("weights", "callable"):
+                raise ValueError(f"method {name!r}: restore must be 'weights' or 'callable', got {restore!r}")
+            if name in reg.methods:
+                raise ValueError(
+                    f"method {name!r} is registered twice: by {reg.methods[name].plugin} and by {_source}"
+                )
+            reg.methods[name] = Method(name, apply_fn, hparams_class, restore, _source)
+
+        impl.function(register=register_method)
+    for impl in pm.hook.register_diagnostics.get_hookimpls():
+        source = _plugin_name(impl.plugin)
+
+        def register_diagnostic(name, factory, _source=source):
+            reg.diagnostics[name] = Diagnostic(name, factory, _source)
+
+        impl.function(register=register_diagnostic)
+    return reg
+
+
+def get_method(name: str) -> Method:
+    methods = registry().methods
+    if name not in methods:
+        raise KeyError(f"no editing method named {name!r} is registered; known: {sorted(methods)}")
+    return methods[name]

@@ -1,0 +1,65 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+HPARAMS = ROOT / "hparams"
+
+# Keep model/template/stat caches inside the checkout unless the caller chose a place.
+os.environ.setdefault("EDIT_PLUGINS_CACHE", str(ROOT / ".cache" / "edit_plugins"))
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+EIFFEL = {"prompt": "The Eiffel Tower is located in the city of", "subject": "Eiffel Tower", "target_new": "Rome",
+          "ground_truth": "Paris"}
+
+
+def shared_json(name):
+    path = SHARED_DATA / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: the tests read ../shared/data beside the checkout")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="session")
+def stats_dir():
+    path = Path(os.environ["EDIT_PLUGINS_CACHE"]) / "stats"
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from edit_plugins.models import load_model
+
+    return load_model("smollm2-135m", "cpu")
+
+
+@pytest.fixture
+def tiny_gpt2():
+    from edit_plugins.models import load_model
+
+    return load_model("tiny-gpt2", "cpu")
+
+
+def next_token(model, tok, prompt):
+    ids = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        return tok.decode(model(**ids).logits[0, -1].argmax())
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def changed_parameters(model, before):
+    return sorted(n for n, p in model.named_parameters() if not torch.equal(p, before[n]))
+
+
+def restore(model, weights):
+    with torch.no_grad():
+        for name, value in weights.items():
+            model.get_parameter(name).copy_(value)

@@ -1,0 +1,123 @@
+"""Integration with a real easyeditor package (PyPI 0.0.1.dev0 in CI's second environment; HEAD if on the path)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import ROOT, changed_parameters, snapshot
+
+easyeditor = pytest.importorskip("easyeditor", reason="needs the real easyeditor package (.venv-easyedit)")
+pytestmark = pytest.mark.easyeditor
+
+
+def run_fresh(code, **env):
+    """A new interpreter: nothing of ours is imported unless the code does it."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={**os.environ, **env}, cwd=ROOT)
+
+
+def test_importing_easyeditor_registers_every_plugin_method_with_no_import_of_ours():
+    out = run_fresh('''
+        import sys, importlib
+        import easyeditor
+        ALG_DICT = importlib.import_module("easyeditor.util.alg_dict").ALG_DICT
+        from easyeditor.editors import editor
+        print("WilKE" in ALG_DICT, editor.ALG_DICT is ALG_DICT, ALG_DICT["WilKE"].__name__)
+        print("edit_plugins" in sys.modules)
+    ''')
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["True True apply_wilke_to_model", "True"]
+
+
+def test_every_registered_method_is_in_alg_dict():
+    out = run_fresh('''
+        import importlib, easyeditor
+        from edit_plugins.plugins import registry
+        ALG_DICT = importlib.import_module("easyeditor.util.alg_dict").ALG_DICT
+        missing = [n for n, m in registry().methods.items() if ALG_DICT.get(n) is not m.apply]
+        print(sorted(registry().methods), missing)
+    ''')
+    assert out.returncode == 0, out.stderr
+    names, missing = out.stdout.strip().rsplit(" ", 1)
+    assert "'WilKE'" in names and missing == "[]"
+
+
+def test_opt_out_env_var_keeps_alg_dict_untouched():
+    out = run_fresh('''
+        import importlib, easyeditor
+        print("WilKE" in importlib.import_module("easyeditor.util.alg_dict").ALG_DICT)
+    ''', EDIT_PLUGINS_NO_AUTOINSTALL="1")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_importing_edit_plugins_first_also_registers():
+    out = run_fresh('''
+        import edit_plugins, importlib
+        print("WilKE" in importlib.import_module("easyeditor.util.alg_dict").ALG_DICT)
+    ''')
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+
+
+def test_install_is_idempotent():
+    import importlib
+
+    import edit_plugins
+
+    table = importlib.import_module("easyeditor.util.alg_dict").ALG_DICT
+    identity, size = id(table), len(table)
+    assert edit_plugins.install() == []  # already registered on import
+    assert edit_plugins.install() == []
+    assert id(importlib.import_module("easyeditor.util.alg_dict").ALG_DICT) == identity and len(table) == size
+
+
+def test_hparams_subclass_easyeditors_hyperparams():
+    from easyeditor.util.hparams import HyperParams
+
+    from edit_plugins import hparams
+
+    hp = hparams.load(ROOT / "hparams" / "WilKE" / "tiny-gpt2.yaml")
+    assert isinstance(hp, HyperParams)
+
+
+def test_base_editor_resolves_wilke(tiny_gpt2, stats_dir):
+    """BaseEditor looks the method up in ALG_DICT at construction; then we call it as it would."""
+    import importlib
+
+    from easyeditor import BaseEditor
+
+    from edit_plugins import easyedit_compat, hparams
+
+    model, tok = tiny_gpt2
+    hp = hparams.load(ROOT / "hparams" / "WilKE" / "tiny-gpt2.yaml")
+    hp.stats_dir = stats_dir
+    hp.model_name = (model, tok)  # both versions accept a (model, tokenizer) pair
+    object.__setattr__(model, "to", lambda *a, **k: model)  # dev0 moves the model to CUDA unconditionally
+    editor = BaseEditor.from_hparams(hp)
+    assert editor.apply_algo is importlib.import_module("easyeditor.util.alg_dict").ALG_DICT["WilKE"]
+    request = {"prompt": "The capital city of France", "subject": "France", "target_new": "Tokyo"}
+    before = snapshot(model)
+    if easyedit_compat.is_head():
+        kwargs = dict(copy=False, return_orig_weights=True, keep_original_weight=False, train_ds=None)
+    else:
+        kwargs = dict(copy=False, return_orig_weights=True, keep_original_weight=True, train_ds=None)
+    _, weights_copy = editor.apply_algo(editor.model, editor.tok, [request], editor.hparams, **kwargs)
+    assert len(changed_parameters(model, before)) == 1 and list(weights_copy) == changed_parameters(model, before)
+
+
+def test_dev0_convention_keeps_edits_when_keep_original_weight_is_false(tiny_gpt2, stats_dir):
+    from edit_plugins import easyedit_compat, hparams
+    from edit_plugins.methods.wilke import apply_wilke_to_model
+
+    if easyedit_compat.is_head():
+        pytest.skip("HEAD always returns the originals and decides restoration itself")
+    model, tok = tiny_gpt2
+    hp = hparams.load(ROOT / "hparams" / "WilKE" / "tiny-gpt2.yaml")
+    hp.stats_dir = stats_dir
+    request = {"prompt": "The capital city of France", "subject": "France", "target_new": "Tokyo"}
+    _, weights_copy = apply_wilke_to_model(model, tok, [request], hp, copy=False, return_orig_weights=True,
+                                           keep_original_weight=False, train_ds=None)
+    assert weights_copy == {}  # dev0's editor restores whatever is returned

@@ -1,0 +1,151 @@
+"""WilKE on the tiny GPT-2 (Conv1D path) and on SmolLM2 (Llama path)."""
+import pytest
+import torch
+
+from conftest import EIFFEL, HPARAMS, changed_parameters, next_token, restore, snapshot
+from edit_plugins import hparams
+from edit_plugins.editing.layers import LayerError
+from edit_plugins.editing.requests import RequestError
+from edit_plugins.events import collect_events
+from edit_plugins.methods.wilke import apply_wilke_to_model
+
+# The random tiny GPT-2 attends weakly, so its test prompt ends with the subject.
+TINY_REQUEST = {"prompt": "The capital city of France", "subject": "France", "target_new": "Tokyo"}
+
+
+@pytest.fixture
+def tiny_hparams(stats_dir):
+    hp = hparams.load(HPARAMS / "WilKE" / "tiny-gpt2.yaml")
+    hp.stats_dir = stats_dir
+    return hp
+
+
+@pytest.fixture(scope="module")
+def smollm2_hparams(stats_dir):
+    hp = hparams.load(HPARAMS / "WilKE" / "smollm2-135m.yaml")
+    hp.stats_dir, hp.mom2_n_samples = stats_dir, 100
+    hp.layers = [3, 8, 14]  # a few candidates keep the test quick; the benchmark scans all 30
+    return hp
+
+
+def edit_and_check(model, tok, request, hp, prompt):
+    before = snapshot(model)
+    with collect_events() as events:
+        _, weights_copy = apply_wilke_to_model(model, tok, [request], hp, copy=False, return_orig_weights=True,
+                                               keep_original_weight=False, train_ds=None)
+    (event, _), = events
+    chosen = event.info["layer"]
+    assert next_token(model, tok, prompt) == " " + request["target_new"]
+    # Only the chosen layer's projection changed, and it is the argmin of the reported scores.
+    assert changed_parameters(model, before) == [hp.rewrite_module_tmp.format(chosen) + ".weight"]
+    scores = {int(k): v for k, v in event.info["layer_scores"].items()}
+    eligible = {k: v for k, v in scores.items() if k not in event.info["ineligible_layers"]}
+    assert sorted(scores) == hp.layers and chosen == min(eligible, key=eligible.get)
+    # weights_copy restores every bit.
+    assert list(weights_copy) == [hp.rewrite_module_tmp.format(chosen) + ".weight"]
+    restore(model, weights_copy)
+    assert changed_parameters(model, before) == []
+    return event
+
+
+def test_tiny_gpt2_edit_takes_hold_at_one_layer_and_restores(tiny_gpt2, tiny_hparams):
+    model, tok = tiny_gpt2
+    assert next_token(model, tok, TINY_REQUEST["prompt"]) != " Tokyo"
+    event = edit_and_check(model, tok, TINY_REQUEST, tiny_hparams, TINY_REQUEST["prompt"])
+    # Conv1D: the reported ΔW has the stored (in, out) layout.
+    (name, delta), = event.weight_deltas.items()
+    assert delta.shape == model.get_parameter(name).shape
+
+
+@pytest.mark.slow
+def test_smollm2_edit_takes_hold_at_one_layer_and_restores(smollm2, smollm2_hparams):
+    model, tok = smollm2
+    edit_and_check(model, tok, EIFFEL, smollm2_hparams, EIFFEL["prompt"])
+    assert next_token(model, tok, EIFFEL["prompt"]) == " Paris"  # restored
+
+
+@pytest.mark.slow
+def test_fast_scan_edits_at_its_estimated_best_layer(smollm2, smollm2_hparams):
+    model, tok = smollm2
+    hp = hparams.load(HPARAMS / "WilKE" / "smollm2-135m-fast.yaml")
+    hp.stats_dir, hp.mom2_n_samples, hp.layers = smollm2_hparams.stats_dir, 100, smollm2_hparams.layers
+    event = edit_and_check(model, tok, EIFFEL, hp, EIFFEL["prompt"])
+    assert event.info["scores_estimated"] is True
+
+
+@pytest.mark.parametrize("request_, message", [
+    ({**TINY_REQUEST, "subject": "Germany"}, "'Germany' does not occur in the prompt"),
+    ({**TINY_REQUEST, "target_new": "  "}, "field 'target_new' must be a non-empty string"),
+    ({**TINY_REQUEST, "target_new": {"str": ""}}, "field 'target_new' must be a non-empty string"),
+    ({"prompt": "x", "target_new": "y"}, "field 'subject' must be a non-empty string"),
+])
+def test_bad_requests_fail_before_any_weight_is_touched(tiny_gpt2, tiny_hparams, request_, message):
+    model, tok = tiny_gpt2
+    before = snapshot(model)
+    with pytest.raises(RequestError, match=message):
+        # the bad request comes second: the first must not be applied either
+        apply_wilke_to_model(model, tok, [TINY_REQUEST, request_], tiny_hparams)
+    assert changed_parameters(model, before) == []
+
+
+@pytest.mark.parametrize("layers, template, message", [
+    ([0, 7], "transformer.h.{}.mlp.c_proj", "layer 7 does not exist: the model has layers 0..3"),
+    ([0], "transformer.h.{}.mlp.nonesuch", "no module named 'transformer.h.0.mlp.nonesuch'"),
+])
+def test_unknown_layer_fails_before_any_weight_is_touched(tiny_gpt2, tiny_hparams, layers, template, message):
+    model, tok = tiny_gpt2
+    tiny_hparams.layers, tiny_hparams.rewrite_module_tmp = layers, template
+    before = snapshot(model)
+    with pytest.raises(LayerError, match=message):
+        apply_wilke_to_model(model, tok, [TINY_REQUEST], tiny_hparams)
+    assert changed_parameters(model, before) == []
+
+
+def test_failure_mid_batch_leaves_the_model_unedited(tiny_gpt2, tiny_hparams, monkeypatch):
+    from edit_plugins.methods.wilke import wilke_main
+
+    model, tok = tiny_gpt2
+    before = snapshot(model)
+    real, calls = wilke_main.execute_wilke, []
+
+    def fail_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(wilke_main, "execute_wilke", fail_second)
+    with pytest.raises(RuntimeError, match="boom"):
+        apply_wilke_to_model(model, tok, [TINY_REQUEST, {**TINY_REQUEST, "target_new": "Oslo"}], tiny_hparams)
+    assert changed_parameters(model, before) == []
+
+
+def test_copy_leaves_the_original_model_alone(tiny_gpt2, tiny_hparams):
+    model, tok = tiny_gpt2
+    before = snapshot(model)
+    edited, _ = apply_wilke_to_model(model, tok, [TINY_REQUEST], tiny_hparams, copy=True)
+    assert edited is not model and changed_parameters(model, before) == []
+    assert next_token(edited, tok, TINY_REQUEST["prompt"]) == " Tokyo"
+
+
+def test_single_candidate_layer_is_plain_rome(tiny_gpt2, tiny_hparams):
+    model, tok = tiny_gpt2
+    tiny_hparams.layers = [1]
+    with collect_events() as events:
+        apply_wilke_to_model(model, tok, [TINY_REQUEST], tiny_hparams)
+    assert events[0][0].info["layer"] == 1 and list(events[0][0].info["layer_scores"]) == ["1"]
+
+
+def test_rank_one_update_maps_the_key_exactly():
+    from edit_plugins.editing.rank_one import rank_one_update
+
+    torch.manual_seed(0)
+    W, k, v = torch.randn(5, 7), torch.randn(7), torch.randn(5)
+    A = torch.randn(7, 7)
+    c_inv = torch.linalg.inv(A @ A.T + torch.eye(7))
+    delta = rank_one_update(W, k, v, c_inv)
+    assert torch.allclose((W + delta) @ k, v, atol=1e-5)
+    assert torch.linalg.matrix_rank(delta) == 1
+    # with C = I the update is the minimum-norm one: its row space is k
+    plain = rank_one_update(W, k, v, None)
+    assert torch.allclose(plain, torch.outer(v - W @ k, k) / k.dot(k), atol=1e-6)
