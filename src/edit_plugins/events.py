@@ -47,8 +47,27 @@ def collect_events():
         _collectors.remove(sink)
 
 
+_requested_diagnostics: dict = {}
+
+
+def _activate_requested_diagnostics(event: EditEvent) -> None:
+    """Outside lifelong runs (which manage their own), start diagnostics that hparams or env ask for."""
+    from .diagnostics import interference
+    from .plugins import registry
+
+    if _collectors or not interference.requested(event.hparams):
+        return
+    key = ("interference", id(event.model))
+    if key not in _requested_diagnostics:
+        factory = registry().diagnostics["interference"].factory
+        diagnostic = factory(model=event.model, hparams=event.hparams, log_path=interference.default_log_path(event.hparams))
+        pm.register(diagnostic, name=f"diagnostic:interference:{id(event.model)}")
+        _requested_diagnostics[key] = diagnostic
+
+
 def emit_after_edit(event: EditEvent) -> dict:
     """Run every after_edit hook; merge what they return (later plugins win on clashes)."""
+    _activate_requested_diagnostics(event)
     merged = {}
     for result in reversed(pm.hook.after_edit(event=event)):  # pluggy calls last-registered first
         if result:

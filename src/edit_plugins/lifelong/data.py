@@ -13,6 +13,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from ..editing.requests import RequestError, normalize_request
 
@@ -114,10 +115,17 @@ def load_records(path, num_edits: int | None = None, start: int = 0, shuffle: bo
     return [_to_record(raw[i], fmt, i, str(path)) for i in indices]
 
 
-def load_probe_facts(path, count: int, seed: int = 0) -> list[tuple[str, str]]:
-    """Never-edited facts ``(prompt, answer)`` for locality, e.g. ROME's known_1000.json."""
+class ProbeFact(NamedTuple):
+    prompt: str
+    answer: str
+    subject: str | None
+
+
+def load_probe_facts(path, count: int, seed: int = 0) -> list[ProbeFact]:
+    """Never-edited facts for locality, e.g. ROME's known_1000.json (``prompt, attribute, subject``)."""
     raw = json.loads(Path(path).read_text())
-    facts = [(r["prompt"], r["attribute"]) for r in raw if r.get("prompt") and r.get("attribute")]
+    facts = [ProbeFact(r["prompt"], r["attribute"], r.get("subject")) for r in raw
+             if r.get("prompt") and r.get("attribute")]
     random.Random(seed).shuffle(facts)
     return facts[:count]
 

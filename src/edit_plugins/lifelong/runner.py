@@ -88,6 +88,7 @@ class _Run:
                  apply_fn, restore_kind: str):
         self.dir, self.hp, self.model, self.tok = run_dir, hp, model, tok
         self.records, self.probes, self.options = records, probes, options
+        self.probe_pairs = [(p.prompt, p.answer) for p in probes]
         self.apply_fn, self.restore_kind = apply_fn, restore_kind
         self.checkpoints = checkpoint_steps(len(records), options.checkpoints)
         self.edits, self.checkpoint_rows, self.timings = [], [], []
@@ -104,7 +105,7 @@ class _Run:
         for r in self.records:
             self.locality_reference.append(preds[i : i + len(r.locality)])
             i += len(r.locality)
-        self.probe_reference = [s.predicted for s in evaluate.score_answers(self.model, self.tok, self.probes)] \
+        self.probe_reference = [s.predicted for s in evaluate.score_answers(self.model, self.tok, self.probe_pairs)] \
             if self.probes else []
 
     # -- one edit ---------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ class _Run:
         past = self.records[:step]
         row = {"step": step, **evaluate.retention(self.model, self.tok, past)}
         if self.probes:
-            scores = evaluate.score_answers(self.model, self.tok, self.probes)
+            scores = evaluate.score_answers(self.model, self.tok, self.probe_pairs)
             row["probe_locality"] = evaluate.mean(evaluate.agreement(scores, self.probe_reference))
         pairs = [(pair, ref) for r, refs in zip(past, self.locality_reference) for pair, ref in zip(r.locality, refs)]
         if pairs:

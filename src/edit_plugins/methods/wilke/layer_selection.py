@@ -34,7 +34,7 @@ def estimate_layer_scores(model, tok, request, hp, templates, module_names, keys
         k = keys[name]
         u = k if c_invs[name] is None else c_invs[name] @ k
         grad_norm = float(deltas[name].grad.norm()) or 1e-12
-        delta_norm = float(nll) / grad_norm
+        delta_norm = float(nll.detach()) / grad_norm
         scores[name] = delta_norm * float(u.norm()) / float(torch.dot(k, u)) / float(
             weight_out_in(get_module(model, name)).detach().norm())
     return scores

@@ -1,0 +1,47 @@
+"""Shared helpers for the benchmarks: the model, CounterFact facts the model knows, timing, tables."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+os.environ.setdefault("EDIT_PLUGINS_CACHE", str(ROOT / ".cache" / "edit_plugins"))
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def setup_threads(n: int = 2):
+    torch.set_num_threads(n)
+
+
+def known_counterfact(model, tok, limit=None):
+    """ROME-format CounterFact records whose target_true's first token the model predicts (≈ half)."""
+    from edit_plugins.lifelong.data import load_records
+
+    records = load_records(SHARED / "counterfact_known.json")
+    known = []
+    for r in records:
+        ids = tok(r.request["prompt"], return_tensors="pt")
+        true_first = tok(" " + r.request["ground_truth"].strip(), add_special_tokens=False).input_ids[0]
+        with torch.no_grad():
+            if int(model(**ids).logits[0, -1].argmax()) == true_first:
+                known.append(r)
+        if limit and len(known) >= limit:
+            break
+    return known
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_result(name: str, data: dict):
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps(data, indent=2))

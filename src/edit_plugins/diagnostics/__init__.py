@@ -1,0 +1,1 @@
+"""Diagnostics: superposition analysis and the after-edit interference log."""

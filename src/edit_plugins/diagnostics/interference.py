@@ -1,0 +1,164 @@
+"""The interference term of lifelong linear editing, logged after every edit.
+
+After n closed-form edits at one module ("Knowledge in Superposition", Hu et al. 2024):
+    W_n k_j = v_j + Σ_{i>j} r_i · p(k_i, k_j),   p(k_i, k_j) = k_iᵀC⁻¹k_j / k_iᵀC⁻¹k_i,
+with r_i = v_i − W_{i−1} k_i. Per module we keep k_j, C⁻¹k_j, r_j and v_j of earlier edits and the
+accumulated interference I_j, updated in O(t·d) per edit:  I_j += r_t · p(k_t, k_j).
+The measured drift W_t k_j − v_j comes from the actual weights; for rank-one edits the two agree.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..editing.keys import compute_keys
+from ..editing.layers import get_module, weight_out_in
+from ..editing.requests import EditRequest
+from ..hookspecs import hookimpl
+
+PERCENTILES = (50, 90, 99)
+
+
+def superposition_degree(c_inv_key_new: torch.Tensor, key_new: torch.Tensor, keys_old: torch.Tensor) -> torch.Tensor:
+    """p(k_new, k_j) for every earlier key k_j (rows of keys_old)."""
+    return keys_old @ c_inv_key_new / torch.dot(c_inv_key_new, key_new)
+
+
+def describe(values) -> dict:
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return {}
+    out = {"mean": float(values.mean()), "max": float(values.max())}
+    out.update({f"p{q}": float(np.percentile(values, q)) for q in PERCENTILES})
+    return out
+
+
+class _ModuleHistory:
+    def __init__(self, weight0: torch.Tensor):
+        self.weight0 = weight0  # W before the first edit at this module, (out, in)
+        self.keys, self.c_inv_keys, self.values, self.interference = [], [], [], []
+
+    def stacked(self):
+        return (torch.stack(self.keys), torch.stack(self.values), torch.stack(self.interference))
+
+
+class InterferenceLog:
+    """After-edit diagnostic. Register an instance as a plugin (lifelong mode does this)."""
+
+    def __init__(self, model=None, tok=None, hparams=None, probes=(), log_path=None, **_):
+        self.model, self.tok = model, tok
+        self.history: dict[str, _ModuleHistory] = {}
+        self.log_path = Path(log_path) if log_path else None
+        self.probe_keys: dict[str, torch.Tensor] = {}
+        self.step = 0
+        modules = []
+        if hparams is not None and getattr(hparams, "rewrite_module_tmp", None) and getattr(hparams, "layers", None):
+            modules = [hparams.rewrite_module_tmp.format(l) for l in hparams.layers]
+        probe_requests = [EditRequest(prompt=p.prompt.replace(p.subject, "{}", 1), subject=p.subject, target_new=" x")
+                          for p in probes if getattr(p, "subject", None) and p.subject in p.prompt]
+        if model is not None and modules and probe_requests:
+            # Probe keys come from the unedited model, once: no forward pass per edit.
+            self.probe_keys = {m: k.detach() for m, k in compute_keys(model, tok, probe_requests, modules).items()}
+
+    @hookimpl
+    def after_edit(self, event):
+        self.step += 1
+        if not event.linear_edits:
+            return self._probe_only(event)
+        report = {}
+        for edit in event.linear_edits:
+            report[edit.module] = self._update(event.model, edit)
+        result = {"interference": report if len(report) > 1 else next(iter(report.values()))}
+        if self.log_path is not None:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps({"step": self.step, "method": event.method,
+                                    "case_id": event.request.get("case_id"), **result}) + "\n")
+        return result
+
+    def _update(self, model, edit) -> dict:
+        W = weight_out_in(get_module(model, edit.module)).detach().float()
+        key, c_inv_key, residual = edit.key.float().to(W.device), edit.c_inv_key.float().to(W.device), edit.residual.float().to(W.device)
+        history = self.history.get(edit.module)
+        if history is None:
+            weight0 = W - torch.outer(residual, c_inv_key) / torch.dot(key, c_inv_key)
+            history = self.history[edit.module] = _ModuleHistory(weight0)
+        out = {"edits_at_module": len(history.keys) + 1}
+        if history.keys:
+            keys_old = torch.stack(history.keys)
+            p = superposition_degree(c_inv_key, key, keys_old)  # O(t·d)
+            for j, p_j in enumerate(p):
+                history.interference[j] = history.interference[j] + residual * p_j
+            keys, values, predicted = history.stacked()
+            measured = keys @ W.T - values  # W_t k_j − v_j from the actual weights
+            value_norms = values.norm(dim=1).clamp_min(1e-12)
+            out["superposition_abs_p"] = describe(p.abs().cpu())
+            out["predicted_interference_rel"] = describe((predicted.norm(dim=1) / value_norms).cpu())
+            out["measured_drift_rel"] = describe((measured.norm(dim=1) / value_norms).cpu())
+            out["prediction_error_max"] = float((predicted - measured).norm(dim=1).max() / value_norms.max())
+        if edit.module in self.probe_keys:
+            probes = self.probe_keys[edit.module].to(W.device)
+            drift = (probes @ (W - history.weight0).T).norm(dim=1) / (probes @ history.weight0.T).norm(dim=1).clamp_min(1e-12)
+            out["probe_drift_rel"] = describe(drift.cpu())
+        # The new edit itself: W_t k_t = v_t exactly, so its own interference starts at 0.
+        history.keys.append(key)
+        history.c_inv_keys.append(c_inv_key)
+        history.values.append(W @ key)
+        history.interference.append(torch.zeros_like(residual))
+        return out
+
+    def _probe_only(self, event) -> dict | None:
+        """Methods without a linear update: how much the edited modules' outputs moved on probe keys."""
+        out = {}
+        for name, delta in (event.weight_deltas or {}).items():
+            module = name.rsplit(".", 1)[0]
+            if module in self.probe_keys:
+                W = weight_out_in(get_module(event.model, module)).detach().float()
+                d = delta.float().to(W.device)
+                d = d.T if d.shape != W.shape else d
+                probes = self.probe_keys[module].to(W.device)
+                out[module] = {"probe_output_change_rel": describe(
+                    ((probes @ d.T).norm(dim=1) / (probes @ (W - d).T).norm(dim=1).clamp_min(1e-12)).cpu())}
+        return {"interference": out} if out else None
+
+    def accumulated_interference(self) -> dict:
+        """{case index at module: ‖I_j‖/‖v_j‖} for early-warning analysis."""
+        return {m: (torch.stack(h.interference).norm(dim=1) / torch.stack(h.values).norm(dim=1).clamp_min(1e-12)).tolist()
+                for m, h in self.history.items() if h.keys}
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "history": {m: {"weight0": h.weight0, "keys": h.keys, "c_inv_keys": h.c_inv_keys,
+                                                   "values": h.values, "interference": h.interference}
+                                               for m, h in self.history.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.history = {}
+        for m, h in state["history"].items():
+            history = _ModuleHistory(h["weight0"])
+            history.keys, history.c_inv_keys = h["keys"], h["c_inv_keys"]
+            history.values, history.interference = h["values"], h["interference"]
+            self.history[m] = history
+
+
+# EasyEdit runs: turned on by `diagnostics: [interference]` in hparams or this env var.
+DIAGNOSTICS_ENV = "EDIT_PLUGINS_DIAGNOSTICS"
+LOG_ENV = "EDIT_PLUGINS_DIAGNOSTICS_LOG"
+
+
+@hookimpl
+def register_diagnostics(register):
+    register("interference", InterferenceLog)
+
+
+def requested(hparams) -> bool:
+    names = set(getattr(hparams, "diagnostics", None) or [])
+    names |= {n.strip() for n in os.environ.get(DIAGNOSTICS_ENV, "").split(",") if n.strip()}
+    return "interference" in names
+
+
+def default_log_path(hparams) -> str:
+    return getattr(hparams, "diagnostics_log", None) or os.environ.get(LOG_ENV) or "interference.jsonl"

@@ -1,0 +1,124 @@
+"""The interference term: predicted from the closed form vs measured from the weights."""
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from conftest import EIFFEL, HPARAMS
+from edit_plugins import hparams
+from edit_plugins.diagnostics.interference import InterferenceLog, describe, superposition_degree
+from edit_plugins.events import EditEvent, LinearEdit, collect_events
+from edit_plugins.methods.wilke import apply_wilke_to_model
+from edit_plugins.plugins import pm
+
+TINY_REQUESTS = [
+    {"prompt": "The capital city of France", "subject": "France", "target_new": "Tokyo"},
+    {"prompt": "The favourite food of Germany", "subject": "Germany", "target_new": "rice"},
+    {"prompt": "The best known river of Egypt", "subject": "Egypt", "target_new": "Thames"},
+    {"prompt": "The national sport of Canada", "subject": "Canada", "target_new": "cricket"},
+]
+
+
+def run_sequence(model, tok, hp, requests):
+    log = InterferenceLog()
+    pm.register(log)
+    try:
+        reports = []
+        for request in requests:
+            with collect_events() as events:
+                apply_wilke_to_model(model, tok, [request], hp)
+            reports.append(events[0][1]["interference"])
+        return log, reports
+    finally:
+        pm.unregister(log)
+
+
+def test_predicted_equals_measured_on_tiny_gpt2(tiny_gpt2, stats_dir):
+    model, tok = tiny_gpt2
+    hp = hparams.load(HPARAMS / "WilKE" / "tiny-gpt2.yaml")
+    hp.stats_dir, hp.layers = stats_dir, [1]  # one layer: every edit interferes with the earlier ones
+    log, reports = run_sequence(model, tok, hp, TINY_REQUESTS)
+    assert reports[0]["edits_at_module"] == 1 and "measured_drift_rel" not in reports[0]
+    last = reports[-1]
+    assert last["edits_at_module"] == 4
+    assert last["measured_drift_rel"]["max"] > 1e-3  # the interference is real, not zero
+    assert last["prediction_error_max"] < 1e-4
+    assert last["predicted_interference_rel"]["max"] == pytest.approx(last["measured_drift_rel"]["max"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_predicted_equals_measured_on_smollm2(smollm2, stats_dir):
+    from edit_plugins.editing.layers import get_module
+
+    model, tok = smollm2
+    hp = hparams.load(HPARAMS / "WilKE" / "smollm2-135m-rome.yaml")
+    hp.stats_dir, hp.mom2_n_samples = stats_dir, 100
+    requests = [EIFFEL, {"prompt": "The mother tongue of Danielle Darrieux is", "subject": "Danielle Darrieux",
+                         "target_new": "English"}, {"prompt": "Toko Yasuda, the", "subject": "Toko Yasuda", "target_new": "piano"}]
+    module = get_module(model, hp.rewrite_module_tmp.format(hp.layers[0]))
+    original = module.weight.detach().clone()
+    try:
+        _, reports = run_sequence(model, tok, hp, requests)
+    finally:
+        with torch.no_grad():
+            module.weight.copy_(original)
+    last = reports[-1]
+    assert last["edits_at_module"] == 3 and last["measured_drift_rel"]["max"] > 1e-4
+    assert last["prediction_error_max"] < 1e-3
+
+
+def test_orthogonal_whitened_keys_do_not_interfere():
+    """Hand-built: keys orthogonal under C⁻¹, so p(k_i, k_j) = 0 and later edits leave earlier ones exact."""
+    torch.manual_seed(0)
+    d_in, d_out = 6, 4
+    A = torch.randn(d_in, d_in)
+    C = A @ A.T + torch.eye(d_in)
+    c_inv = torch.linalg.inv(C)
+    L = torch.linalg.cholesky(C)
+    keys = (L @ torch.eye(d_in)[:, :3]).T  # k_i = L e_i: k_iᵀ C⁻¹ k_j = e_iᵀ e_j
+    assert torch.allclose(superposition_degree(c_inv @ keys[2], keys[2], keys[:2]), torch.zeros(2), atol=1e-5)
+
+    module = torch.nn.Linear(d_in, d_out, bias=False)
+    model = torch.nn.Sequential()
+    model.add_module("proj", module)
+    log = InterferenceLog()
+    reports = []
+    for k in keys:
+        u = c_inv @ k
+        residual = torch.randn(d_out)
+        with torch.no_grad():
+            module.weight.add_(torch.outer(residual, u) / k.dot(u))
+        reports.append(log.after_edit(EditEvent(method="manual", request={}, model=model, hparams=None, modules=["proj"],
+                                                linear_edits=[LinearEdit("proj", k, residual, u)]))["interference"])
+    assert reports[-1]["superposition_abs_p"]["max"] < 1e-5
+    assert reports[-1]["measured_drift_rel"]["max"] < 1e-5
+    assert reports[-1]["predicted_interference_rel"]["max"] < 1e-5
+
+
+def test_statistics_summary():
+    values = np.arange(101.0)
+    assert describe(values) == {"mean": 50.0, "max": 100.0, "p50": 50.0, "p90": 90.0, "p99": 99.0}
+
+
+def test_interference_plugin_is_registered():
+    from edit_plugins.plugins import registry
+
+    assert registry().diagnostics["interference"].factory is InterferenceLog
+
+
+def test_hparams_flag_turns_logging_on_outside_lifelong_mode(tiny_gpt2, stats_dir, tmp_path):
+    model, tok = tiny_gpt2
+    hp = hparams.load(HPARAMS / "WilKE" / "tiny-gpt2.yaml")
+    hp.stats_dir, hp.layers = stats_dir, [1]
+    hp.diagnostics, hp.diagnostics_log = ["interference"], str(tmp_path / "log.jsonl")
+    try:
+        for request in TINY_REQUESTS[:2]:
+            apply_wilke_to_model(model, tok, [request], hp)
+    finally:
+        from edit_plugins import events
+
+        for diagnostic in events._requested_diagnostics.values():
+            pm.unregister(diagnostic)
+        events._requested_diagnostics.clear()
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and '"edits_at_module": 2' in lines[1]
