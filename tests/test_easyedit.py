@@ -121,3 +121,26 @@ def test_dev0_convention_keeps_edits_when_keep_original_weight_is_false(tiny_gpt
     _, weights_copy = apply_wilke_to_model(model, tok, [request], hp, copy=False, return_orig_weights=True,
                                            keep_original_weight=False, train_ds=None)
     assert weights_copy == {}  # dev0's editor restores whatever is returned
+
+
+def test_lifelong_edit_takes_an_existing_base_editor(tiny_gpt2, stats_dir, tmp_path):
+    import json
+
+    from easyeditor import BaseEditor
+
+    from edit_plugins import hparams
+    from edit_plugins.lifelong.runner import RunOptions, lifelong_edit
+
+    model, tok = tiny_gpt2
+    hp = hparams.load(ROOT / "hparams" / "WilKE" / "tiny-gpt2.yaml")
+    hp.stats_dir, hp.layers = stats_dir, [1, 2]
+    hp.model_name = (model, tok)
+    object.__setattr__(model, "to", lambda *a, **k: model)  # dev0 moves the model to CUDA unconditionally
+    editor = BaseEditor.from_hparams(hp)
+    requests = [{"prompt": f"The capital city of {c}", "subject": c, "target_new": t, "ground_truth": "Paris",
+                 "locality": {"nq": {"prompt": "The sky is", "ground_truth": "blue"}}}
+                for c, t in (("France", "Tokyo"), ("Spain", "Oslo"), ("Italy", "Cairo"))]
+    summary = lifelong_edit(editor, requests, tmp_path / "run", RunOptions(), progress_bar=False)
+    assert summary["edits_done"] == 3 and summary["immediate"]["rewrite_acc"] is not None
+    lines = (tmp_path / "run" / "edits.jsonl").read_text().splitlines()
+    assert [json.loads(l)["layer"] in (1, 2) for l in lines] == [True] * 3

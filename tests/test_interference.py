@@ -122,3 +122,24 @@ def test_hparams_flag_turns_logging_on_outside_lifelong_mode(tiny_gpt2, stats_di
         events._requested_diagnostics.clear()
     lines = (tmp_path / "log.jsonl").read_text().splitlines()
     assert len(lines) == 2 and '"edits_at_module": 2' in lines[1]
+
+
+def test_auc_of_interference_against_lost_edits():
+    log = InterferenceLog()
+    torch.manual_seed(0)
+    W = torch.nn.Linear(4, 3, bias=False)
+    model = torch.nn.Sequential()
+    model.add_module("proj", W)
+    for case in range(4):
+        k, r = torch.randn(4), torch.randn(3)
+        with torch.no_grad():
+            W.weight.add_(torch.outer(r, k) / k.dot(k))
+        log.after_edit(EditEvent(method="m", request={"case_id": case}, model=model, hparams=None, modules=["proj"],
+                                 linear_edits=[LinearEdit("proj", k, r, k)]))
+    scores = log.accumulated_interference()
+    assert scores[3] == 0.0 and all(v > 0 for c, v in scores.items() if c != 3)
+    ranked = sorted(scores, key=scores.get)
+    perfect = log.summarize(lost_case_ids=ranked[2:])  # the two most interfered-with edits were lost
+    assert perfect["auc_interference_predicts_loss"] == 1.0 and perfect["edits_lost"] == 2
+    inverse = log.summarize(lost_case_ids=ranked[:2])
+    assert inverse["auc_interference_predicts_loss"] == 0.0

@@ -131,14 +131,32 @@ def materialize(name: str) -> Path:
     return out
 
 
+RANDOM_INIT_PREFIX = "random-init:"
+
+
+def _random_init(base: str, device):
+    """A control: the architecture and tokenizer of ``base`` with freshly initialised weights (seed 0)."""
+    from transformers import AutoModelForCausalLM
+
+    trained, tok = load_model(base, "cpu")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(trained.config, **_dtype_kwargs(torch.float32))
+    del trained
+    model.to(resolve_device(device)).eval()
+    return model, tok
+
+
 def load_model(name: str, device: str | None = "auto", model_parallel: bool = False):
     """Return ``(model, tokenizer)`` in eval mode, float32, on ``device``.
 
-    ``name`` is an embedded alias (``smollm2-135m``, ``tiny-gpt2``), a local directory, or a
-    name for ``from_pretrained``. ``model_parallel`` spreads it over every visible GPU.
+    ``name`` is an embedded alias (``smollm2-135m``, ``tiny-gpt2``), a local directory, a name for
+    ``from_pretrained``, or ``random-init:<name>`` (same architecture, random weights: a control). ``model_parallel`` spreads it over every visible GPU.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if name.startswith(RANDOM_INIT_PREFIX):
+        return _random_init(name[len(RANDOM_INIT_PREFIX):], device)
     source = str(materialize(name)) if is_embedded(name) else name
     kwargs = _dtype_kwargs(torch.float32)
     if model_parallel:

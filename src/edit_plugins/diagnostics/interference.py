@@ -21,6 +21,8 @@ from ..editing.requests import EditRequest
 from ..hookspecs import hookimpl
 
 PERCENTILES = (50, 90, 99)
+# An edit is "at risk" once the predicted interference on it is half the size of its value vector.
+RISK_THRESHOLD = 0.5
 
 
 def superposition_degree(c_inv_key_new: torch.Tensor, key_new: torch.Tensor, keys_old: torch.Tensor) -> torch.Tensor:
@@ -41,6 +43,7 @@ class _ModuleHistory:
     def __init__(self, weight0: torch.Tensor):
         self.weight0 = weight0  # W before the first edit at this module, (out, in)
         self.keys, self.c_inv_keys, self.values, self.interference = [], [], [], []
+        self.case_ids = []
 
     def stacked(self):
         return (torch.stack(self.keys), torch.stack(self.values), torch.stack(self.interference))
@@ -71,7 +74,7 @@ class InterferenceLog:
             return self._probe_only(event)
         report = {}
         for edit in event.linear_edits:
-            report[edit.module] = self._update(event.model, edit)
+            report[edit.module] = self._update(event.model, edit, event.request.get("case_id"))
         result = {"interference": report if len(report) > 1 else next(iter(report.values()))}
         if self.log_path is not None:
             with open(self.log_path, "a") as f:
@@ -79,7 +82,7 @@ class InterferenceLog:
                                     "case_id": event.request.get("case_id"), **result}) + "\n")
         return result
 
-    def _update(self, model, edit) -> dict:
+    def _update(self, model, edit, case_id=None) -> dict:
         W = weight_out_in(get_module(model, edit.module)).detach().float()
         key, c_inv_key, residual = edit.key.float().to(W.device), edit.c_inv_key.float().to(W.device), edit.residual.float().to(W.device)
         history = self.history.get(edit.module)
@@ -108,6 +111,7 @@ class InterferenceLog:
         history.c_inv_keys.append(c_inv_key)
         history.values.append(W @ key)
         history.interference.append(torch.zeros_like(residual))
+        history.case_ids.append(case_id)
         return out
 
     def _probe_only(self, event) -> dict | None:
@@ -125,13 +129,33 @@ class InterferenceLog:
         return {"interference": out} if out else None
 
     def accumulated_interference(self) -> dict:
-        """{case index at module: ‖I_j‖/‖v_j‖} for early-warning analysis."""
-        return {m: (torch.stack(h.interference).norm(dim=1) / torch.stack(h.values).norm(dim=1).clamp_min(1e-12)).tolist()
-                for m, h in self.history.items() if h.keys}
+        """{case_id: ‖I_j‖/‖v_j‖}: how far later edits have pushed each edit's value, per the closed form."""
+        out = {}
+        for h in self.history.values():
+            if h.keys:
+                rel = torch.stack(h.interference).norm(dim=1) / torch.stack(h.values).norm(dim=1).clamp_min(1e-12)
+                out.update(zip(h.case_ids, rel.tolist()))
+        return out
+
+    def summarize(self, lost_case_ids) -> dict:
+        """Does accumulated interference predict which edits are lost? ROC AUC (0.5 = no signal)."""
+        scores = self.accumulated_interference()
+        lost = set(map(str, lost_case_ids))
+        pos = [v for k, v in scores.items() if str(k) in lost]
+        neg = [v for k, v in scores.items() if str(k) not in lost]
+        out = {"edits_scored": len(scores), "edits_lost": len(pos),
+               "edits_at_risk": sum(v > RISK_THRESHOLD for v in scores.values()), "risk_threshold": RISK_THRESHOLD}
+        if pos and neg:
+            import scipy.stats
+
+            u = scipy.stats.mannwhitneyu(pos, neg, alternative="two-sided").statistic
+            out["auc_interference_predicts_loss"] = float(u / (len(pos) * len(neg)))
+        return out
 
     def state_dict(self) -> dict:
         return {"step": self.step, "history": {m: {"weight0": h.weight0, "keys": h.keys, "c_inv_keys": h.c_inv_keys,
-                                                   "values": h.values, "interference": h.interference}
+                                                   "values": h.values, "interference": h.interference,
+                                                   "case_ids": h.case_ids}
                                                for m, h in self.history.items()}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -141,6 +165,7 @@ class InterferenceLog:
             history = _ModuleHistory(h["weight0"])
             history.keys, history.c_inv_keys = h["keys"], h["c_inv_keys"]
             history.values, history.interference = h["values"], h["interference"]
+            history.case_ids = h["case_ids"]
             self.history[m] = history
 
 

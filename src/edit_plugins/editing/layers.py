@@ -62,3 +62,25 @@ def decoder_layers(model):
 
 def input_device(model) -> torch.device:
     return model.get_input_embeddings().weight.device
+
+
+# The FFN output projection per architecture: its input is the key k.
+_FFN_OUTPUT = {
+    "gpt2": "transformer.h.{}.mlp.c_proj",
+    "gptj": "transformer.h.{}.mlp.fc_out",
+    "gpt_neox": "gpt_neox.layers.{}.mlp.dense_4h_to_h",
+    "llama": "model.layers.{}.mlp.down_proj",
+    "mistral": "model.layers.{}.mlp.down_proj",
+    "qwen2": "model.layers.{}.mlp.down_proj",
+    "qwen3": "model.layers.{}.mlp.down_proj",
+    "gemma": "model.layers.{}.mlp.down_proj",
+    "phi3": "model.layers.{}.mlp.down_proj",
+}
+
+
+def ffn_output_template(model) -> str:
+    model_type = getattr(model.config, "model_type", "")
+    if model_type not in _FFN_OUTPUT:
+        raise LayerError(f"unknown architecture {model_type!r}: pass the FFN output projection's module template "
+                         f"(known: {sorted(_FFN_OUTPUT)})")
+    return _FFN_OUTPUT[model_type]

@@ -163,6 +163,15 @@ class _Run:
             diagnostic.load_state_dict(state)
         set_rng_state(progress["rng"])
 
+    def _edits_at_risk(self):
+        """Early warning from the interference diagnostic, for the progress bar."""
+        for d in self.diagnostics:
+            if hasattr(d, "accumulated_interference"):
+                from ..diagnostics.interference import RISK_THRESHOLD
+
+                return sum(v > RISK_THRESHOLD for v in d.accumulated_interference().values())
+        return None
+
     def summary(self) -> dict:
         done = self.records[: self.position]
         immediate = {m: evaluate.mean(e["metrics"].get(m) for e in self.edits) for m in SUMMARY_METRICS}
@@ -179,6 +188,8 @@ class _Run:
             "lost_edits_at_end": len(final.get("lost_case_ids", [])),
             "S": evaluate.harmonic_mean(components.values()), "S_components": components,
             "layer_histogram": _layer_histogram(self.edits),
+            "diagnostics": {type(d).__name__: d.summarize(final.get("lost_case_ids", []))
+                            for d in self.diagnostics if hasattr(d, "summarize")},
         }
 
     def finish(self) -> dict:
@@ -218,12 +229,16 @@ class _Run:
             self.position += len(batch)
             for step in [s for s in self.checkpoints if self.position - len(batch) < s <= self.position]:
                 self.checkpoint_rows.append(self.evaluate_checkpoint(step))
-                bar.set_postfix(retention=f"{self.checkpoint_rows[-1]['retention_exact']:.3f}")
             eval_seconds = time.perf_counter() - started
             self.timings.append({"step": self.position, "edit_seconds": edit_seconds, "eval_seconds": eval_seconds,
                                  "wall_seconds": time.perf_counter() - wall})
             self.edits[-1]["seconds"] = round(edit_seconds, 4)
             bar.update(len(batch))
+            postfix = {"retention": f"{self.checkpoint_rows[-1]['retention_exact']:.3f}"} if self.checkpoint_rows else {}
+            at_risk = self._edits_at_risk()
+            if at_risk is not None:
+                postfix["at_risk"] = at_risk
+            bar.set_postfix(postfix)
             if self.position >= next_save:
                 self.save()
                 next_save = self.position + self.options.save_every

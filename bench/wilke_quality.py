@@ -1,0 +1,90 @@
+"""WilKE quality on SmolLM2-135M over the ../shared/data CounterFact facts that the model knows.
+
+    python bench/wilke_quality.py independent --edits 40     # each edit from the unedited model
+    python bench/wilke_quality.py agreement --edits 10       # fast_scan vs the faithful 30-layer scan
+    python bench/wilke_quality.py sequential --edits 100     # no rollback: WilKE vs fixed-layer ROME
+
+Writes bench/results/wilke_<mode>.json (sequential runs also leave full lifelong run folders under runs/).
+"""
+import argparse
+import shutil
+import time
+
+from common import ROOT, SHARED, known_counterfact, setup_threads, write_result
+
+parser = argparse.ArgumentParser()
+parser.add_argument("mode", choices=["independent", "agreement", "sequential"])
+parser.add_argument("--edits", type=int, default=40)
+args = parser.parse_args()
+setup_threads(2)
+
+from edit_plugins import hparams  # noqa: E402
+from edit_plugins.events import collect_events  # noqa: E402
+from edit_plugins.lifelong import evaluate  # noqa: E402
+from edit_plugins.lifelong.runner import RunOptions, run_lifelong  # noqa: E402
+from edit_plugins.methods.wilke import apply_wilke_to_model  # noqa: E402
+from edit_plugins.models import load_model  # noqa: E402
+
+model, tok = load_model("smollm2-135m", "cpu")
+records = known_counterfact(model, tok)
+print(f"{len(records)} of 300 CounterFact records are known to the model (first token of target_true)")
+HP = {name: hparams.load(ROOT / "hparams" / "WilKE" / f"{name}.yaml")
+      for name in ("smollm2-135m-rome", "smollm2-135m-fast", "smollm2-135m")}
+
+
+def edit_and_measure(hp, record):
+    with collect_events() as events:
+        _, weights_copy = apply_wilke_to_model(model, tok, [record.request], hp, return_orig_weights=True)
+    metrics = evaluate.edit_metrics(model, tok, record, [[-1]] * len(record.locality))
+    # neighbourhood success needs no reference; locality_acc (vs unedited) is not used here
+    for param, value in weights_copy.items():
+        model.get_parameter(param).data.copy_(value)
+    return events[0][0].info, metrics
+
+
+if args.mode == "independent":
+    out = {"known_records": len(records), "edits": args.edits}
+    for name in ("smollm2-135m-rome", "smollm2-135m-fast"):
+        rows, layers = [], {}
+        for record in records[: args.edits]:
+            info, metrics = edit_and_measure(HP[name], record)
+            rows.append(metrics)
+            layers[str(info["layer"])] = layers.get(str(info["layer"]), 0) + 1
+        out[name] = {m: evaluate.mean(r.get(m) for r in rows) for m in ("efficacy", "paraphrase", "neighbourhood", "rewrite_acc")}
+        out[name]["layer_histogram"] = dict(sorted(layers.items(), key=lambda kv: int(kv[0])))
+        print(name, out[name], flush=True)
+    write_result("wilke_independent", out)
+
+elif args.mode == "agreement":
+    same, rows = 0, []
+    for record in records[: args.edits]:
+        t0 = time.perf_counter()
+        faithful, f_metrics = edit_and_measure(HP["smollm2-135m"], record)
+        t1 = time.perf_counter()
+        fast, s_metrics = edit_and_measure(HP["smollm2-135m-fast"], record)
+        t2 = time.perf_counter()
+        same += faithful["layer"] == fast["layer"]
+        rows.append({"case_id": record.case_id, "faithful_layer": faithful["layer"], "fast_layer": fast["layer"],
+                     "faithful_efficacy": f_metrics["efficacy"], "fast_efficacy": s_metrics["efficacy"],
+                     "faithful_seconds": t1 - t0, "fast_seconds": t2 - t1,
+                     "faithful_ineligible": faithful["ineligible_layers"]})
+        print(rows[-1], flush=True)
+    write_result("wilke_agreement", {"edits": len(rows), "same_layer_rate": same / len(rows),
+                                     "faithful_efficacy": evaluate.mean(r["faithful_efficacy"] for r in rows),
+                                     "fast_efficacy": evaluate.mean(r["fast_efficacy"] for r in rows), "rows": rows})
+
+else:
+    out = {"edits": args.edits}
+    for name in ("smollm2-135m-fast", "smollm2-135m-rome"):
+        folder = ROOT / "runs" / f"bench-sequential-{name}"
+        shutil.rmtree(folder, ignore_errors=True)
+        summary = run_lifelong(HP[name], records[: args.edits], folder, model=model, tok=tok,
+                               options=RunOptions(probe_data=str(SHARED / "known_1000.json"), num_probes=100,
+                                                  save_every=25))
+        out[name] = summary
+        timing = (folder / "timing.json").read_text()
+        out[name]["timing"] = __import__("json").loads(timing)
+        # undo this method's edits before the next one runs
+        fresh, _ = load_model("smollm2-135m", "cpu")
+        model.load_state_dict(fresh.state_dict())
+    write_result("wilke_sequential", out)
