@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 import tempfile
@@ -86,6 +87,16 @@ def _build_smollm2(out: Path) -> None:
     model.config.save_pretrained(out)
     model.generation_config.save_pretrained(out)
     tok.save_pretrained(out)
+    _portable_tokenizer_class(out)
+
+
+def _portable_tokenizer_class(folder: Path) -> None:
+    """transformers 5 writes tokenizer_class "TokenizersBackend", unknown to 4.x; both read this one."""
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config_path.write_text(json.dumps(config, indent=2))
 
 
 def _build_tiny_gpt2(out: Path) -> None:
@@ -163,7 +174,12 @@ def load_model(name: str, device: str | None = "auto", model_parallel: bool = Fa
         kwargs["device_map"] = "auto"
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-        tok = AutoTokenizer.from_pretrained(source)
+        try:
+            tok = AutoTokenizer.from_pretrained(source)
+        except ValueError:  # a folder written by the other major version of transformers
+            from transformers import PreTrainedTokenizerFast
+
+            tok = PreTrainedTokenizerFast.from_pretrained(source)
     except OSError as error:
         raise ModelLoadError(
             f"could not load model {name!r}: {error}. Use an embedded alias ({sorted(_BUILDERS)}), "

@@ -32,6 +32,12 @@ def dataset_name(source: str) -> str:
     return path.stem if path.suffix else source
 
 
+def stats_model_key(model_name, model) -> str:
+    """The cache folder name: hparams.model_name, or (EasyEdit passes a (model, tok) pair) the model's own path."""
+    name = model_name if isinstance(model_name, str) else getattr(model.config, "_name_or_path", "") or "model"
+    return name.replace("/", "_")
+
+
 def cache_path(stats_dir, model_key: str, source: str, module: str, n_samples: int, precision="float32") -> Path:
     return (Path(stats_dir) / model_key.replace("/", "_") / f"{dataset_name(source)}_stats"
             / f"{module}_{precision}_mom2_{n_samples}.npz")

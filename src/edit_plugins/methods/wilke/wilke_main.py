@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ... import easyedit_compat
-from ...editing.covariance import safe_inverse, second_moments
+from ...editing.covariance import safe_inverse, second_moments, stats_model_key
 from ...editing.keys import compute_keys
 from ...editing.layers import add_to_weight, check_layers, get_module, is_transposed, weight_out_in
 from ...editing.rank_one import rank_one_update, relative_size
@@ -69,7 +69,7 @@ def layer_inverses(model, tok, hp: WilKEHyperParams, module_names) -> dict:
     missing = [n for n in module_names if (n, settings) not in cache]
     if missing:
         moments = second_moments(model, tok, missing, source=hp.mom2_dataset, n_samples=hp.mom2_n_samples,
-                                 stats_dir=hp.stats_dir, model_key=hp.model_name)
+                                 stats_dir=hp.stats_dir, model_key=stats_model_key(hp.model_name, model))
         for name in missing:
             cache[(name, settings)] = safe_inverse(moments[name], hp.mom2_damping, what=f"C at {name}")
     return {n: cache[(n, settings)] for n in module_names}
