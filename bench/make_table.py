@@ -14,6 +14,11 @@ def load(name):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def overhead(timing):
+    wall = timing["wall_seconds"]
+    return (wall - timing["edit_seconds"] - timing["eval_seconds"]) / wall if wall else None
+
+
 def f(x, digits=3):
     return "n/a" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
 
@@ -67,13 +72,21 @@ if seq:
               f"Command: `python bench/wilke_quality.py sequential --edits {seq['edits']}` (lifelong runner; "
               "known CounterFact facts, same order; locality probes: 100 facts from `known_1000.json`).", "",
               "| method | retention of all past edits at the end (exact) | token acc | neighbourhood (immediate) | "
-              "probe locality at end | S | wall s |", "|---|---|---|---|---|---|---|"]
+              "probe locality at end | S | wall s | runner overhead |", "|---|---|---|---|---|---|---|---|"]
     for name, label in (("smollm2-135m-fast", "WilKE (fast_scan)"), ("smollm2-135m-rome", "ROME (layer 4)")):
         r = seq[name]
         final = r["final_checkpoint"]
         lines.append(f"| {label} | {f(final.get('retention_exact'))} | {f(final.get('retention_acc'))} | "
                      f"{f(r['immediate'].get('neighbourhood'))} | {f(final.get('probe_locality'))} | {f(r['S'])} | "
-                     f"{f(r['timing']['wall_seconds'], 0)} |")
+                     f"{f(r['timing']['wall_seconds'], 0)} | {f(overhead(r['timing']))} |")
+    lines += ["", "Runner overhead = (wall − edit − evaluation time) / wall; the target is ≤ 0.05.", ""]
+    for name in ("smollm2-135m-fast", "smollm2-135m-rome"):
+        diag = seq[name].get("diagnostics", {}).get("InterferenceLog")
+        if diag:
+            lines.append(f"- {name}: interference as an early warning of forgetting: ROC AUC "
+                         f"{f(diag.get('auc_interference_predicts_loss'))} over {diag['edits_scored']} edits "
+                         f"({diag['edits_lost']} lost at the end; {diag['edits_at_risk']} flagged at risk, "
+                         f"threshold ‖I‖/‖v‖ > {diag['risk_threshold']})")
     lines.append("")
 
 (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")

@@ -149,3 +149,16 @@ def test_rank_one_update_maps_the_key_exactly():
     # with C = I the update is the minimum-norm one: its row space is k
     plain = rank_one_update(W, k, v, None)
     assert torch.allclose(plain, torch.outer(v - W @ k, k) / k.dot(k), atol=1e-6)
+
+
+def test_rome_form_maps_the_prompt_key_exactly_along_the_mean_key_direction():
+    from edit_plugins.editing.rank_one import rank_one_update
+
+    torch.manual_seed(1)
+    W, k, k_mean, v = torch.randn(5, 7), torch.randn(7), torch.randn(7), torch.randn(5)
+    A = torch.randn(7, 7)
+    c_inv = torch.linalg.inv(A @ A.T + torch.eye(7))
+    delta = rank_one_update(W, k, v, c_inv, direction_key=k_mean)
+    assert torch.allclose((W + delta) @ k, v, atol=1e-5)  # the prompt's own key is mapped exactly
+    u = c_inv @ k_mean
+    assert torch.allclose(delta, torch.outer(delta @ u / u.dot(u), u), atol=1e-5)  # rows along C⁻¹k̄

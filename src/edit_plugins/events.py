@@ -15,9 +15,9 @@ class LinearEdit:
     """A closed-form edit W ← W + ΔW at one module, as the superposition algebra sees it."""
 
     module: str
-    key: torch.Tensor  # k
+    key: torch.Tensor  # k, mapped exactly to v*
     residual: torch.Tensor  # r = v* − W_before k
-    c_inv_key: torch.Tensor  # C⁻¹k (k itself when C = I)
+    c_inv_key: torch.Tensor  # the update's direction u: C⁻¹k (ROME/WilKE: C⁻¹k̄, k̄ the template mean)
 
 
 @dataclass

@@ -5,14 +5,17 @@ import torch
 
 
 def rank_one_update(weight_out_in: torch.Tensor, key: torch.Tensor, target_value: torch.Tensor,
-                    c_inv: torch.Tensor | None) -> torch.Tensor:
-    """The (out, in) update that maps ``key`` exactly to ``target_value`` and changes W least in C-norm.
+                    c_inv: torch.Tensor | None, direction_key: torch.Tensor | None = None) -> torch.Tensor:
+    """The (out, in) update ΔW = (v* − Wk) uᵀ / (kᵀu) with u = C⁻¹k̄, which maps ``key`` exactly to v*.
 
+    ``direction_key`` k̄ sets the update's direction (ROME: the key averaged over context templates,
+    while ``key`` is the plain prompt's own key); it defaults to ``key``, the minimum C-norm update.
     ``c_inv`` None means C = I (no second-moment adjustment).
     """
     W = weight_out_in.detach().float()
     k = key.to(W.device).float()
-    u = k if c_inv is None else c_inv.to(W.device).float() @ k
+    d = k if direction_key is None else direction_key.to(W.device).float()
+    u = d if c_inv is None else c_inv.to(W.device).float() @ d
     residual = target_value.to(W.device).float() - W @ k
     return torch.outer(residual, u) / torch.dot(k, u)
 

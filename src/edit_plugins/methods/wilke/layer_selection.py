@@ -9,11 +9,11 @@ from ...editing.layers import get_module, input_device, weight_out_in
 from ...editing.values import _SuffixRunner, add_at_positions, build_batch, frozen_parameters, rewrite_nll
 
 
-def estimate_layer_scores(model, tok, request, hp, templates, module_names, keys, c_invs) -> dict[str, float]:
+def estimate_layer_scores(model, tok, request, hp, templates, module_names, keys, mean_keys, c_invs) -> dict[str, float]:
     """fast_scan: estimate LA_l for every candidate from one forward/backward pass.
 
     With δ = 0 at every candidate at once, the gradient g_l of the target NLL tells how far δ_l
-    must move: to first order ‖δ_l‖ ≈ NLL/‖g_l‖. Then ‖ΔW_l‖ = ‖δ_l‖·‖C⁻¹k‖/(kᵀC⁻¹k).
+    must move: to first order ‖δ_l‖ ≈ NLL/‖g_l‖. Then ‖ΔW_l‖ = ‖δ_l‖·‖u‖/(kᵀu), u = C⁻¹k̄.
     """
     device = input_device(model)
     batch = build_batch(tok, request, templates, device)
@@ -32,7 +32,7 @@ def estimate_layer_scores(model, tok, request, hp, templates, module_names, keys
     scores = {}
     for name in module_names:
         k = keys[name]
-        u = k if c_invs[name] is None else c_invs[name] @ k
+        u = mean_keys[name] if c_invs[name] is None else c_invs[name] @ mean_keys[name]
         grad_norm = float(deltas[name].grad.norm()) or 1e-12
         delta_norm = float(nll.detach()) / grad_norm
         scores[name] = delta_norm * float(u.norm()) / float(torch.dot(k, u)) / float(

@@ -32,9 +32,9 @@ class LayerEdit:
     module: str
     delta: torch.Tensor  # ΔW, (out, in)
     relative_size: float  # LA = ‖ΔW‖_F / ‖W‖_F
-    key: torch.Tensor
-    residual: torch.Tensor
-    c_inv_key: torch.Tensor
+    key: torch.Tensor  # the prompt's own key k (mapped exactly to v*)
+    residual: torch.Tensor  # r = v* − W k = δ
+    c_inv_key: torch.Tensor  # the update direction u = C⁻¹k̄
     steps: int
     nll: float
     initial_nll: float
@@ -75,17 +75,18 @@ def layer_inverses(model, tok, hp: WilKEHyperParams, module_names) -> dict:
     return {n: cache[(n, settings)] for n in module_names}
 
 
-def _layer_edit(model, tok, request, hp, templates, layer, name, key, c_inv) -> LayerEdit:
+def _layer_edit(model, tok, request, hp, templates, layer, name, key, mean_key, c_inv) -> LayerEdit:
+    """ROME's edit at one layer: v* = W k + δ at the prompt's own key k, direction u = C⁻¹k̄ (k̄: template mean)."""
     module = get_module(model, name)
     W = weight_out_in(module).detach().float()
-    key = key.to(W.device)
+    key, mean_key = key.to(W.device), mean_key.to(W.device)
     current = W @ key
     bias = getattr(module, "bias", None)
     v0 = current + (bias.detach().float() if bias is not None else 0)
     value = optimise_delta(model, tok, request, layer, name, hp, templates, v0)
-    delta = rank_one_update(W, key, current + value.delta.to(W.device), c_inv)
-    c_inv_key = key if c_inv is None else c_inv.to(W.device) @ key
-    return LayerEdit(layer, name, delta, relative_size(delta, W), key, value.delta.to(W.device), c_inv_key,
+    delta = rank_one_update(W, key, current + value.delta.to(W.device), c_inv, direction_key=mean_key)
+    direction = mean_key if c_inv is None else c_inv.to(W.device) @ mean_key
+    return LayerEdit(layer, name, delta, relative_size(delta, W), key, value.delta.to(W.device), direction,
                      value.steps, value.nll, value.initial_nll)
 
 
@@ -103,17 +104,20 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
     """Compute (but do not apply) WilKE's edit for one request."""
     names = {layer: hp.rewrite_module_tmp.format(layer) for layer in hp.layers}
     templates = context_templates(model, tok, hp.context_template_length_params)
-    keys = {n: k[0] for n, k in compute_keys(model, tok, [request], list(names.values()), templates).items()}
+    modules = list(names.values())
+    mean_keys = {n: k[0] for n, k in compute_keys(model, tok, [request], modules, templates).items()}
+    keys = {n: k[0] for n, k in compute_keys(model, tok, [request], modules, ("{}",)).items()}
     c_invs = layer_inverses(model, tok, hp, list(names.values()))
     if hp.fast_scan and len(names) > 1:
-        estimates = estimate_layer_scores(model, tok, request, hp, templates, list(names.values()), keys, c_invs)
+        estimates = estimate_layer_scores(model, tok, request, hp, templates, modules, keys, mean_keys, c_invs)
         scores = {layer: estimates[name] for layer, name in names.items()}
         best = min(scores, key=scores.get)
-        chosen = _layer_edit(model, tok, request, hp, templates, best, names[best], keys[names[best]], c_invs[names[best]])
+        name = names[best]
+        chosen = _layer_edit(model, tok, request, hp, templates, best, name, keys[name], mean_keys[name], c_invs[name])
         return WilKEResult(chosen, scores, estimated=True)
     chosen, scores, ineligible = None, {}, []
     for layer, name in names.items():
-        edit = _layer_edit(model, tok, request, hp, templates, layer, name, keys[name], c_invs[name])
+        edit = _layer_edit(model, tok, request, hp, templates, layer, name, keys[name], mean_keys[name], c_invs[name])
         scores[layer] = edit.relative_size
         if not edit.reached_target:
             ineligible.append(layer)
