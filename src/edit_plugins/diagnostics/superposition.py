@@ -158,7 +158,8 @@ def write_outputs(result: SuperpositionResult, out_dir, heatmap_layers=()) -> No
     for name in ("P", "whitened_cos", "raw_cos"):
         axes[0].plot(result.layers, [result.stats[l][name]["kurtosis"] for l in result.layers], marker=".", label=name)
         axes[1].plot(result.layers, [result.stats[l][name]["mean"] for l in result.layers], marker=".", label=name)
-    axes[0].set(xlabel="layer", ylabel="excess kurtosis", title="Kurtosis per layer")
+    axes[0].set(xlabel="layer", ylabel="excess kurtosis (symlog)", title="Kurtosis per layer")
+    axes[0].set_yscale("symlog")
     axes[1].set(xlabel="layer", ylabel="mean", title="Mean per layer")
     for ax in axes:
         ax.legend(fontsize=7)
