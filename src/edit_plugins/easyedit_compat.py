@@ -114,17 +114,6 @@ def prepare_for_sequential_use(alg_name: str, hparams) -> None:
         hparams.sequential_edit = True
 
 
-def edit_kwargs(sequential: bool) -> dict:
-    """Keyword arguments for ``BaseEditor.edit`` that mean the same in both versions."""
-    return {"sequential_edit": sequential} if is_head() else {"keep_original_weight": not sequential}
-
-
-def compute_edit_quality(model, model_name, hparams, tok, record, device):
-    from easyeditor.evaluate import compute_edit_quality as easyedit_quality
-
-    return easyedit_quality(model, model_name, hparams, tok, record, device)
-
-
 def weights_copy_for_caller(weights_copy: dict, keep_original_weight: bool) -> dict:
     """What an apply function returns as ``weights_copy``.
 

@@ -15,10 +15,6 @@ def get_module(model, name: str):
         raise LayerError(f"the model has no module named {name!r}") from None
 
 
-def module_name(template: str, layer: int) -> str:
-    return template.format(layer)
-
-
 def num_layers(model) -> int:
     return model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") else model.config.n_layer
 
@@ -29,9 +25,9 @@ def check_layers(model, template: str, layers) -> None:
     for layer in layers:
         if not isinstance(layer, int) or not 0 <= layer < total:
             raise LayerError(f"layer {layer!r} does not exist: the model has layers 0..{total - 1}")
-        module = get_module(model, module_name(template, layer))
+        module = get_module(model, template.format(layer))
         if getattr(module, "weight", None) is None or module.weight.dim() != 2:
-            raise LayerError(f"module {module_name(template, layer)!r} has no 2-D weight to edit")
+            raise LayerError(f"module {template.format(layer)!r} has no 2-D weight to edit")
 
 
 def is_transposed(module) -> bool:

@@ -93,9 +93,6 @@ class _SplitBatch:
     full_mask: torch.Tensor
     lookup: torch.Tensor  # always column 0 of the suffix
 
-    def suffix_positions(self, batch: _Batch, rows, positions):
-        return positions - batch.lookup[rows]
-
 
 def split_batch(tok, batch: _Batch, device) -> _SplitBatch | None:
     """None when some row's subject starts the text (no prefix to cache)."""

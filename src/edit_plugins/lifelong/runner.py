@@ -57,13 +57,13 @@ def checkpoint_steps(total: int, explicit=None) -> list[int]:
 
 
 def _resolve_method(alg_name: str):
-    """(apply_fn, restore kind) for a plugin method or, where easyeditor is importable, one of its own."""
+    """The apply function of a plugin method or, where easyeditor is importable, of one of its own."""
     methods = registry().methods
     if alg_name in methods:
-        return methods[alg_name].apply, methods[alg_name].restore
+        return methods[alg_name].apply
     foreign = easyedit_compat.foreign_methods()
     if alg_name in foreign:
-        return foreign[alg_name], "weights"
+        return foreign[alg_name]
     raise LifelongError(f"no method named {alg_name!r}: registered {sorted(methods)}"
                         + (f", EasyEdit {sorted(foreign)}" if foreign else " (easyeditor is not installed)"))
 
@@ -85,11 +85,11 @@ def _hparams_dict(hp) -> dict:
 
 class _Run:
     def __init__(self, run_dir: Path, hp, model, tok, records: list[EditRecord], probes, options: RunOptions,
-                 apply_fn, restore_kind: str):
+                 apply_fn):
         self.dir, self.hp, self.model, self.tok = run_dir, hp, model, tok
         self.records, self.probes, self.options = records, probes, options
         self.probe_pairs = [(p.prompt, p.answer) for p in probes]
-        self.apply_fn, self.restore_kind = apply_fn, restore_kind
+        self.apply_fn = apply_fn
         self.checkpoints = checkpoint_steps(len(records), options.checkpoints)
         self.edits, self.checkpoint_rows, self.timings = [], [], []
         self.changed_params: set = set()
@@ -320,10 +320,7 @@ def run_lifelong(hparams, data, out_dir, *, model=None, tok=None, options: RunOp
     records = data if isinstance(data, list) else load_records(data, options.num_edits, options.start,
                                                                  options.shuffle, options.seed)
     probes = load_probe_facts(options.probe_data, options.num_probes, options.seed) if options.probe_data else []
-    if apply_fn is None:
-        apply_fn, restore_kind = _resolve_method(hparams.alg_name)
-    else:
-        restore_kind = "weights"
+    apply_fn = apply_fn or _resolve_method(hparams.alg_name)
     easyedit_compat.prepare_for_sequential_use(hparams.alg_name, hparams)
     if model is None:
         model, tok = load_model(hparams.model_name, hparams.device, hparams.model_parallel)
@@ -336,7 +333,7 @@ def run_lifelong(hparams, data, out_dir, *, model=None, tok=None, options: RunOp
         "probe_data": {"path": options.probe_data, "sha256": file_hash(options.probe_data) if options.probe_data else None},
         "versions": _versions()}, sort_keys=False))
     torch.manual_seed(options.seed)
-    run = _Run(out_dir, hparams, model, tok, records, probes, options, apply_fn, restore_kind)
+    run = _Run(out_dir, hparams, model, tok, records, probes, options, apply_fn)
     run.compute_references()
     return _execute(run, progress_bar)
 
@@ -364,11 +361,11 @@ def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True)
         raise LifelongError(f"{config['data']['path']}: the data file changed since the run started")
     records = load_records(config["data"]["path"], options.num_edits, options.start, options.shuffle, options.seed)
     probes = load_probe_facts(options.probe_data, options.num_probes, options.seed) if options.probe_data else []
-    apply_fn, restore_kind = _resolve_method(hparams.alg_name)
+    apply_fn = _resolve_method(hparams.alg_name)
     easyedit_compat.prepare_for_sequential_use(hparams.alg_name, hparams)
     if model is None:
         model, tok = load_model(hparams.model_name, hparams.device, hparams.model_parallel)
-    run = _Run(run_dir, hparams, model, tok, records, probes, options, apply_fn, restore_kind)
+    run = _Run(run_dir, hparams, model, tok, records, probes, options, apply_fn)
     return _execute(run, progress_bar, progress=load_state(run_dir, model))
 
 
