@@ -143,3 +143,15 @@ def test_auc_of_interference_against_lost_edits():
     assert perfect["auc_interference_predicts_loss"] == 1.0 and perfect["edits_lost"] == 2
     inverse = log.summarize(lost_case_ids=ranked[:2])
     assert inverse["auc_interference_predicts_loss"] == 0.0
+
+
+def test_unknown_diagnostic_name_is_an_error_and_leaves_the_model_unedited(tiny_gpt2, stats_dir):
+    from conftest import changed_parameters, snapshot
+
+    model, tok = tiny_gpt2
+    hp = hparams.load(HPARAMS / "WilKE" / "tiny-gpt2.yaml")
+    hp.stats_dir, hp.layers, hp.diagnostics = stats_dir, [1], ["nonesuch"]
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="no diagnostic named 'nonesuch' is registered; known: \\['interference'\\]"):
+        apply_wilke_to_model(model, tok, [TINY_REQUESTS[0]], hp)
+    assert changed_parameters(model, before) == []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,22 +48,35 @@ def collect_events():
         _collectors.remove(sink)
 
 
+# Outside lifelong runs (which start their own), diagnostics are turned on by the hparams field
+# `diagnostics: [name, ...]` or this env var, and write JSONL to `diagnostics_log` or LOG_ENV.
+DIAGNOSTICS_ENV = "EDIT_PLUGINS_DIAGNOSTICS"
+LOG_ENV = "EDIT_PLUGINS_DIAGNOSTICS_LOG"
 _requested_diagnostics: dict = {}
 
 
+def requested_diagnostics(hparams) -> list[str]:
+    names = list(getattr(hparams, "diagnostics", None) or [])
+    names += [n.strip() for n in os.environ.get(DIAGNOSTICS_ENV, "").split(",") if n.strip()]
+    return list(dict.fromkeys(names))
+
+
 def _activate_requested_diagnostics(event: EditEvent) -> None:
-    """Outside lifelong runs (which manage their own), start diagnostics that hparams or env ask for."""
-    from .diagnostics import interference
     from .plugins import registry
 
-    if _collectors or not interference.requested(event.hparams):
+    names = [] if _collectors else requested_diagnostics(event.hparams)
+    if not names:
         return
-    key = ("interference", id(event.model))
-    if key not in _requested_diagnostics:
-        factory = registry().diagnostics["interference"].factory
-        diagnostic = factory(model=event.model, hparams=event.hparams, log_path=interference.default_log_path(event.hparams))
-        pm.register(diagnostic, name=f"diagnostic:interference:{id(event.model)}")
-        _requested_diagnostics[key] = diagnostic
+    available = registry().diagnostics
+    for name in names:
+        if name not in available:
+            raise ValueError(f"diagnostics: no diagnostic named {name!r} is registered; known: {sorted(available)}")
+        key = (name, id(event.model))
+        if key not in _requested_diagnostics:
+            log_path = getattr(event.hparams, "diagnostics_log", None) or os.environ.get(LOG_ENV) or f"{name}.jsonl"
+            diagnostic = available[name].factory(model=event.model, hparams=event.hparams, log_path=log_path)
+            pm.register(diagnostic, name=f"diagnostic:{name}:{id(event.model)}")
+            _requested_diagnostics[key] = diagnostic
 
 
 def emit_after_edit(event: EditEvent) -> dict:

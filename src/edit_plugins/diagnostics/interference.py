@@ -9,7 +9,6 @@ The measured drift W_t k_j − v_j comes from the actual weights; for rank-one e
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -169,21 +168,6 @@ class InterferenceLog:
             self.history[m] = history
 
 
-# EasyEdit runs: turned on by `diagnostics: [interference]` in hparams or this env var.
-DIAGNOSTICS_ENV = "EDIT_PLUGINS_DIAGNOSTICS"
-LOG_ENV = "EDIT_PLUGINS_DIAGNOSTICS_LOG"
-
-
 @hookimpl
 def register_diagnostics(register):
     register("interference", InterferenceLog)
-
-
-def requested(hparams) -> bool:
-    names = set(getattr(hparams, "diagnostics", None) or [])
-    names |= {n.strip() for n in os.environ.get(DIAGNOSTICS_ENV, "").split(",") if n.strip()}
-    return "interference" in names
-
-
-def default_log_path(hparams) -> str:
-    return getattr(hparams, "diagnostics_log", None) or os.environ.get(LOG_ENV) or "interference.jsonl"
