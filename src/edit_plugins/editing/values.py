@@ -159,8 +159,17 @@ def replay_lower_layers(model, layer: int, run):
             del blocks[j].forward  # back to the class's forward
 
 
-class _SuffixRunner:
-    """Runs the edited part of the batch: the suffix after a cached prefix, or the whole batch."""
+class SuffixRunner:
+    """Runs the edited part of the batch: the suffix after a cached prefix, or the whole batch.
+
+    Build it once per request (before any hook is registered) and share it across candidate layers:
+    the batch and the prefix cache depend only on the request and the unedited model.
+    """
+
+    @classmethod
+    def for_request(cls, model, tok, request: EditRequest, templates) -> "SuffixRunner":
+        device = input_device(model)
+        return cls(model, tok, build_batch(tok, request, templates, device), device)
 
     def __init__(self, model, tok, batch: _Batch, device):
         self.model, self.batch = model, batch
@@ -215,11 +224,10 @@ def rewrite_nll(batch: _Batch, log_probs: torch.Tensor) -> torch.Tensor:
     return token_nll.sum() / (batch.n_rewrite * batch.target_len)
 
 
-def optimise_delta(model, tok, request: EditRequest, layer: int, module_name: str, hp, templates,
-                   v0: torch.Tensor) -> ValueResult:
+def optimise_delta(model, runner: SuffixRunner, layer: int, module_name: str, hp, v0: torch.Tensor) -> ValueResult:
     """Find δ at ``module_name`` (the FFN output projection of ``layer``) that makes the target likely."""
+    batch = runner.batch
     device = input_device(model)
-    batch = build_batch(tok, request, templates, device)
     module = get_module(model, module_name)
     rows = torch.cat([batch.loss_rows, batch.kl_rows])
     positions = torch.cat([batch.loss_pos, batch.kl_pos])
@@ -231,7 +239,6 @@ def optimise_delta(model, tok, request: EditRequest, layer: int, module_name: st
     max_norm = hp.clamp_norm_factor * v0_norm
     steps, nll_value, initial_nll = 0, float("nan"), float("nan")
     with frozen_parameters(model):
-        runner = _SuffixRunner(model, tok, batch, device)
         all_rows = torch.arange(len(batch.seqs), device=device)
         with replay_lower_layers(model, layer, runner.hidden), \
                 add_at_positions(module, all_rows, runner.lookup, lambda: delta):

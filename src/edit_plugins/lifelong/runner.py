@@ -304,11 +304,22 @@ def _execute(run: _Run, progress_bar: bool, progress: dict | None = None) -> dic
             signal.signal(signal.SIGINT, previous)
 
 
+def _prepare(hparams, options: RunOptions, model, tok, apply_fn=None):
+    """What a new and a resumed run both need: probe facts, the method, its quirks, the model."""
+    from ..models import load_model
+
+    probes = load_probe_facts(options.probe_data, options.num_probes, options.seed) if options.probe_data else []
+    apply_fn = apply_fn or _resolve_method(hparams.alg_name)
+    easyedit_compat.prepare_for_sequential_use(hparams.alg_name, hparams)
+    if model is None:
+        model, tok = load_model(hparams.model_name, hparams.device, hparams.model_parallel)
+    return probes, apply_fn, model, tok
+
+
 def run_lifelong(hparams, data, out_dir, *, model=None, tok=None, options: RunOptions | None = None,
                  progress_bar: bool = True, apply_fn=None) -> dict:
     """Run a lifelong sequence and return its summary. ``hparams`` is an object or a YAML path."""
     from .. import hparams as hparams_module
-    from ..models import load_model
 
     options = options or RunOptions()
     hparams_path = None
@@ -319,11 +330,7 @@ def run_lifelong(hparams, data, out_dir, *, model=None, tok=None, options: RunOp
         raise LifelongError(f"{out_dir}: the output folder is not empty; choose a new one, or pass --resume to continue it")
     records = data if isinstance(data, list) else load_records(data, options.num_edits, options.start,
                                                                  options.shuffle, options.seed)
-    probes = load_probe_facts(options.probe_data, options.num_probes, options.seed) if options.probe_data else []
-    apply_fn = apply_fn or _resolve_method(hparams.alg_name)
-    easyedit_compat.prepare_for_sequential_use(hparams.alg_name, hparams)
-    if model is None:
-        model, tok = load_model(hparams.model_name, hparams.device, hparams.model_parallel)
+    probes, apply_fn, model, tok = _prepare(hparams, options, model, tok, apply_fn)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump({
         "hparams": _hparams_dict(hparams), "hparams_path": hparams_path, "options": dataclasses.asdict(options),
@@ -341,7 +348,6 @@ def run_lifelong(hparams, data, out_dir, *, model=None, tok=None, options: RunOp
 def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True) -> dict:
     """Continue a run from its last saved state, with the arguments it was started with."""
     from .. import hparams as hparams_module
-    from ..models import load_model
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
@@ -360,11 +366,7 @@ def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True)
     if file_hash(config["data"]["path"]) != config["data"]["sha256"]:
         raise LifelongError(f"{config['data']['path']}: the data file changed since the run started")
     records = load_records(config["data"]["path"], options.num_edits, options.start, options.shuffle, options.seed)
-    probes = load_probe_facts(options.probe_data, options.num_probes, options.seed) if options.probe_data else []
-    apply_fn = _resolve_method(hparams.alg_name)
-    easyedit_compat.prepare_for_sequential_use(hparams.alg_name, hparams)
-    if model is None:
-        model, tok = load_model(hparams.model_name, hparams.device, hparams.model_parallel)
+    probes, apply_fn, model, tok = _prepare(hparams, options, model, tok)
     run = _Run(run_dir, hparams, model, tok, records, probes, options, apply_fn)
     return _execute(run, progress_bar, progress=load_state(run_dir, model))
 

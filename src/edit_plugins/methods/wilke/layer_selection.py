@@ -6,21 +6,19 @@ import contextlib
 import torch
 
 from ...editing.layers import get_module, input_device, weight_out_in
-from ...editing.values import _SuffixRunner, add_at_positions, build_batch, frozen_parameters, rewrite_nll
+from ...editing.values import SuffixRunner, add_at_positions, frozen_parameters, rewrite_nll
 
 
-def estimate_layer_scores(model, tok, request, hp, templates, module_names, keys, mean_keys, c_invs) -> dict[str, float]:
+def estimate_layer_scores(model, runner: SuffixRunner, module_names, keys, mean_keys, c_invs) -> dict[str, float]:
     """fast_scan: estimate LA_l for every candidate from one forward/backward pass.
 
     With δ = 0 at every candidate at once, the gradient g_l of the target NLL tells how far δ_l
     must move: to first order ‖δ_l‖ ≈ NLL/‖g_l‖. Then ‖ΔW_l‖ = ‖δ_l‖·‖u‖/(kᵀu), u = C⁻¹k̄.
     """
-    device = input_device(model)
-    batch = build_batch(tok, request, templates, device)
-    rows = torch.arange(len(batch.seqs), device=device)
+    batch = runner.batch
+    rows = torch.arange(len(batch.seqs), device=input_device(model))
     deltas = {}
     with frozen_parameters(model), contextlib.ExitStack() as stack:
-        runner = _SuffixRunner(model, tok, batch, device)  # before the hooks: the prefix pass needs none
         for name in module_names:
             module = get_module(model, name)
             width = module.weight.shape[1] if type(module).__name__ == "Conv1D" else module.weight.shape[0]

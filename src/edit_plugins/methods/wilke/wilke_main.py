@@ -15,7 +15,7 @@ from ...editing.layers import add_to_weight, check_layers, get_module, is_transp
 from ...editing.rank_one import rank_one_update, relative_size
 from ...editing.requests import EditRequest, normalize_requests
 from ...editing.templates import context_templates
-from ...editing.values import optimise_delta
+from ...editing.values import SuffixRunner, optimise_delta
 from ...events import EditEvent, LinearEdit, emit_after_edit
 from .config import WilKEHyperParams
 from .layer_selection import estimate_layer_scores
@@ -75,7 +75,7 @@ def layer_inverses(model, tok, hp: WilKEHyperParams, module_names) -> dict:
     return {n: cache[(n, settings)] for n in module_names}
 
 
-def _layer_edit(model, tok, request, hp, templates, layer, name, key, mean_key, c_inv) -> LayerEdit:
+def _layer_edit(model, runner, hp, layer, name, key, mean_key, c_inv) -> LayerEdit:
     """ROME's edit at one layer: v* = W k + δ at the prompt's own key k, direction u = C⁻¹k̄ (k̄: template mean)."""
     module = get_module(model, name)
     W = weight_out_in(module).detach().float()
@@ -83,7 +83,7 @@ def _layer_edit(model, tok, request, hp, templates, layer, name, key, mean_key, 
     current = W @ key
     bias = getattr(module, "bias", None)
     v0 = current + (bias.detach().float() if bias is not None else 0)
-    value = optimise_delta(model, tok, request, layer, name, hp, templates, v0)
+    value = optimise_delta(model, runner, layer, name, hp, v0)
     delta = rank_one_update(W, key, current + value.delta.to(W.device), c_inv, direction_key=mean_key)
     direction = mean_key if c_inv is None else c_inv.to(W.device) @ mean_key
     return LayerEdit(layer, name, delta, relative_size(delta, W), key, value.delta.to(W.device), direction,
@@ -108,16 +108,17 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
     mean_keys = {n: k[0] for n, k in compute_keys(model, tok, [request], modules, templates).items()}
     keys = {n: k[0] for n, k in compute_keys(model, tok, [request], modules, ("{}",)).items()}
     c_invs = layer_inverses(model, tok, hp, list(names.values()))
+    runner = SuffixRunner.for_request(model, tok, request, templates)  # shared by every candidate
     if hp.fast_scan and len(names) > 1:
-        estimates = estimate_layer_scores(model, tok, request, hp, templates, modules, keys, mean_keys, c_invs)
+        estimates = estimate_layer_scores(model, runner, modules, keys, mean_keys, c_invs)
         scores = {layer: estimates[name] for layer, name in names.items()}
         best = min(scores, key=scores.get)
         name = names[best]
-        chosen = _layer_edit(model, tok, request, hp, templates, best, name, keys[name], mean_keys[name], c_invs[name])
+        chosen = _layer_edit(model, runner, hp, best, name, keys[name], mean_keys[name], c_invs[name])
         return WilKEResult(chosen, scores, estimated=True)
     chosen, scores, ineligible = None, {}, []
     for layer, name in names.items():
-        edit = _layer_edit(model, tok, request, hp, templates, layer, name, keys[name], mean_keys[name], c_invs[name])
+        edit = _layer_edit(model, runner, hp, layer, name, keys[name], mean_keys[name], c_invs[name])
         scores[layer] = edit.relative_size
         if not edit.reached_target:
             ineligible.append(layer)
