@@ -162,3 +162,22 @@ def test_rome_form_maps_the_prompt_key_exactly_along_the_mean_key_direction():
     assert torch.allclose((W + delta) @ k, v, atol=1e-5)  # the prompt's own key is mapped exactly
     u = c_inv @ k_mean
     assert torch.allclose(delta, torch.outer(delta @ u / u.dot(u), u), atol=1e-5)  # rows along C⁻¹k̄
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_gpt2", pytest.param("smollm2", marks=pytest.mark.slow)])
+def test_prefix_cache_gives_the_same_log_probs_as_a_full_pass(model_fixture, request):
+    from edit_plugins.editing.requests import normalize_request
+    from edit_plugins.editing.values import SuffixRunner
+
+    model, tok = request.getfixturevalue(model_fixture)
+    edit = normalize_request({"prompt": "The mother tongue of Danielle Darrieux is", "subject": "Danielle Darrieux",
+                              "target_new": "English"})
+    runner = SuffixRunner.for_request(model, tok, edit, ["{}", "Hello there my friend. {}", "A. {}"])
+    assert runner.split is not None  # the cached path is the one under test
+    rows = torch.cat([runner.batch.loss_rows, runner.batch.kl_rows])
+    positions = torch.cat([runner.batch.loss_pos, runner.batch.kl_pos])
+    with torch.no_grad():
+        cached = runner.log_probs(rows, positions)
+        runner.split = None
+        full = runner.log_probs(rows, positions)
+    assert torch.allclose(cached, full, atol=1e-4)
