@@ -126,6 +126,28 @@ def weights_copy_for_caller(weights_copy: dict, keep_original_weight: bool) -> d
     return weights_copy
 
 
+class _RestoreOnIteration:
+    """0.0.1.dev0 restores by ``for k, v in weights_copy.items()``: that loop runs the restore callable."""
+
+    def __init__(self, restore):
+        self.restore = restore
+
+    def __call__(self):
+        self.restore()
+
+    def items(self):
+        self.restore()
+        return iter(())
+
+
+def restore_for_caller(restore, keep_original_weight: bool):
+    """What an adaptor method returns as ``weights_copy``: HEAD calls it (CALLABLE_RESTORE_ALGS); dev0
+    only knows dicts of weights, and restores only when ``keep_original_weight`` is True."""
+    if available() and not is_head():
+        return _RestoreOnIteration(restore) if keep_original_weight else {}
+    return restore
+
+
 def sequential_apply_kwargs() -> dict:
     """Apply-function arguments under which the edit stays in the model and the originals come back.
 

@@ -22,6 +22,16 @@ class LinearEdit:
 
 
 @dataclass
+class OutputEdit:
+    """A non-linear edit at one module (an adaptor): what it adds to the module's output."""
+
+    module: str
+    inputs: torch.Tensor  # this edit's module inputs on its own prompt, (T, d)
+    added_output: Any  # callable (inputs (B, T, d), attention_mask) -> what the edits now add to the output
+    original_output: Any  # callable: the unedited module, inputs (B, T, d) -> outputs
+
+
+@dataclass
 class EditEvent:
     method: str
     request: dict
@@ -30,6 +40,7 @@ class EditEvent:
     modules: list = field(default_factory=list)  # names of the edited modules
     weight_deltas: dict | None = None  # {parameter name: ΔW as stored}, where the method has one
     linear_edits: list = field(default_factory=list)  # LinearEdit per module, for linear methods
+    output_edits: list = field(default_factory=list)  # OutputEdit per module, for adaptor methods
     info: dict = field(default_factory=dict)  # method-specific report (WilKE: layer, layer_scores)
     step: int | None = None
 

@@ -14,6 +14,10 @@ def register_methods(register):
     ``apply_fn(model, tok, requests, hparams, copy=False, return_orig_weights=False,
     keep_original_weight=False, **kwargs) -> (model, weights_copy)``.
     ``restore="callable"`` says that ``weights_copy`` is a callable that undoes the edit.
+    Methods whose edits live outside the parameters (adaptors) also pass
+    ``save_state(model) -> (tensors, metadata)`` and ``load_state(model, tensors, metadata)``
+    so lifelong runs can resume, and may pass ``plan_order(model, tok, requests, hparams) -> order``
+    to reorder a pool of edits known in advance.
     """
 
 

@@ -28,6 +28,10 @@ class Method:
     hparams_class: type
     restore: str = "weights"  # or "callable": weights_copy undoes the edit when called
     plugin: str = ""
+    # Optional, for methods that keep their edits outside the model's parameters (adaptors):
+    plan_order: Callable | None = None  # (model, tok, requests, hparams) -> permutation of a known pool
+    save_state: Callable | None = None  # (model) -> (tensors, metadata)
+    load_state: Callable | None = None  # (model, tensors, metadata) -> None
 
 
 @dataclass(frozen=True)
@@ -88,14 +92,18 @@ def registry() -> Registry:
     for impl in pm.hook.register_methods.get_hookimpls():
         source = _plugin_name(impl.plugin)
 
-        def register_method(name, apply_fn, hparams_class, restore="weights", _source=source):
+        def register_method(name, apply_fn, hparams_class, restore="weights", *, plan_order=None, save_state=None,
+                            load_state=None, _source=source):
             if restore not in ("weights", "callable"):
                 raise ValueError(f"method {name!r}: restore must be 'weights' or 'callable', got {restore!r}")
             if name in reg.methods:
                 raise ValueError(
                     f"method {name!r} is registered twice: by {reg.methods[name].plugin} and by {_source}"
                 )
-            reg.methods[name] = Method(name, apply_fn, hparams_class, restore, _source)
+            if (save_state is None) != (load_state is None):
+                raise ValueError(f"method {name!r}: save_state and load_state must be given together")
+            reg.methods[name] = Method(name, apply_fn, hparams_class, restore, _source, plan_order, save_state,
+                                       load_state)
 
         impl.function(register=register_method)
     for impl in pm.hook.register_diagnostics.get_hookimpls():

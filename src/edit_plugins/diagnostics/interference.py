@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..editing.keys import compute_keys
+from ..editing.keys import compute_keys, module_input_sequences, pad_sequences
 from ..editing.layers import get_module, weight_out_in
 from ..editing.requests import EditRequest
 from ..hookspecs import hookimpl
@@ -56,6 +56,9 @@ class InterferenceLog:
         self.history: dict[str, _ModuleHistory] = {}
         self.log_path = Path(log_path) if log_path else None
         self.probe_keys: dict[str, torch.Tensor] = {}
+        self.probe_prompts = [p.prompt for p in probes if getattr(p, "prompt", None)]
+        self.probe_inputs: dict[str, list] = {}
+        self.output_history: dict[str, dict] = {}
         self.step = 0
         modules = []
         if hparams is not None and getattr(hparams, "rewrite_module_tmp", None) and getattr(hparams, "layers", None):
@@ -69,12 +72,17 @@ class InterferenceLog:
     @hookimpl
     def after_edit(self, event):
         self.step += 1
+        if event.output_edits:
+            return self._log(event, {"output_change": {e.module: self._output_change(event, e)
+                                                        for e in event.output_edits}})
         if not event.linear_edits:
             return self._probe_only(event)
         report = {}
         for edit in event.linear_edits:
             report[edit.module] = self._update(event.model, edit, event.request.get("case_id"))
-        result = {"interference": report if len(report) > 1 else next(iter(report.values()))}
+        return self._log(event, {"interference": report if len(report) > 1 else next(iter(report.values()))})
+
+    def _log(self, event, result: dict) -> dict:
         if self.log_path is not None:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps({"step": self.step, "method": event.method,
@@ -111,6 +119,37 @@ class InterferenceLog:
         history.values.append(W @ key)
         history.interference.append(torch.zeros_like(residual))
         history.case_ids.append(case_id)
+        return out
+
+    @torch.no_grad()
+    def _output_change(self, event, edit) -> dict:
+        """Adaptor methods: how far the module's output moved on earlier edits' inputs and on probes.
+
+        ``‖added_now(x) − added_then(x)‖ / ‖FFN₀(x)‖`` for each earlier edit's input x, and
+        ``‖added_now(x)‖ / ‖FFN₀(x)‖`` on never-edited probe prompts. No whole-model forward pass
+        after the first event (which reads the probes' inputs to the module once).
+        """
+        history = self.output_history.setdefault(edit.module, {"inputs": [], "added": [], "base_norm": []})
+        if edit.module not in self.probe_inputs and self.probe_prompts:
+            self.probe_inputs[edit.module] = module_input_sequences(event.model, self.tok, self.probe_prompts,
+                                                                    edit.module)
+        out = {"edits_at_module": len(history["inputs"]) + 1}
+        if history["inputs"]:
+            x, mask = pad_sequences(history["inputs"])
+            now = edit.added_output(x, mask)
+            moved = [(now[i, : len(h)] - before).norm().item() / norm
+                     for i, (h, before, norm) in enumerate(zip(history["inputs"], history["added"], history["base_norm"]))]
+            out["earlier_edits_output_change_rel"] = describe(torch.tensor(moved))
+        if self.probe_inputs.get(edit.module):
+            x, mask = pad_sequences(self.probe_inputs[edit.module])
+            added = edit.added_output(x, mask) * mask.unsqueeze(-1)
+            base = edit.original_output(x) * mask.unsqueeze(-1)
+            out["probe_output_change_rel"] = describe((added.flatten(1).norm(dim=1)
+                                                       / base.flatten(1).norm(dim=1).clamp_min(1e-12)).cpu())
+        x = edit.inputs.unsqueeze(0)
+        history["inputs"].append(edit.inputs)
+        history["added"].append(edit.added_output(x, None)[0])
+        history["base_norm"].append(max(edit.original_output(x)[0].norm().item(), 1e-12))
         return out
 
     def _probe_only(self, event) -> dict | None:
@@ -152,13 +191,14 @@ class InterferenceLog:
         return out
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "history": {m: {"weight0": h.weight0, "keys": h.keys, "c_inv_keys": h.c_inv_keys,
+        return {"step": self.step, "output_history": self.output_history, "history": {m: {"weight0": h.weight0, "keys": h.keys, "c_inv_keys": h.c_inv_keys,
                                                    "values": h.values, "interference": h.interference,
                                                    "case_ids": h.case_ids}
                                                for m, h in self.history.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
+        self.output_history = state.get("output_history", {})
         self.history = {}
         for m, h in state["history"].items():
             history = _ModuleHistory(h["weight0"])

@@ -63,7 +63,7 @@ def pydoc_texts(chunk_chars: int = 1000) -> list[str]:
     return texts
 
 
-def _read_texts(source: str, n_samples: int) -> list[str]:
+def read_texts(source: str, n_samples: int) -> list[str]:
     if source == PYDOC_SOURCE:
         return pydoc_texts()[:n_samples]
     path = Path(source)
@@ -127,7 +127,7 @@ def second_moments(model, tok, modules: list[str], *, source: str = PYDOC_SOURCE
     if source == SELF_SOURCE:
         sequences = self_generated_texts(model, tok, n_samples)
     else:
-        sequences = [tok(t, truncation=True, max_length=max_tokens).input_ids for t in _read_texts(source, n_samples)]
+        sequences = [tok(t, truncation=True, max_length=max_tokens).input_ids for t in read_texts(source, n_samples)]
     sums = {m: None for m in missing}
     count = 0
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

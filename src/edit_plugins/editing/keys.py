@@ -67,3 +67,29 @@ def compute_keys(model, tok, requests: list[EditRequest], module_names: list[str
                 sums[name] = torch.zeros(len(requests), picked.shape[-1], device=picked.device)
             sums[name].index_add_(0, owners.to(picked.device), picked)
     return {name: s / len(templates) for name, s in sums.items()}
+
+
+@torch.no_grad()
+def module_input_sequences(model, tok, texts: list[str], module_name: str, batch_size: int = 32) -> list[torch.Tensor]:
+    """Each text's input sequence (T, d) to one module: a forward pass cut off at that module."""
+    device = input_device(model)
+    out = []
+    for start in range(0, len(texts), batch_size):
+        seqs = [encode(tok, t) for t in texts[start : start + batch_size]]
+        ids, mask = pad_batch(tok, seqs, device)
+        with capture_inputs(model, [module_name], stop_early=True) as captured:
+            run_until_captured(model, input_ids=ids, attention_mask=mask)
+        acts = captured[module_name].detach()
+        out.extend(acts[i, : len(s)].clone() for i, s in enumerate(seqs))
+    return out
+
+
+def pad_sequences(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T_max, d) right-padded with zeros, and the (N, T_max) attention mask."""
+    width = max(len(x) for x in sequences)
+    batch = sequences[0].new_zeros(len(sequences), width, sequences[0].shape[-1])
+    mask = torch.zeros(len(sequences), width, dtype=torch.long, device=batch.device)
+    for i, x in enumerate(sequences):
+        batch[i, : len(x)] = x
+        mask[i, : len(x)] = 1
+    return batch, mask

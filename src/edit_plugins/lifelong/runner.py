@@ -38,7 +38,7 @@ class RunOptions:
     start: int = 0
     shuffle: bool = False
     seed: int = 0
-    batch_size: int = 1
+    batch_size: int | None = None  # edits per apply call; default: the hparams' batch_size, else 1
     checkpoints: list | None = None  # explicit steps; default 1, 2, 4, ... and the last
     save_every: int = 10
     probe_data: str | None = None  # never-edited facts (ROME's known_1000.json format)
@@ -90,6 +90,8 @@ class _Run:
         self.records, self.probes, self.options = records, probes, options
         self.probe_pairs = [(p.prompt, p.answer) for p in probes]
         self.apply_fn = apply_fn
+        self.method = registry().methods.get(hp.alg_name)  # None for EasyEdit's own methods
+        self.batch_size = max(1, options.batch_size or getattr(hp, "batch_size", None) or 1)
         self.checkpoints = checkpoint_steps(len(records), options.checkpoints)
         self.edits, self.checkpoint_rows, self.timings = [], [], []
         self.changed_params: set = set()
@@ -118,10 +120,12 @@ class _Run:
                                             **easyedit_compat.sequential_apply_kwargs())
         seconds = time.perf_counter() - started
         if callable(weights_copy):
-            raise LifelongError(f"{self.hp.alg_name} returns a restore callable; lifelong state saving supports "
-                                "methods that edit parameters")
-        self.changed_params.update(weights_copy or {})
-        if not events:  # a method that does not fire the hook itself (EasyEdit's own)
+            if self.method is None or self.method.save_state is None:
+                raise LifelongError(f"{self.hp.alg_name} returns a restore callable but registers no save_state: "
+                                    "a lifelong run could not save or resume its edits")
+        else:
+            self.changed_params.update(weights_copy or {})
+        if not events and not callable(weights_copy):  # a method that does not fire the hook itself (EasyEdit's)
             deltas = {n: (self.model.get_parameter(n).detach() - w.to(self.model.get_parameter(n).device))
                       for n, w in (weights_copy or {}).items()}
             for request in requests:
@@ -148,7 +152,8 @@ class _Run:
     def save(self):
         atomic_write_jsonl(self.dir / "edits.jsonl", self.edits)
         atomic_write_jsonl(self.dir / "checkpoints.jsonl", self.checkpoint_rows)
-        save_state(self.dir, self.model, self.changed_params, {
+        adaptor = self.method.save_state(self.model) if self.method and self.method.save_state and self.position else None
+        save_state(self.dir, self.model, self.changed_params, adaptor=adaptor, progress={
             "position": self.position, "edits": self.edits, "checkpoints": self.checkpoint_rows,
             "timings": self.timings, "changed_params": sorted(self.changed_params), "loop_seconds": self.loop_seconds,
             "locality_reference": self.locality_reference, "probe_reference": self.probe_reference,
@@ -214,7 +219,7 @@ class _Run:
             self.loop_seconds += time.perf_counter() - started_loop
 
     def _loop(self, progress_bar: bool):
-        bs = max(1, self.options.batch_size)
+        bs = self.batch_size
         bar = tqdm(total=len(self.records), initial=self.position, desc=f"lifelong {self.hp.alg_name}",
                    unit="edit", disable=not progress_bar)
         next_save = self.position + self.options.save_every
@@ -316,6 +321,17 @@ def _prepare(hparams, options: RunOptions, model, tok, apply_fn=None):
     return probes, apply_fn, model, tok
 
 
+def _planned_order(records: list[EditRecord], hparams, model, tok) -> list[EditRecord]:
+    """The whole stream is known in advance: let a method that plans its order (LEMoE) reorder it."""
+    method = registry().methods.get(hparams.alg_name)
+    if method is None or method.plan_order is None or not getattr(hparams, "order_planning", False):
+        return records
+    order = method.plan_order(model, tok, [r.request for r in records], hparams)
+    if sorted(order) != list(range(len(records))):
+        raise LifelongError(f"{hparams.alg_name}: plan_order did not return a permutation of the {len(records)} edits")
+    return [records[i] for i in order]
+
+
 def run_lifelong(hparams, data, out_dir, *, model=None, tok=None, options: RunOptions | None = None,
                  progress_bar: bool = True, apply_fn=None) -> dict:
     """Run a lifelong sequence and return its summary. ``hparams`` is an object or a YAML path."""
@@ -331,12 +347,13 @@ def run_lifelong(hparams, data, out_dir, *, model=None, tok=None, options: RunOp
     records = data if isinstance(data, list) else load_records(data, options.num_edits, options.start,
                                                                  options.shuffle, options.seed)
     probes, apply_fn, model, tok = _prepare(hparams, options, model, tok, apply_fn)
+    records = _planned_order(records, hparams, model, tok)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump({
         "hparams": _hparams_dict(hparams), "hparams_path": hparams_path, "options": dataclasses.asdict(options),
         "data": {"path": str(data) if not isinstance(data, list) else None,
                  "sha256": file_hash(data) if not isinstance(data, list) else None,
-                 "records": len(records)},
+                 "records": len(records), "order": [str(r.case_id) for r in records]},
         "probe_data": {"path": options.probe_data, "sha256": file_hash(options.probe_data) if options.probe_data else None},
         "versions": _versions()}, sort_keys=False))
     torch.manual_seed(options.seed)
@@ -367,8 +384,12 @@ def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True)
         raise LifelongError(f"{config['data']['path']}: the data file changed since the run started")
     records = load_records(config["data"]["path"], options.num_edits, options.start, options.shuffle, options.seed)
     probes, apply_fn, model, tok = _prepare(hparams, options, model, tok)
+    records = _planned_order(records, hparams, model, tok)
+    if "order" in config["data"] and [str(r.case_id) for r in records] != config["data"]["order"]:
+        raise LifelongError(f"{run_dir}: the edits would run in a different order than when the run started")
     run = _Run(run_dir, hparams, model, tok, records, probes, options, apply_fn)
-    return _execute(run, progress_bar, progress=load_state(run_dir, model))
+    load_adaptor = run.method.load_state if run.method else None
+    return _execute(run, progress_bar, progress=load_state(run_dir, model, load_adaptor))
 
 
 def records_from_requests(requests: list[dict]) -> list[EditRecord]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 
@@ -47,13 +48,15 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
 
 
-def save_state(run_dir: Path, model, changed_params, progress: dict) -> None:
+def save_state(run_dir: Path, model, changed_params, progress: dict, adaptor=None) -> None:
     """Everything needed to resume, written to a fresh folder that replaces the old one whole."""
     run_dir = Path(run_dir)
     tmp = Path(tempfile.mkdtemp(prefix=".state.", dir=run_dir))
     try:
         tensors = {name: model.get_parameter(name).detach().cpu().contiguous() for name in sorted(changed_params)}
         save_file(tensors, str(tmp / "edited_parameters.safetensors"))
+        if adaptor is not None:  # (tensors, metadata) of a method whose edits live outside the parameters
+            save_file(adaptor[0], str(tmp / "adaptor.safetensors"), metadata=adaptor[1])
         with open(tmp / "progress.pkl", "wb") as f:
             pickle.dump({**progress, "rng": rng_state()}, f)
         old = run_dir / "state"
@@ -70,12 +73,19 @@ def save_state(run_dir: Path, model, changed_params, progress: dict) -> None:
         raise
 
 
-def load_state(run_dir: Path, model) -> dict:
+def load_state(run_dir: Path, model, load_adaptor=None) -> dict:
     state_dir = Path(run_dir) / "state"
     if not (state_dir / "progress.pkl").is_file():
         raise FileNotFoundError(f"{run_dir}: no saved state to resume from (expected {state_dir}/progress.pkl)")
     with torch.no_grad():
         for name, value in load_file(str(state_dir / "edited_parameters.safetensors")).items():
             model.get_parameter(name).copy_(value)
+    adaptor_file = state_dir / "adaptor.safetensors"
+    if adaptor_file.is_file():
+        if load_adaptor is None:
+            raise ValueError(f"{adaptor_file}: the run saved an adaptor, but its method registers no load_state")
+        with safe_open(str(adaptor_file), framework="pt") as f:
+            metadata = f.metadata() or {}
+        load_adaptor(model, load_file(str(adaptor_file)), metadata)
     with open(state_dir / "progress.pkl", "rb") as f:
         return pickle.load(f)

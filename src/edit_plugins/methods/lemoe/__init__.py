@@ -1,0 +1,1 @@
+"""LEMoE: a mixture-of-experts adaptor for lifelong editing (Wang & Li, EMNLP 2024)."""

@@ -1,0 +1,59 @@
+"""LEMoE hparams. Every choice the paper leaves open is a field here, documented in docs/lemoe.md."""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, List, Optional
+
+from ...hparams import EditHyperParams, HparamsError
+
+ROUTINGS = ("anchor", "softmax")
+
+
+@dataclasses.dataclass(kw_only=True)
+class LEMoEHyperParams(EditHyperParams):
+    ALG_NAME: ClassVar[str] = "LEMoE"
+
+    layer: int  # the decoder layer whose FFN gets the adaptor
+    ffn_module_tmp: str  # the whole FFN block, e.g. "model.layers.{}.mlp" or "transformer.h.{}.mlp"
+    expert_rank: int = 32  # each expert is B·SiLU(A·x) with A: rank×d, B: d×rank
+    edits_per_expert: int = 10
+    expert_scale: float = 1.0  # λ in h(x) = FFN(x) + λ Σ g(i|x) E_i(x)
+    lr: float = 3e-2
+    steps: int = 30
+    early_stop_loss: float = 0.05  # stop once every edit's mean target NLL is below this
+    weight_decay: float = 0.0
+    # Extra training prompts "{prefix}. {prompt}" with model-generated prefixes ([[length, count]]); none by default.
+    context_template_length_params: List[List[int]] = dataclasses.field(default_factory=list)
+    routing: str = "anchor"  # "anchor" (KV anchor routing) or "softmax" (plain learned router, for ablation)
+    routing_threshold: float = 0.8  # cosine (standardised features) an input must reach to use an expert
+    routing_temperature: float = 1.0  # softmax router only: logits / temperature
+    reference_source: str = "pydoc"  # text whose FFN inputs standardise the routing features
+    reference_samples: int = 64
+    freeze_previous_experts: bool = True
+    order_planning: bool = True  # k-means the pool of edits and give each expert one cluster
+    order_planning_seed: int = 0
+    batch_size: Optional[int] = None  # EasyEdit's batch_edit chunk size; defaults to edits_per_expert
+
+    def __post_init__(self):
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        if self.batch_size is None:
+            self.batch_size = self.edits_per_expert
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        if "{}" not in self.ffn_module_tmp:
+            raise HparamsError(f"{source}: field 'ffn_module_tmp' must contain '{{}}' for the layer index, "
+                               f"got {self.ffn_module_tmp!r}")
+        if self.routing not in ROUTINGS:
+            raise HparamsError(f"{source}: field 'routing' must be one of {list(ROUTINGS)}, got {self.routing!r}")
+        if not -1.0 <= self.routing_threshold <= 1.0:
+            raise HparamsError(f"{source}: field 'routing_threshold' is a cosine and must lie in [-1, 1], "
+                               f"got {self.routing_threshold!r}")
+        for name in ("expert_rank", "edits_per_expert", "steps", "lr", "routing_temperature", "reference_samples",
+                     "batch_size"):
+            if getattr(self, name) <= 0:
+                raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")
+        if self.layer < 0:
+            raise HparamsError(f"{source}: field 'layer' must be a layer index (>= 0), got {self.layer!r}")
