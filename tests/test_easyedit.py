@@ -144,3 +144,42 @@ def test_lifelong_edit_takes_an_existing_base_editor(tiny_gpt2, stats_dir, tmp_p
     assert summary["edits_done"] == 3 and summary["immediate"]["rewrite_acc"] is not None
     lines = (tmp_path / "run" / "edits.jsonl").read_text().splitlines()
     assert [json.loads(l)["layer"] in (1, 2) for l in lines] == [True] * 3
+
+
+def test_lemoe_restore_callable_follows_each_versions_convention(tiny_gpt2):
+    """HEAD calls the returned callable (CALLABLE_RESTORE_ALGS); dev0 iterates ``weights_copy.items()``."""
+    import importlib
+
+    from easyeditor import BaseEditor
+
+    from edit_plugins import easyedit_compat, hparams
+    from edit_plugins.methods.lemoe.model import find_adaptor, remove_adaptor
+
+    model, tok = tiny_gpt2
+    hp = hparams.load(ROOT / "hparams" / "LEMoE" / "tiny-gpt2.yaml")
+    hp.model_name = (model, tok)
+    object.__setattr__(model, "to", lambda *a, **k: model)  # dev0 moves the model to CUDA unconditionally
+    editor = BaseEditor.from_hparams(hp)
+    assert editor.apply_algo is importlib.import_module("easyeditor.util.alg_dict").ALG_DICT["LEMoE"]
+    request = {"prompt": "The capital city of France is", "subject": "France", "target_new": "Tokyo"}
+    try:
+        if easyedit_compat.is_head():
+            utils = importlib.import_module("easyeditor.editors.utils")
+            assert "LEMoE" in utils.CALLABLE_RESTORE_ALGS
+            _, weights_copy = editor.apply_algo(editor.model, tok, [request], editor.hparams, copy=False,
+                                                return_orig_weights=True, keep_original_weight=False)
+            assert find_adaptor(model) is not None
+            utils.restore_after_edit(editor, model, weights_copy)  # what a non-sequential edit does
+            assert find_adaptor(model) is None
+        else:
+            _, weights_copy = editor.apply_algo(editor.model, tok, [request], editor.hparams, copy=False,
+                                                return_orig_weights=True, keep_original_weight=True, train_ds=None)
+            assert find_adaptor(model) is not None
+            for _ in weights_copy.items():  # dev0's restore loop
+                pass
+            assert find_adaptor(model) is None
+            _, weights_copy = editor.apply_algo(editor.model, tok, [request], editor.hparams, copy=False,
+                                                return_orig_weights=True, keep_original_weight=False, train_ds=None)
+            assert weights_copy == {} and find_adaptor(model) is not None  # the edit stays
+    finally:
+        remove_adaptor(model)

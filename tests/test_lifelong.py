@@ -113,8 +113,10 @@ def cli(*args, env=None):
     return [sys.executable, "-m", "edit_plugins.cli", "lifelong", *map(str, args)]
 
 
-def test_resume_after_sigkill_gives_the_same_summary(tmp_path, stats_dir):
-    hp = tiny_hparams(stats_dir, tmp_path)
+@pytest.mark.parametrize("method", ["WilKE", "LEMoE"])
+def test_resume_after_sigkill_gives_the_same_summary(tmp_path, stats_dir, method):
+    # WilKE's edits live in the weights; LEMoE's in an adaptor saved beside them.
+    hp = tiny_hparams(stats_dir, tmp_path) if method == "WilKE" else HPARAMS / "LEMoE" / "tiny-gpt2.yaml"
     common = ["--hparams", hp, "--data", ZSRE, "--num-edits", 10, "--save-every", 2, "--probe-data", KNOWN,
               "--num-probes", 10, "--quiet"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

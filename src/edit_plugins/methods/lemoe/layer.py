@@ -101,29 +101,44 @@ class SoftmaxRouter(nn.Module):
 class RoutingContext:
     """What the FFN cannot see but routing needs: the attention mask and how many tokens are cached.
 
-    A forward pre-hook on the whole model records them for the adaptor (one per model).
+    A forward pre-hook on the base model records them for the adaptor (one per model).
     """
 
     def __init__(self):
         self.attention_mask = None
+        self.past = 0
 
     def __call__(self, module, args, kwargs):
         mask = kwargs.get("attention_mask")
         if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
             mask = args[1]
         self.attention_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        self.past = cached_length(kwargs.get("past_key_values"))
 
     def valid_and_past(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        return valid_positions(x, self.attention_mask)
+        return valid_positions(x, self.attention_mask, self.past)
 
 
-def valid_positions(x: torch.Tensor, mask) -> tuple[torch.Tensor, int]:
+def cached_length(past_key_values) -> int:
+    """Tokens already in a KV cache (a Cache object, or the legacy tuple of (key, value) per layer)."""
+    if past_key_values is None:
+        return 0
+    if hasattr(past_key_values, "get_seq_length"):
+        return int(past_key_values.get_seq_length())
+    try:
+        return int(past_key_values[0][0].shape[-2])
+    except (IndexError, TypeError, AttributeError):
+        return 0
+
+
+def valid_positions(x: torch.Tensor, mask, past: int = 0) -> tuple[torch.Tensor, torch.Tensor | int]:
     """Positions that may match an anchor (real tokens after each row's first), and the cached length."""
     batch, length = x.shape[:2]
     if mask is None or mask.shape[0] != batch or mask.shape[1] < length:
         valid = torch.ones(batch, length, dtype=torch.bool, device=x.device)
-        valid[:, 0] = False
-        return valid, 0
+        if past == 0:
+            valid[:, 0] = False
+        return valid, past
     mask = mask.to(x.device).bool()
     past = mask.shape[1] - length
     first_real = mask.long().argmax(dim=1, keepdim=True)  # left padding puts it after the pads
