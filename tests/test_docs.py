@@ -33,6 +33,24 @@ def test_lifelong_tutorial_commands_run():
             shutil.rmtree(ROOT / folder, ignore_errors=True)
 
 
+def test_lemoe_tutorial_commands_run():
+    blocks = code_blocks(ROOT / "docs" / "lemoe.md", "bash")
+    assert len(blocks) == 2
+    shutil.rmtree(ROOT / "runs" / "tutorial-lemoe", ignore_errors=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    try:
+        outputs = []
+        for block in blocks:
+            done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, env=env,
+                                  capture_output=True, text=True)
+            assert done.returncode == 0, f"{block}\n{done.stdout}\n{done.stderr}"
+            outputs.append(done.stdout)
+        assert "adaptor.safetensors" in outputs[1] and "LEMoE adaptor" in outputs[1]
+        assert '"n_experts": 3' in outputs[1]  # 6 edits, 2 per expert
+    finally:
+        shutil.rmtree(ROOT / "runs" / "tutorial-lemoe", ignore_errors=True)
+
+
 def readme_adoption_example() -> str:
     (block,) = [b for b in code_blocks(ROOT / "README.md", "python") if "BaseEditor" in b]
     assert len([line for line in block.splitlines() if line.strip()]) == 3

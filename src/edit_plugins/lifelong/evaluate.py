@@ -126,8 +126,13 @@ def retention(model, tok, records) -> dict:
     if not records:
         return {"retention_acc": None, "retention_exact": None, "lost_case_ids": []}
     scores = score_answers(model, tok, [(r.request["prompt"], r.request["target_new"]) for r in records])
-    return {
+    out = {
         "retention_acc": mean(s.accuracy for s in scores),
         "retention_exact": mean(float(s.exact) for s in scores),
         "lost_case_ids": [r.case_id for r, s in zip(records, scores) if not s.exact],
     }
+    # Generality of every past edit on the current model (EasyEdit's rephrase_acc, re-measured).
+    pairs = [(p, r.request["target_new"]) for r in records for p in r.rephrase_prompts]
+    if pairs:
+        out["retention_rephrase_acc"] = mean(s.accuracy for s in score_answers(model, tok, pairs))
+    return out

@@ -1,0 +1,97 @@
+"""LEMoE lifelong benchmark on SmolLM2-135M: one variant, one dataset, one fresh process.
+
+    python bench/lemoe_lifelong.py --dataset zsre --edits 300 --variant full
+    variants: full | softmax_router | no_order_planning | unfrozen | wilke | rome
+
+Writes bench/results/lemoe_<dataset>_<variant>_<edits>.json: the run's summary, wall time, peak RSS,
+and for LEMoE the adaptor's size, training seconds per expert and inference overhead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+
+import torch
+
+from common import ROOT, SHARED, known_counterfact, peak_rss_mb, setup_threads, write_result
+
+from edit_plugins import hparams
+from edit_plugins.lifelong.data import load_records
+from edit_plugins.lifelong.runner import RunOptions, run_lifelong
+from edit_plugins.models import load_model
+
+VARIANTS = {
+    "full": ("LEMoE/smollm2-135m.yaml", {}),
+    "templates": ("LEMoE/smollm2-135m.yaml", {"context_template_length_params": [[10, 2]]}),
+    "softmax_router": ("LEMoE/smollm2-135m.yaml", {"routing": "softmax"}),
+    "no_order_planning": ("LEMoE/smollm2-135m.yaml", {"order_planning": False}),
+    "unfrozen": ("LEMoE/smollm2-135m.yaml", {"freeze_previous_experts": False}),
+    "wilke": ("WilKE/smollm2-135m-fast.yaml", {}),
+    "rome": ("WilKE/smollm2-135m-rome.yaml", {}),
+}
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--dataset", choices=["zsre", "counterfact"], required=True)
+parser.add_argument("--edits", type=int, default=300)
+parser.add_argument("--variant", choices=sorted(VARIANTS), default="full")
+args = parser.parse_args()
+setup_threads()
+
+model, tok = load_model("smollm2-135m", "cpu")
+if args.dataset == "zsre":
+    records = load_records(SHARED / "zsre_mend_eval.json", num_edits=args.edits)
+else:
+    records = known_counterfact(model, tok)[: args.edits]  # only facts the model knows
+path, changes = VARIANTS[args.variant]
+hp = hparams.load(ROOT / "hparams" / path)
+for key, value in changes.items():
+    setattr(hp, key, value)
+if hasattr(hp, "stats_dir"):
+    hp.stats_dir = str(ROOT / "data" / "stats")
+
+folder = ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}"
+shutil.rmtree(folder, ignore_errors=True)
+started = time.perf_counter()
+summary = run_lifelong(hp, records, folder, model=model, tok=tok,
+                       options=RunOptions(probe_data=str(SHARED / "known_1000.json"), num_probes=100,
+                                          save_every=50, checkpoints=[1, 10, 50, 100, 200, 300]),
+                       progress_bar=False)
+result = {"dataset": args.dataset, "variant": args.variant, "edits": len(records),
+          "wall_seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak_rss_mb()),
+          "hparams": {k: v for k, v in vars(hp).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
+          "summary": summary, "checkpoints": [json.loads(l) for l in (folder / "checkpoints.jsonl").read_text().splitlines()],
+          "timing": json.loads((folder / "timing.json").read_text())}
+
+if hp.alg_name == "LEMoE":
+    from edit_plugins.methods.lemoe.model import adaptor_size, find_adaptor, remove_adaptor
+
+    edits = [json.loads(l) for l in (folder / "edits.jsonl").read_text().splitlines()]
+    per_expert = {e["info"]["expert"]: e["info"]["train_seconds"] for e in edits if "expert" in e.get("info", {})}
+    result["experts"] = len(per_expert)
+    result["train_seconds_per_expert_median"] = statistics.median(per_expert.values())
+    result["adaptor"] = adaptor_size(model)
+    # Inference overhead: a forward pass on 48 probe-length prompts with and without the adaptor.
+    prompts = [r.request["prompt"] for r in records[:48]]
+    batch = tok(prompts, return_tensors="pt", padding=True)
+
+    def forward_seconds(repeats=7):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                model(**batch)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    with_adaptor = forward_seconds()
+    name, adaptor = find_adaptor(model)
+    saved = adaptor
+    remove_adaptor(model)
+    without = forward_seconds()
+    result["inference"] = {"prompts": len(prompts), "experts": len(saved.experts),
+                           "forward_seconds_with_adaptor": with_adaptor, "forward_seconds_without": without,
+                           "overhead": with_adaptor / without - 1}
+write_result(f"lemoe_{args.dataset}_{args.variant}_{args.edits}", result)
