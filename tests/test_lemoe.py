@@ -270,3 +270,22 @@ def test_smollm2_edits_take_hold_generalise_and_leave_unrelated_prompts_alone(sm
     finally:
         restore()
     assert lemoe.find_adaptor(model) is None and torch.equal(logits(model, tok, eiffel), reference)
+
+
+def test_softmax_router_ablation_touches_every_input_and_round_trips(tiny_gpt2, tmp_path):
+    model, tok = tiny_gpt2
+    unrelated = "Yesterday the weather in the harbour was"
+    reference = logits(model, tok, unrelated)
+    model, restore = apply(model, tok, TINY_REQUESTS[:2], tiny_hp(routing="softmax"))
+    try:
+        assert all(answers_correct(model, tok, TINY_REQUESTS[:2]))
+        edited = logits(model, tok, unrelated)
+        assert not torch.equal(edited, reference)  # no threshold: every input goes through an expert
+        path = lemoe.save_adaptor(model, tmp_path / "softmax.safetensors")
+    finally:
+        restore()
+    lemoe.load_adaptor(model, path)
+    try:
+        assert torch.equal(logits(model, tok, unrelated), edited)
+    finally:
+        lemoe.remove_adaptor(model)

@@ -81,16 +81,12 @@ def reference_statistics(model, tok, module_name: str, source: str, n_samples: i
     return acts.mean(0), acts.std(0).clamp_min(1e-6)
 
 
-def _new_adaptor(model, name: str, hp_or_config) -> LEMoELayer:
-    c = hp_or_config
-    get = (lambda k, d=None: c.get(k, d)) if isinstance(c, dict) else (lambda k, d=None: getattr(c, k, d))
+def _new_adaptor(model, name: str, *, rank: int, scale: float, routing: str, threshold: float,
+                 temperature: float) -> LEMoELayer:
     base = get_module(model, name)
-    ref = next(base.parameters())
-    adaptor = LEMoELayer(base, _hidden_size(model), rank=get("expert_rank") or get("rank"),
-                         scale=get("expert_scale") if get("expert_scale") is not None else get("scale"),
-                         routing=get("routing"), threshold=get("routing_threshold", get("threshold")),
-                         temperature=get("routing_temperature", get("temperature")))
-    adaptor.router.to(ref.device)
+    adaptor = LEMoELayer(base, _hidden_size(model), rank=rank, scale=scale, routing=routing, threshold=threshold,
+                         temperature=temperature)
+    adaptor.router.to(next(base.parameters()).device)
     _set_module(model, name, adaptor)
     adaptor._context_hook = model.base_model.register_forward_pre_hook(adaptor.context, with_kwargs=True)
     adaptor._module_name = name
@@ -106,7 +102,8 @@ def insert_adaptor(model, tok, hp: LEMoEHyperParams) -> LEMoELayer:
             raise AdaptorError(f"the model already has a LEMoE adaptor at {found[0]!r}; hparams put it at {name!r} "
                                f"(layer {hp.layer})")
         return found[1]
-    adaptor = _new_adaptor(model, name, hp)
+    adaptor = _new_adaptor(model, name, rank=hp.expert_rank, scale=hp.expert_scale, routing=hp.routing,
+                           threshold=hp.routing_threshold, temperature=hp.routing_temperature)
     if hp.routing == "anchor":
         try:
             mean, std = reference_statistics(model, tok, name, hp.reference_source, hp.reference_samples)
@@ -313,7 +310,8 @@ def load_adaptor_state(model, tensors: dict, metadata: dict, source: str = "adap
     if config["hidden"] != _hidden_size(model):
         raise AdaptorError(f"{source}: the adaptor was made for hidden size {config['hidden']}, "
                            f"this model has {_hidden_size(model)}")
-    adaptor = _new_adaptor(model, name, config)
+    adaptor = _new_adaptor(model, name, rank=config["rank"], scale=config["scale"], routing=config["routing"],
+                           threshold=config["threshold"], temperature=config["temperature"])
     for _ in range(config["n_experts"]):
         adaptor.add_expert()
     device = next(adaptor.base.parameters()).device
