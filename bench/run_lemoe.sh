@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # All LEMoE benchmark rows, one after another (each a fresh process), then the docs table.
-# COMPARE_EDITS sets the size of the ablation and WilKE/ROME rows (default 30).
+# COMPARE_EDITS sets the size of the ablation and WilKE/ROME rows (default 20).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=../.venv/bin/python
-N=${COMPARE_EDITS:-30}
+N=${COMPARE_EDITS:-20}
 if [ "${SKIP_MAIN:-0}" != 1 ]; then
   $PY lemoe_lifelong.py --dataset zsre --edits 300 --variant full
 fi
-$PY lemoe_lifelong.py --dataset counterfact --edits 300 --variant full
 for v in full softmax_router no_order_planning unfrozen wilke rome; do
   $PY lemoe_lifelong.py --dataset zsre --edits "$N" --variant "$v"
 done
+$PY lemoe_lifelong.py --dataset counterfact --edits 300 --variant full
 $PY make_table.py
