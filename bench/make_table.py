@@ -120,7 +120,16 @@ if seq:
     lines.append("")
 
 lemoe_rows = sorted(RESULTS.glob("lemoe_*.json"))
-if lemoe_rows:
+# Runs not finished when the table was made: their latest checkpoint, marked as such.
+partial = []
+for folder in sorted((ROOT / "runs").glob("bench-lemoe-*")):
+    _, _, dataset, variant, edits = folder.name.split("-", 4)
+    if (RESULTS / f"lemoe_{dataset}_{variant}_{edits}.json").is_file() or not (folder / "checkpoints.jsonl").is_file():
+        continue
+    rows_done = (folder / "checkpoints.jsonl").read_text().splitlines()
+    if rows_done and int(edits) >= 50:
+        partial.append((dataset, variant, int(edits), json.loads(rows_done[-1])))
+if lemoe_rows or partial:
     labels = {"full": "LEMoE", "softmax_router": "LEMoE, plain softmax router (ablation)",
               "no_order_planning": "LEMoE, no order planning (ablation)",
               "unfrozen": "LEMoE, earlier experts not frozen (ablation)", "templates": "LEMoE + prefix augmentation",
@@ -144,6 +153,10 @@ if lemoe_rows:
         lines.append(f"| {r['dataset']} | {r['edits']} | {labels[r['variant']]} | {f(final.get('retention_acc'))} | "
                      f"{f(final.get('retention_rephrase_acc'))} | {f(final.get('locality_acc'))} | "
                      f"{f(final.get('probe_locality'))} | {f(r['wall_seconds'], 0)} | {r['peak_rss_mb']} |")
+    for dataset, variant, edits, last in partial:
+        lines.append(f"| {dataset} | {last['step']} of {edits} (unfinished run: its latest checkpoint) | "
+                     f"{labels[variant]} | {f(last.get('retention_acc'))} | {f(last.get('retention_rephrase_acc'))} | "
+                     f"{f(last.get('locality_acc'))} | {f(last.get('probe_locality'))} | | |")
     lines.append("")
     for r in rows:
         if "inference" in r and r["variant"] == "full":
