@@ -137,8 +137,8 @@ def ffn_inputs(model, tok, requests: list[EditRequest], module_name: str) -> lis
     return module_input_sequences(model, tok, [r.text for r in requests], module_name)
 
 
-def anchor_features(model, tok, requests: list[EditRequest], module_name: str, router) -> torch.Tensor:
-    inputs = ffn_inputs(model, tok, requests, module_name)
+def anchor_features(tok, requests: list[EditRequest], inputs: list[torch.Tensor], router) -> torch.Tensor:
+    """Routing features of each request's subject, from its FFN input sequence."""
     raw = torch.stack([x[_subject_position(tok, r)] for x, r in zip(inputs, requests)])
     return router.features(raw)
 
@@ -264,14 +264,14 @@ def apply_lemoe_to_model(model, tok, requests, hparams: LEMoEHyperParams, copy=F
             batch = [normalized[i] for i in order[start : start + hparams.edits_per_expert]]
             started = time.perf_counter()
             expert = adaptor.add_expert()
+            # The FFN inputs come from the blocks below the adaptor: the experts never change them.
+            inputs = ffn_inputs(model, tok, batch, adaptor._module_name)
             if hparams.routing == "anchor":
-                adaptor.router.add_anchors(anchor_features(model, tok, batch, adaptor._module_name, adaptor.router),
-                                           expert)
+                adaptor.router.add_anchors(anchor_features(tok, batch, inputs, adaptor.router), expert)
             report = train_expert(model, tok, adaptor, batch, hparams)
             report.update(expert=expert, n_experts=len(adaptor.experts),
                           train_seconds=round(time.perf_counter() - started, 3))
             LOG.info("LEMoE expert %d: %s", expert, report)
-            inputs = ffn_inputs(model, tok, batch, adaptor._module_name)
             for request, x in zip(batch, inputs):
                 emit_after_edit(EditEvent(
                     method=hparams.alg_name, request=request.raw, model=model, hparams=hparams,
