@@ -26,6 +26,7 @@ from edit_plugins.models import load_model
 VARIANTS = {
     "full": ("LEMoE/smollm2-135m.yaml", {}),
     "templates": ("LEMoE/smollm2-135m.yaml", {"context_template_length_params": [[10, 2]]}),
+    "token_span": ("LEMoE/smollm2-135m.yaml", {"routing_span": "token"}),
     "softmax_router": ("LEMoE/smollm2-135m.yaml", {"routing": "softmax"}),
     "no_order_planning": ("LEMoE/smollm2-135m.yaml", {"order_planning": False}),
     "unfrozen": ("LEMoE/smollm2-135m.yaml", {"freeze_previous_experts": False}),

@@ -88,8 +88,6 @@ def test_unrelated_prompt_gets_exactly_the_unedited_logits(tiny_gpt2):
         adaptor = model.get_submodule("transformer.h.1.mlp")
         assert bool((adaptor.last_routes < 0).all())  # no anchor matched
         assert torch.equal(edited, reference)
-        assert not torch.equal(logits(model, tok, TINY_REQUESTS[0]["prompt"]),
-                               logits(model, tok, TINY_REQUESTS[0]["prompt"]) * 0)  # sanity: model runs
     finally:
         restore()
 
@@ -199,7 +197,26 @@ def test_failure_while_training_leaves_no_adaptor_behind(tiny_gpt2, monkeypatch)
         restore()
 
 
+@pytest.mark.parametrize("span", ["sequence", "token"])
+def test_routing_span_sets_which_positions_an_expert_serves(tiny_gpt2, span):
+    model, tok = tiny_gpt2
+    request = TINY_REQUESTS[1]  # "The favourite food of Alice Walker is"
+    model, restore = apply(model, tok, [request], tiny_hp(routing_span=span))
+    try:
+        logits(model, tok, request["prompt"])
+        routed = (model.get_submodule("transformer.h.1.mlp").last_routes[0] >= 0).tolist()
+        subject_last = len(tok("The favourite food of Alice Walker").input_ids) - 1
+        assert routed[subject_last] and not any(routed[:subject_last - 1])
+        if span == "sequence":  # the route holds from the subject to the end of the prompt
+            assert all(routed[subject_last:])
+        else:  # only tokens that themselves match the anchor: " is" after the subject does not
+            assert not routed[-1]
+    finally:
+        restore()
+
+
 @pytest.mark.parametrize("field, value, message", [
+    ("routing_span", "all", "field 'routing_span' must be one of"),
     ("routing", "topk", "field 'routing' must be one of"),
     ("routing_threshold", 1.5, "field 'routing_threshold'"),
     ("expert_rank", 0, "field 'expert_rank' must be positive"),

@@ -7,6 +7,7 @@ from typing import ClassVar, List, Optional
 from ...hparams import EditHyperParams, HparamsError
 
 ROUTINGS = ("anchor", "softmax")
+SPANS = ("sequence", "token")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -26,6 +27,9 @@ class LEMoEHyperParams(EditHyperParams):
     context_template_length_params: List[List[int]] = dataclasses.field(default_factory=list)
     routing: str = "anchor"  # "anchor" (KV anchor routing) or "softmax" (plain learned router, for ablation)
     routing_threshold: float = 0.8  # cosine (standardised features) an input must reach to use an expert
+    # "sequence": an expert serves every position from its anchor's match on; "token": only matching positions
+    routing_span: str = "sequence"
+    anchor_templates: bool = False  # also anchor each subject as read behind every context-template prefix
     routing_temperature: float = 1.0  # softmax router only: logits / temperature
     reference_source: str = "pydoc"  # text whose FFN inputs standardise the routing features
     reference_samples: int = 64
@@ -48,6 +52,9 @@ class LEMoEHyperParams(EditHyperParams):
                                f"got {self.ffn_module_tmp!r}")
         if self.routing not in ROUTINGS:
             raise HparamsError(f"{source}: field 'routing' must be one of {list(ROUTINGS)}, got {self.routing!r}")
+        if self.routing_span not in SPANS:
+            raise HparamsError(f"{source}: field 'routing_span' must be one of {list(SPANS)}, "
+                               f"got {self.routing_span!r}")
         if not -1.0 <= self.routing_threshold <= 1.0:
             raise HparamsError(f"{source}: field 'routing_threshold' is a cosine and must lie in [-1, 1], "
                                f"got {self.routing_threshold!r}")

@@ -34,9 +34,9 @@ class Expert(nn.Module):
 class AnchorRouter(nn.Module):
     """Hard top-1 routing by the best-matching anchor seen so far in the sequence."""
 
-    def __init__(self, hidden: int, threshold: float):
+    def __init__(self, hidden: int, threshold: float, span: str = "sequence"):
         super().__init__()
-        self.threshold = threshold
+        self.threshold, self.span = threshold, span
         self.register_buffer("feature_mean", torch.zeros(hidden))
         self.register_buffer("feature_std", torch.ones(hidden))
         self.register_buffer("anchors", torch.zeros(0, hidden))  # unit-norm features
@@ -60,6 +60,8 @@ class AnchorRouter(nn.Module):
         """(best cosine, anchor index) per position, over anchors and positions up to it."""
         sims = self.features(x) @ self.anchors.T  # (B, T, A)
         sims = sims.masked_fill(~valid.unsqueeze(-1), -2.0)
+        if self.span == "token":
+            return sims.max(dim=-1)
         running = self._running if decoding else None
         if past and running is not None and running[0] == past and running[1].shape == sims[:, 0].shape:
             best = torch.cat([running[1].unsqueeze(1), sims], dim=1).cummax(dim=1).values[:, 1:]
@@ -151,12 +153,13 @@ class LEMoELayer(nn.Module):
     """Wraps the frozen FFN ``base``; experts are added one per batch of edits."""
 
     def __init__(self, base: nn.Module, hidden: int, *, rank: int, scale: float, routing: str,
-                 threshold: float, temperature: float):
+                 threshold: float, temperature: float, span: str = "sequence"):
         super().__init__()
         self.base = base
         self.hidden, self.rank, self.scale, self.routing = hidden, rank, scale, routing
         self.experts = nn.ModuleList()
-        self.router = AnchorRouter(hidden, threshold) if routing == "anchor" else SoftmaxRouter(hidden, temperature)
+        self.router = (AnchorRouter(hidden, threshold, span) if routing == "anchor"
+                       else SoftmaxRouter(hidden, temperature))
         self.context = RoutingContext()
         self.last_routes = None  # the latest forward's per-position routes, for reports and tests
 
@@ -164,7 +167,8 @@ class LEMoELayer(nn.Module):
     def config(self) -> dict:
         router = self.router
         return {"hidden": self.hidden, "rank": self.rank, "scale": self.scale, "routing": self.routing,
-                "threshold": getattr(router, "threshold", None), "temperature": getattr(router, "temperature", None),
+                "threshold": getattr(router, "threshold", None), "span": getattr(router, "span", None),
+                "temperature": getattr(router, "temperature", None),
                 "n_experts": len(self.experts)}
 
     def add_expert(self) -> int:

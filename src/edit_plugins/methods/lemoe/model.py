@@ -82,10 +82,10 @@ def reference_statistics(model, tok, module_name: str, source: str, n_samples: i
 
 
 def _new_adaptor(model, name: str, *, rank: int, scale: float, routing: str, threshold: float,
-                 temperature: float) -> LEMoELayer:
+                 temperature: float, span: str) -> LEMoELayer:
     base = get_module(model, name)
     adaptor = LEMoELayer(base, _hidden_size(model), rank=rank, scale=scale, routing=routing, threshold=threshold,
-                         temperature=temperature)
+                         temperature=temperature, span=span)
     adaptor.router.to(next(base.parameters()).device)
     _set_module(model, name, adaptor)
     adaptor._context_hook = model.base_model.register_forward_pre_hook(adaptor.context, with_kwargs=True)
@@ -103,7 +103,8 @@ def insert_adaptor(model, tok, hp: LEMoEHyperParams) -> LEMoELayer:
                                f"(layer {hp.layer})")
         return found[1]
     adaptor = _new_adaptor(model, name, rank=hp.expert_rank, scale=hp.expert_scale, routing=hp.routing,
-                           threshold=hp.routing_threshold, temperature=hp.routing_temperature)
+                           threshold=hp.routing_threshold, temperature=hp.routing_temperature,
+                           span=hp.routing_span)
     if hp.routing == "anchor":
         try:
             mean, std = reference_statistics(model, tok, name, hp.reference_source, hp.reference_samples)
@@ -141,6 +142,20 @@ def anchor_features(tok, requests: list[EditRequest], inputs: list[torch.Tensor]
     """Routing features of each request's subject, from its FFN input sequence."""
     raw = torch.stack([x[_subject_position(tok, r)] for x, r in zip(inputs, requests)])
     return router.features(raw)
+
+
+def template_anchor_features(model, tok, requests, adaptor, hp) -> torch.Tensor:
+    """Anchors of each subject read behind every context-template prefix (not the plain "{}")."""
+    templates = [t for t in context_templates(model, tok, hp.context_template_length_params) if t != "{}"]
+    texts, positions = [], []
+    for r in requests:
+        for t in templates:
+            texts.append(t.format(r.prompt).format(r.subject))
+            positions.append(subject_last_index(tok, t, r))
+    if not texts:
+        return torch.zeros(0, adaptor.hidden)
+    inputs = module_input_sequences(model, tok, texts, adaptor._module_name)
+    return adaptor.router.features(torch.stack([x[p] for x, p in zip(inputs, positions)]))
 
 
 # -- training one expert ------------------------------------------------------------------------------------
@@ -268,6 +283,8 @@ def apply_lemoe_to_model(model, tok, requests, hparams: LEMoEHyperParams, copy=F
             inputs = ffn_inputs(model, tok, batch, adaptor._module_name)
             if hparams.routing == "anchor":
                 adaptor.router.add_anchors(anchor_features(tok, batch, inputs, adaptor.router), expert)
+                if hparams.anchor_templates:
+                    adaptor.router.add_anchors(template_anchor_features(model, tok, batch, adaptor, hparams), expert)
             report = train_expert(model, tok, adaptor, batch, hparams)
             report.update(expert=expert, n_experts=len(adaptor.experts),
                           train_seconds=round(time.perf_counter() - started, 3))
@@ -311,7 +328,8 @@ def load_adaptor_state(model, tensors: dict, metadata: dict, source: str = "adap
         raise AdaptorError(f"{source}: the adaptor was made for hidden size {config['hidden']}, "
                            f"this model has {_hidden_size(model)}")
     adaptor = _new_adaptor(model, name, rank=config["rank"], scale=config["scale"], routing=config["routing"],
-                           threshold=config["threshold"], temperature=config["temperature"])
+                           threshold=config["threshold"], temperature=config["temperature"],
+                           span=config.get("span") or "sequence")
     for _ in range(config["n_experts"]):
         adaptor.add_expert()
     device = next(adaptor.base.parameters()).device
