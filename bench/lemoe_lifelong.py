@@ -45,7 +45,7 @@ model, tok = load_model("smollm2-135m", "cpu")
 if args.dataset == "zsre":
     records = load_records(SHARED / "zsre_mend_eval.json", num_edits=args.edits)
 else:
-    records = known_counterfact(model, tok)[: args.edits]  # only facts the model knows
+    records = known_counterfact(model, tok, limit=args.edits)  # only facts the model knows
 path, changes = VARIANTS[args.variant]
 hp = hparams.load(ROOT / "hparams" / path)
 for key, value in changes.items():

@@ -2,11 +2,15 @@
 
     python bench/wilke_quality.py independent --edits 40     # each edit from the unedited model
     python bench/wilke_quality.py agreement --edits 10       # fast_scan vs the faithful 30-layer scan
-    python bench/wilke_quality.py sequential --edits 100     # no rollback: WilKE vs fixed-layer ROME
+    python bench/wilke_quality.py sequential --edits 300 --method smollm2-135m-rome   # no rollback
+    python bench/wilke_quality.py sequential --edits 300 --method smollm2-135m-fast   # (WilKE, fast_scan)
 
-Writes bench/results/wilke_<mode>.json (sequential runs also leave full lifelong run folders under runs/).
+Writes bench/results/wilke_<mode>.json, or wilke_sequential_<method>_<edits>.json (sequential runs also
+leave full lifelong run folders under runs/, and record peak RSS and the interference hook's cost).
 """
 import argparse
+import json
+import resource
 import shutil
 import time
 
@@ -15,6 +19,7 @@ from common import ROOT, SHARED, known_counterfact, setup_threads, write_result
 parser = argparse.ArgumentParser()
 parser.add_argument("mode", choices=["independent", "agreement", "sequential"])
 parser.add_argument("--edits", type=int, default=40)
+parser.add_argument("--method", default="smollm2-135m-rome", help="sequential mode: the hparams file's name")
 args = parser.parse_args()
 setup_threads(2)
 
@@ -23,13 +28,28 @@ from edit_plugins.events import collect_events  # noqa: E402
 from edit_plugins.lifelong import evaluate  # noqa: E402
 from edit_plugins.lifelong.runner import RunOptions, run_lifelong  # noqa: E402
 from edit_plugins.methods.wilke import apply_wilke_to_model  # noqa: E402
+from edit_plugins.hookspecs import hookimpl  # noqa: E402
 from edit_plugins.models import load_model  # noqa: E402
+from edit_plugins.plugins import pm  # noqa: E402
+
+
+class PeakRss:
+    """Adds the process's peak RSS so far to every edit's log line."""
+
+    @hookimpl
+    def after_edit(self, event):
+        return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+pm.register(PeakRss(), name="bench-peak-rss")
 
 model, tok = load_model("smollm2-135m", "cpu")
-records = known_counterfact(model, tok)
-print(f"{len(records)} of 300 CounterFact records are known to the model (first token of target_true)")
+records = known_counterfact(model, tok, limit=args.edits if args.mode == "sequential" else None)
+print(f"{len(records)} CounterFact records known to the model (first token of target_true)")
 HP = {name: hparams.load(ROOT / "hparams" / "WilKE" / f"{name}.yaml")
       for name in ("smollm2-135m-rome", "smollm2-135m-fast", "smollm2-135m")}
+for hp in HP.values():
+    hp.stats_dir = str(ROOT / "data" / "stats")  # the project's cache, whatever the working directory
 
 
 def edit_and_measure(hp, record):
@@ -74,17 +94,25 @@ elif args.mode == "agreement":
                                      "fast_efficacy": evaluate.mean(r["fast_efficacy"] for r in rows), "rows": rows})
 
 else:
-    out = {"edits": args.edits}
-    for name in ("smollm2-135m-fast", "smollm2-135m-rome"):
-        folder = ROOT / "runs" / f"bench-sequential-{name}"
-        shutil.rmtree(folder, ignore_errors=True)
-        summary = run_lifelong(HP[name], records[: args.edits], folder, model=model, tok=tok,
-                               options=RunOptions(probe_data=str(SHARED / "known_1000.json"), num_probes=100,
-                                                  save_every=25))
-        out[name] = summary
-        timing = (folder / "timing.json").read_text()
-        out[name]["timing"] = __import__("json").loads(timing)
-        # undo this method's edits before the next one runs
-        fresh, _ = load_model("smollm2-135m", "cpu")
-        model.load_state_dict(fresh.state_dict())
-    write_result("wilke_sequential", out)
+    # One method per process, so that its peak RSS is its own.
+    name = args.method
+    folder = ROOT / "runs" / f"bench-sequential-{name}-{args.edits}"
+    shutil.rmtree(folder, ignore_errors=True)
+    checkpoints = sorted({1, 10, 50, 100, 200, 300, args.edits} & set(range(1, args.edits + 1)))
+    summary = run_lifelong(HP[name], records[: args.edits], folder, model=model, tok=tok,
+                           options=RunOptions(probe_data=str(SHARED / "known_1000.json"), num_probes=100,
+                                              save_every=25, checkpoints=checkpoints),
+                           progress_bar=False)
+    edits = [json.loads(line) for line in (folder / "edits.jsonl").read_text().splitlines()]
+    hook_s = [e["hooks"].get("after_edit_seconds", 0.0) for e in edits]
+    edit_s = [e["seconds"] for e in edits]
+    late = slice(max(0, len(edits) - 50), len(edits))  # the last 50 edits, where the stored history is longest
+    out = {"method": name, "edits": len(edits), "summary": summary,
+           "checkpoints": [json.loads(line) for line in (folder / "checkpoints.jsonl").read_text().splitlines()],
+           "timing": json.loads((folder / "timing.json").read_text()),
+           "peak_rss_mb_at": {str(e["step"]): e["hooks"]["peak_rss_mb"] for e in edits
+                              if e["step"] in (1, 50, 100, 300, len(edits))},
+           # interference logging's share of each edit: hook time / (edit time without the hooks)
+           "interference_cost": sum(hook_s) / (sum(edit_s) - sum(hook_s)),
+           "interference_cost_last_50": sum(hook_s[late]) / (sum(edit_s[late]) - sum(hook_s[late]))}
+    write_result(f"wilke_sequential_{name}_{args.edits}", out)

@@ -60,6 +60,27 @@ def alg_dict() -> dict:
     return importlib.import_module("easyeditor.util.alg_dict").ALG_DICT
 
 
+_DATASET_CLASSES = {"zsre": "ZsreDataset", "counterfact_easyedit": "CounterFactDataset"}
+
+
+def dataset_items(path, fmt: str):
+    """EasyEdit's own reading of a dataset file (its dataset class's items), or None where easyeditor
+    is absent or has no class for ``fmt``. Both versions: ``Cls(path)`` is a sequence of request dicts."""
+    name = _DATASET_CLASSES.get(fmt)
+    if name is None or easyeditor_module() is None:
+        return None
+    try:
+        cls = getattr(importlib.import_module("easyeditor.dataset"), name)
+    except Exception:
+        return None
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded dataset with N elements"
+        dataset = cls(str(path))
+    return [dataset[i] for i in range(len(dataset))]
+
+
 def is_head() -> bool:
     """EasyEdit HEAD has ``sequential_edit`` on ``BaseEditor.edit``; 0.0.1.dev0 does not."""
     from easyeditor import BaseEditor

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,9 +95,12 @@ def emit_after_edit(event: EditEvent) -> dict:
     """Run every after_edit hook; merge what they return (later plugins win on clashes)."""
     _activate_requested_diagnostics(event)
     merged = {}
+    started = time.perf_counter()
     for result in reversed(pm.hook.after_edit(event=event)):  # pluggy calls last-registered first
         if result:
             merged.update(result)
+    if merged:  # what the hooks cost, so benchmarks can hold them to their budget
+        merged["after_edit_seconds"] = round(time.perf_counter() - started, 5)
     for sink in _collectors:
         sink.append((event, merged))
     return merged

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from .. import easyedit_compat
 from ..editing.requests import RequestError, normalize_request
 
 
@@ -112,7 +113,30 @@ def load_records(path, num_edits: int | None = None, start: int = 0, shuffle: bo
             raise DataError(f"{path}: --num-edits {num_edits} asks for more records than the {len(indices)} available from --start {start}")
         indices = indices[:num_edits]
     fmt = detect_format(raw[indices[0]])
-    return [_to_record(raw[i], fmt, i, str(path)) for i in indices]
+    records = [_to_record(raw[i], fmt, i, str(path)) for i in indices]  # validation, before anything is edited
+    items = easyedit_compat.dataset_items(path, fmt)
+    if items is not None:
+        by_index = {item.get("case_id", i): item for i, item in enumerate(items)}
+        records = [_with_easyedit_fields(record, by_index.get(i), fmt, str(path)) for i, record in zip(indices, records)]
+    return records
+
+
+def _with_easyedit_fields(record: EditRecord, item: dict | None, fmt: str, source: str) -> EditRecord:
+    """Take the request fields from EasyEdit's dataset class, which is the authority where it is installed.
+
+    ZsreDataset skips records with an empty ``alt`` (so its items are matched by ``case_id``, the raw
+    index) and drops ``subject``, which comes from the raw record.
+    """
+    if fmt == "zsre":
+        if item is None:
+            raise DataError(f"{source}: record {record.case_id}: EasyEdit's ZsreDataset does not yield it")
+        request = dict(record.request, prompt=item["prompt"], target_new=item["target_new"],
+                       ground_truth=item["ground_truth"])
+        rephrase = [item["rephrase_prompt"]] if item.get("rephrase_prompt") else []
+        locality = ([(item["locality_prompt"], item["locality_ground_truth"])]
+                    if item.get("locality_prompt") and item.get("locality_ground_truth") else [])
+        return EditRecord(record.case_id, request, rephrase, locality, record.portability, record.kind)
+    return record  # CounterFactDataset yields the file's own dicts: nothing to translate
 
 
 class ProbeFact(NamedTuple):
