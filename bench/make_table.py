@@ -119,6 +119,53 @@ if seq:
                          f"threshold ‖I‖/‖v‖ > {diag['risk_threshold']})")
     lines.append("")
 
+# One method per process (the current sequential benchmark): bench/results/wilke_sequential_<method>_<N>.json
+runs = {}
+for path in sorted(RESULTS.glob("wilke_sequential_*_*.json")):
+    r = json.loads(path.read_text())
+    runs.setdefault(r["edits"], {})[r["method"]] = r
+for edits, by_method in sorted(runs.items(), reverse=True):
+    names = [(n, l) for n, l in (("smollm2-135m-fast", "WilKE (fast_scan)"), ("smollm2-135m-rome", "ROME (layer 4)"))
+             if n in by_method]
+    steps = sorted({c["step"] for r in by_method.values() for c in r["checkpoints"]})
+    lines += [f"## Lifelong: {edits} sequential edits, WilKE vs fixed-layer ROME", "",
+              f"Command: `python bench/wilke_quality.py sequential --edits {edits} --method M` (a fresh process per "
+              "method; lifelong runner, interference logging on). Data: the first 300 CounterFact facts SmolLM2 "
+              "knows (first token of `target_true`): the 139 of `counterfact_known.json`, then "
+              "`counterfact_easyedit.json` in file order; same order for both methods. Locality probes: 100 facts "
+              "from `known_1000.json`.", "",
+              "Retention: exact-match rate of all past edits' rewrite prompts, re-checked at each step:", "",
+              "| method | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
+    for name, label in names:
+        by_step = {c["step"]: c for c in by_method[name]["checkpoints"]}
+        lines.append(f"| {label} | " + " | ".join(f(by_step.get(s, {}).get("retention_exact")) for s in steps) + " |")
+    lines += ["", "| method | retention at end | probe locality at end | neighbourhood (immediate) | S | wall s | "
+              "runner overhead | peak RSS MB (after edit 1 / 50 / last) | interference logging cost (all / last 50 "
+              "edits) |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, label in names:
+        r = by_method[name]
+        summary, final, rss = r["summary"], r["summary"]["final_checkpoint"], r["peak_rss_mb_at"]
+        lines.append(f"| {label} | {f(final.get('retention_exact'))} | {f(final.get('probe_locality'))} | "
+                     f"{f(summary['immediate'].get('neighbourhood'))} | {f(summary['S'])} | "
+                     f"{f(r['timing']['wall_seconds'], 0)} | {f(overhead(r['timing']))} | "
+                     f"{rss.get('1')} / {rss.get('50')} / {rss.get(str(edits))} | "
+                     f"{100 * r['interference_cost']:.2f}% / {100 * r['interference_cost_last_50']:.2f}% |")
+    lines += ["", "Runner overhead = (wall − edit − evaluation time) / wall (target ≤ 0.05). Interference logging "
+              "cost = the after-edit hooks' time / the rest of the edit's time (target ≤ 5% at 300 edits).", ""]
+    if len(names) == 2:
+        w, r = by_method["smollm2-135m-fast"]["summary"]["S"], by_method["smollm2-135m-rome"]["summary"]["S"]
+        verdict = "the same ordering as" if w > r else "the **opposite** ordering to"
+        lines += [f"The paper (GPT2-XL, 1,024 edits) reports S of .194 for WilKE against .093 for ROME. Here S is "
+                  f"{f(w)} for WilKE (fast_scan) against {f(r)} for ROME: {verdict} the paper.", ""]
+    for name, label in names:
+        diag = by_method[name]["summary"].get("diagnostics", {}).get("InterferenceLog")
+        if diag:
+            lines.append(f"- {label}: interference as an early warning of forgetting: ROC AUC "
+                         f"{f(diag.get('auc_interference_predicts_loss'))} over {diag['edits_scored']} edits "
+                         f"({diag['edits_lost']} lost at the end; {diag['edits_at_risk']} flagged at risk, "
+                         f"threshold ‖I‖/‖v‖ > {diag['risk_threshold']})")
+    lines.append("")
+
 lemoe_rows = sorted(RESULTS.glob("lemoe_*.json"))
 # Runs not finished when the table was made: their latest checkpoint, marked as such.
 partial = []
@@ -133,6 +180,7 @@ if lemoe_rows or partial:
     labels = {"full": "LEMoE", "softmax_router": "LEMoE, plain softmax router (ablation)",
               "no_order_planning": "LEMoE, no order planning (ablation)",
               "unfrozen": "LEMoE, earlier experts not frozen (ablation)", "templates": "LEMoE + prefix augmentation",
+              "token_span": "LEMoE, expert only at matching tokens (`routing_span: token`)",
               "wilke": "WilKE (fast_scan)", "rome": "ROME (layer 4)"}
     order = list(labels)
     rows = [json.loads(p.read_text()) for p in lemoe_rows]
@@ -140,7 +188,8 @@ if lemoe_rows or partial:
     lines += ["## LEMoE: lifelong editing, all edits re-checked at the end", "",
               "Command: `bench/run_lemoe.sh` (each row: `python bench/lemoe_lifelong.py --dataset D --edits N "
               "--variant V`, a fresh process). ZsRE: the first N records of `zsre_mend_eval.json`; CounterFact: the "
-              "`counterfact_known.json` records whose first `target_true` token SmolLM2 predicts. At the end every "
+              "first N CounterFact facts whose first `target_true` token SmolLM2 predicts (the 139 of "
+              "`counterfact_known.json`, then `counterfact_easyedit.json`). At the end every "
               "past edit is evaluated again on the final model: reliability = token accuracy of `target_new` on the "
               "edit prompt, generality = the same on its rephrase/paraphrase prompts, locality = agreement with the "
               "unedited model's predictions on the records' locality prompts (ZsRE `loc`, CounterFact neighbourhood "
