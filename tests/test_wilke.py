@@ -181,3 +181,18 @@ def test_prefix_cache_gives_the_same_log_probs_as_a_full_pass(model_fixture, req
         runner.split = None
         full = runner.log_probs(rows, positions)
     assert torch.allclose(cached, full, atol=1e-4)
+
+
+def test_cached_statistics_of_another_model_are_a_clear_error(tiny_gpt2, tmp_path):
+    """The cache is keyed by model name, as in ROME/EasyEdit: a file of the wrong width must not be used."""
+    import numpy as np
+
+    from edit_plugins.editing.covariance import StatisticsError, cache_path, second_moments
+
+    model, tok = tiny_gpt2
+    module = "transformer.h.0.mlp.c_proj"
+    path = cache_path(tmp_path, "tiny", "pydoc", module, 10)
+    path.parent.mkdir(parents=True)
+    np.savez(path, **{"mom2.mom2": np.eye(7), "mom2.count": np.array(1)})
+    with pytest.raises(StatisticsError, match=r"mom2_10\.npz: cached statistics are \(7, 7\).*width"):
+        second_moments(model, tok, [module], source="pydoc", n_samples=10, stats_dir=tmp_path, model_key="tiny")

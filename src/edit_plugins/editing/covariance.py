@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .keys import capture_inputs, run_until_captured
-from .layers import input_device
+from .layers import get_module, input_device, weight_out_in
 
 SELF_SOURCE = "self"  # offline: text the model samples itself (slow: autoregressive sampling)
 PYDOC_SOURCE = "pydoc"  # offline default: the English documentation text bundled with CPython
@@ -118,6 +118,12 @@ def second_moments(model, tok, modules: list[str], *, source: str = PYDOC_SOURCE
         path = cache_path(stats_dir, model_key, source, module, n_samples)
         if path.is_file():
             data = np.load(path)
+            width = weight_out_in(get_module(model, module)).shape[1]
+            if data["mom2.mom2"].shape != (width, width):
+                # The cache is keyed by model name (ROME/EasyEdit's layout), so a renamed model can hit it.
+                raise StatisticsError(f"{path}: cached statistics are {data['mom2.mom2'].shape}, but {module!r} of this "
+                                 f"model takes inputs of width {width}; the file belongs to another model "
+                                 "(check hparams model_name and stats_dir)")
             result[module] = torch.from_numpy(data["mom2.mom2"] / float(data["mom2.count"])).float()
         else:
             missing.append(module)
