@@ -193,18 +193,22 @@ if lemoe_rows or partial:
               "past edit is evaluated again on the final model: reliability = token accuracy of `target_new` on the "
               "edit prompt, generality = the same on its rephrase/paraphrase prompts, locality = agreement with the "
               "unedited model's predictions on the records' locality prompts (ZsRE `loc`, CounterFact neighbourhood "
-              "prompts) and on 100 never-edited facts from `known_1000.json`. Targets at 300 edits: reliability "
-              "≥ .95, generality ≥ .6, locality ≥ .95.", "",
-              "| dataset | edits | method | reliability | generality | locality (records) | locality (probes) | "
-              "wall s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+              "prompts) and on 100 never-edited facts from `known_1000.json`. For CounterFact, generality is also "
+              "given as CounterFact's own paraphrase score (P(target_new) > P(target_true), mean token "
+              "log-likelihood, as in ROME). Targets at 300 edits: reliability ≥ .95, generality ≥ .6, locality "
+              "≥ .95.", "",
+              "| dataset | edits | method | reliability | generality | generality, P(new) > P(true) | "
+              "locality (records) | locality (probes) | wall s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         final = r["summary"]["final_checkpoint"]
         lines.append(f"| {r['dataset']} | {r['edits']} | {labels[r['variant']]} | {f(final.get('retention_acc'))} | "
-                     f"{f(final.get('retention_rephrase_acc'))} | {f(final.get('locality_acc'))} | "
+                     f"{f(final.get('retention_rephrase_acc'))} | {f(final.get('retention_paraphrase'))} | "
+                     f"{f(final.get('locality_acc'))} | "
                      f"{f(final.get('probe_locality'))} | {f(r['wall_seconds'], 0)} | {r['peak_rss_mb']} |")
     for dataset, variant, edits, last in partial:
         lines.append(f"| {dataset} | {last['step']} of {edits} (unfinished run: its latest checkpoint) | "
                      f"{labels[variant]} | {f(last.get('retention_acc'))} | {f(last.get('retention_rephrase_acc'))} | "
+                     f"{f(last.get('retention_paraphrase'))} | "
                      f"{f(last.get('locality_acc'))} | {f(last.get('probe_locality'))} | | |")
     lines.append("")
     for r in rows:

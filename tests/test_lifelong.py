@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from conftest import HPARAMS, ROOT, SHARED_DATA, changed_parameters, snapshot
@@ -165,3 +166,18 @@ def test_short_run_on_smollm2(tmp_path, smollm2, stats_dir):
     assert summary["immediate"]["efficacy"] >= 0.75  # the edits take hold on the real model
     assert summary["final_checkpoint"]["retention_exact"] >= 0.5
     assert summary["final_checkpoint"]["probe_locality"] >= 0.8
+
+
+def test_retention_re_measures_counterfacts_probability_scores_like_the_immediate_ones(tiny_gpt2):
+    from edit_plugins.lifelong import evaluate
+    from edit_plugins.lifelong.data import load_records
+
+    model, tok = tiny_gpt2
+    records = load_records(CF_ROME, num_edits=8)
+    immediate = [evaluate.edit_metrics(model, tok, r, [[-1]] * len(r.locality)) for r in records]
+    row = evaluate.retention(model, tok, records)
+    per_paraphrase = [m["paraphrase"] for m in immediate]
+    counts = [len(r.rephrase_prompts) for r in records]
+    assert len(set(m["efficacy"] for m in immediate)) == 2  # a random model: both outcomes occur
+    assert row["retention_efficacy"] == pytest.approx(np.mean([m["efficacy"] for m in immediate]))
+    assert row["retention_paraphrase"] == pytest.approx(np.average(per_paraphrase, weights=counts))

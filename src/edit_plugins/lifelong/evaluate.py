@@ -133,6 +133,24 @@ def retention(model, tok, records) -> dict:
     }
     # Generality of every past edit on the current model (EasyEdit's rephrase_acc, re-measured).
     pairs = [(p, r.request["target_new"]) for r in records for p in r.rephrase_prompts]
+    new_on_rephrase = []
     if pairs:
-        out["retention_rephrase_acc"] = mean(s.accuracy for s in score_answers(model, tok, pairs))
+        new_on_rephrase = score_answers(model, tok, pairs)
+        out["retention_rephrase_acc"] = mean(s.accuracy for s in new_on_rephrase)
+    # CounterFact's own scores, re-measured: does the new object still beat the true one?
+    ranked = [(i, r) for i, r in enumerate(records) if r.kind == "counterfact" and r.request.get("ground_truth")]
+    if ranked:
+        true_on_prompt = score_answers(model, tok, [(r.request["prompt"], r.request["ground_truth"]) for _, r in ranked])
+        out["retention_efficacy"] = mean(float(scores[i].mean_logprob > t.mean_logprob)
+                                         for (i, _), t in zip(ranked, true_on_prompt))
+        offsets, start = [], 0
+        for r in records:
+            offsets.append(start)
+            start += len(r.rephrase_prompts)
+        new_scores = [new_on_rephrase[offsets[i] + j] for i, r in ranked for j in range(len(r.rephrase_prompts))]
+        true_scores = score_answers(model, tok, [(p, r.request["ground_truth"]) for _, r in ranked
+                                                 for p in r.rephrase_prompts])
+        if true_scores:
+            out["retention_paraphrase"] = mean(float(n.mean_logprob > t.mean_logprob)
+                                               for n, t in zip(new_scores, true_scores))
     return out
