@@ -5,9 +5,11 @@ Supported: PyPI ``easyeditor 0.0.1.dev0`` (transformers <= 4.55) and EasyEdit's 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
+import io
 import os
 from dataclasses import dataclass
 
@@ -73,9 +75,6 @@ def dataset_items(path, fmt: str):
         cls = getattr(importlib.import_module("easyeditor.dataset"), name)
     except Exception:
         return None
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded dataset with N elements"
         dataset = cls(str(path))
     return [dataset[i] for i in range(len(dataset))]

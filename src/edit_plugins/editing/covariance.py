@@ -121,9 +121,9 @@ def second_moments(model, tok, modules: list[str], *, source: str = PYDOC_SOURCE
             width = weight_out_in(get_module(model, module)).shape[1]
             if data["mom2.mom2"].shape != (width, width):
                 # The cache is keyed by model name (ROME/EasyEdit's layout), so a renamed model can hit it.
-                raise StatisticsError(f"{path}: cached statistics are {data['mom2.mom2'].shape}, but {module!r} of this "
-                                 f"model takes inputs of width {width}; the file belongs to another model "
-                                 "(check hparams model_name and stats_dir)")
+                raise StatisticsError(f"{path}: cached statistics are {data['mom2.mom2'].shape}, but {module!r} "
+                                      f"of this model takes inputs of width {width}; the file belongs to another "
+                                      "model (check hparams model_name and stats_dir)")
             result[module] = torch.from_numpy(data["mom2.mom2"] / float(data["mom2.count"])).float()
         else:
             missing.append(module)

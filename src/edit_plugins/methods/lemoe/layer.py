@@ -32,7 +32,8 @@ class Expert(nn.Module):
 
 
 class AnchorRouter(nn.Module):
-    """Hard top-1 routing by the best-matching anchor seen so far in the sequence."""
+    """Hard top-1 routing by the best-matching anchor seen so far in the sequence
+    (``span="token"``: by each position's own best match only)."""
 
     def __init__(self, hidden: int, threshold: float, span: str = "sequence"):
         super().__init__()
