@@ -1,7 +1,7 @@
 """LEMoE lifelong benchmark on SmolLM2-135M: one variant, one dataset, one fresh process.
 
     python bench/lemoe_lifelong.py --dataset zsre --edits 300 --variant full
-    variants: full | softmax_router | no_order_planning | unfrozen | wilke | rome
+    variants: full | templates | token_span | softmax_router | no_order_planning | unfrozen | wilke | rome
 
 Writes bench/results/lemoe_<dataset>_<variant>_<edits>.json: the run's summary, wall time, peak RSS,
 and for LEMoE the adaptor's size, training seconds per expert and inference overhead.

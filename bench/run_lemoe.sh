@@ -8,7 +8,7 @@ N=${COMPARE_EDITS:-20}
 if [ "${SKIP_MAIN:-0}" != 1 ]; then
   $PY lemoe_lifelong.py --dataset zsre --edits 300 --variant full
 fi
-for v in full softmax_router no_order_planning unfrozen wilke rome; do
+for v in full softmax_router no_order_planning unfrozen token_span wilke rome; do
   $PY lemoe_lifelong.py --dataset zsre --edits "$N" --variant "$v"
 done
 $PY lemoe_lifelong.py --dataset counterfact --edits 300 --variant full
