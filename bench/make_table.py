@@ -140,7 +140,7 @@ for edits, by_method in sorted(runs.items(), reverse=True):
         by_step = {c["step"]: c for c in by_method[name]["checkpoints"]}
         lines.append(f"| {label} | " + " | ".join(f(by_step.get(s, {}).get("retention_exact")) for s in steps) + " |")
     lines += ["", "| method | retention at end | probe locality at end | neighbourhood (immediate) | S | wall s | "
-              "runner overhead | peak RSS MB (after edit 1 / 50 / last) | interference logging cost (all / last 50 "
+              "runner overhead | peak RSS MB (after edit 1 / 50 / 100 / last) | interference logging cost (all / last 50 "
               "edits) |", "|---|---|---|---|---|---|---|---|---|"]
     for name, label in names:
         r = by_method[name]
@@ -148,7 +148,7 @@ for edits, by_method in sorted(runs.items(), reverse=True):
         lines.append(f"| {label} | {f(final.get('retention_exact'))} | {f(final.get('probe_locality'))} | "
                      f"{f(summary['immediate'].get('neighbourhood'))} | {f(summary['S'])} | "
                      f"{f(r['timing']['wall_seconds'], 0)} | {f(overhead(r['timing']))} | "
-                     f"{rss.get('1')} / {rss.get('50')} / {rss.get(str(edits))} | "
+                     f"{rss.get('1')} / {rss.get('50')} / {rss.get('100')} / {rss.get(str(edits))} | "
                      f"{100 * r['interference_cost']:.2f}% / {100 * r['interference_cost_last_50']:.2f}% |")
     lines += ["", "Runner overhead = (wall − edit − evaluation time) / wall (target ≤ 0.05). Interference logging "
               "cost = the after-edit hooks' time / the rest of the edit's time (target ≤ 5% at 300 edits).", ""]
