@@ -152,6 +152,10 @@ for edits, by_method in sorted(runs.items(), reverse=True):
                      f"{100 * r['interference_cost']:.2f}% / {100 * r['interference_cost_last_50']:.2f}% |")
     lines += ["", "Runner overhead = (wall − edit − evaluation time) / wall (target ≤ 0.05). Interference logging "
               "cost = the after-edit hooks' time / the rest of the edit's time (target ≤ 5% at 300 edits).", ""]
+    for name, label in (("smollm2-135m-fast", "WilKE (fast_scan)"), ("smollm2-135m-rome", "ROME (layer 4)")):
+        if name not in by_method:
+            lines += [f"{label} was not run at {edits} edits (about an hour on this machine); the "
+                      "100-edit comparison above is the latest for it.", ""]
     if len(names) == 2:
         w, r = by_method["smollm2-135m-fast"]["summary"]["S"], by_method["smollm2-135m-rome"]["summary"]["S"]
         verdict = "the same ordering as" if w > r else "the **opposite** ordering to"
