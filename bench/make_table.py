@@ -147,11 +147,14 @@ for edits, by_method in sorted(runs.items(), reverse=True):
         summary, final, rss = r["summary"], r["summary"]["final_checkpoint"], r["peak_rss_mb_at"]
         lines.append(f"| {label} | {f(final.get('retention_exact'))} | {f(final.get('probe_locality'))} | "
                      f"{f(summary['immediate'].get('neighbourhood'))} | {f(summary['S'])} | "
-                     f"{f(r['timing']['wall_seconds'], 0)} | {f(overhead(r['timing']))} | "
+                     f"{f(r['timing']['wall_seconds'], 0)} | {f(overhead(r['timing']), 4)} | "
                      f"{rss.get('1')} / {rss.get('50')} / {rss.get('100')} / {rss.get(str(edits))} | "
                      f"{100 * r['interference_cost']:.2f}% / {100 * r['interference_cost_last_50']:.2f}% |")
     lines += ["", "Runner overhead = (wall − edit − evaluation time) / wall (target ≤ 0.05). Interference logging "
-              "cost = the after-edit hooks' time / the rest of the edit's time (target ≤ 5% at 300 edits).", ""]
+              "cost = the after-edit hooks' time / the rest of the edit's time (target ≤ 5% at 300 edits). Peak RSS "
+              "is flat between checkpoints and rises after those that re-check every past edit (100, 200). The "
+              "ROME run shared the CPU with another job for about edits 25–50, which inflates its wall time "
+              "a little.", ""]
     for name, label in (("smollm2-135m-fast", "WilKE (fast_scan)"), ("smollm2-135m-rome", "ROME (layer 4)")):
         if name not in by_method:
             lines += [f"{label} was not run at {edits} edits (about an hour on this machine); the "
