@@ -1,4 +1,6 @@
 """LEMoE on the tiny GPT-2 (Conv1D FFN) and on SmolLM2 (Llama FFN): edits, freezing, routing, save/load, removal."""
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -29,6 +31,16 @@ def logits(model, tok, prompt):
 def apply(model, tok, requests, hp):
     """Apply and get the restore callable back, under whichever EasyEdit convention is installed."""
     return lemoe.apply_lemoe_to_model(model, tok, requests, hp, **easyedit_compat.sequential_apply_kwargs())
+
+
+@contextlib.contextmanager
+def edits_applied(model, tok, requests, hp):
+    """The model with these edits applied for the block, restored after it whatever happens."""
+    model, restore = apply(model, tok, requests, hp)
+    try:
+        yield model
+    finally:
+        restore()
 
 
 def base_weights_unchanged(model, before) -> bool:
@@ -82,21 +94,17 @@ def test_unrelated_prompt_gets_exactly_the_unedited_logits(tiny_gpt2):
     model, tok = tiny_gpt2
     unrelated = "Yesterday the weather in the harbour was"
     reference = logits(model, tok, unrelated)
-    model, restore = apply(model, tok, TINY_REQUESTS[:2], tiny_hp())
-    try:
+    with edits_applied(model, tok, TINY_REQUESTS[:2], tiny_hp()) as model:
         edited = logits(model, tok, unrelated)
         adaptor = model.get_submodule("transformer.h.1.mlp")
         assert bool((adaptor.last_routes < 0).all())  # no anchor matched
         assert torch.equal(edited, reference)
-    finally:
-        restore()
 
 
 @pytest.mark.dev0_compatible
 def test_routes_are_the_same_in_a_teacher_forced_pass_and_in_cached_generation(tiny_gpt2):
     model, tok = tiny_gpt2
-    model, restore = apply(model, tok, TINY_REQUESTS[:2], tiny_hp())
-    try:
+    with edits_applied(model, tok, TINY_REQUESTS[:2], tiny_hp()) as model:
         for prompt in (TINY_REQUESTS[0]["prompt"], "Yes. " + TINY_REQUESTS[0]["prompt"]):
             ids = tok(prompt, return_tensors="pt")
             cached = model.generate(**ids, max_new_tokens=6, do_sample=False, use_cache=True,
@@ -111,15 +119,12 @@ def test_routes_are_the_same_in_a_teacher_forced_pass_and_in_cached_generation(t
         routes = model.get_submodule("transformer.h.1.mlp").last_routes[0].tolist()
         subject_end = len(tok("The capital city of France").input_ids) - 1
         assert routes[:subject_end] == [-1] * subject_end and set(routes[subject_end:]) == {0}
-    finally:
-        restore()
 
 
 @pytest.mark.dev0_compatible
 def test_left_padding_routes_like_no_padding(tiny_gpt2):
     model, tok = tiny_gpt2
-    model, restore = apply(model, tok, TINY_REQUESTS[:2], tiny_hp())
-    try:
+    with edits_applied(model, tok, TINY_REQUESTS[:2], tiny_hp()) as model:
         prompts = [TINY_REQUESTS[0]["prompt"], "Hello"]
         tok.padding_side = "left"
         batch = tok(prompts, return_tensors="pt", padding=True)
@@ -129,8 +134,6 @@ def test_left_padding_routes_like_no_padding(tiny_gpt2):
         single = logits(model, tok, prompts[0])[0, -1]
         assert padded.argmax() == single.argmax()
         torch.testing.assert_close(padded, single, rtol=1e-4, atol=1e-4)
-    finally:
-        restore()
 
 
 @pytest.mark.dev0_compatible
@@ -183,8 +186,7 @@ def test_unknown_layer_fails_before_anything_changes(tiny_gpt2):
 
 def test_failure_while_training_leaves_no_adaptor_behind(tiny_gpt2, monkeypatch):
     model, tok = tiny_gpt2
-    model, restore = apply(model, tok, TINY_REQUESTS[:2], tiny_hp())
-    try:
+    with edits_applied(model, tok, TINY_REQUESTS[:2], tiny_hp()) as model:
         def explode(*args, **kwargs):
             raise RuntimeError("out of memory (simulated)")
 
@@ -193,16 +195,13 @@ def test_failure_while_training_leaves_no_adaptor_behind(tiny_gpt2, monkeypatch)
             apply(model, tok, TINY_REQUESTS[2:], tiny_hp())
         adaptor = lemoe.find_adaptor(model)[1]
         assert len(adaptor.experts) == 1 and len(adaptor.router.anchors) == 2  # the earlier batch only
-    finally:
-        restore()
 
 
 @pytest.mark.parametrize("span", ["sequence", "token"])
 def test_routing_span_sets_which_positions_an_expert_serves(tiny_gpt2, span):
     model, tok = tiny_gpt2
     request = TINY_REQUESTS[1]  # "The favourite food of Alice Walker is"
-    model, restore = apply(model, tok, [request], tiny_hp(routing_span=span))
-    try:
+    with edits_applied(model, tok, [request], tiny_hp(routing_span=span)) as model:
         logits(model, tok, request["prompt"])
         routed = (model.get_submodule("transformer.h.1.mlp").last_routes[0] >= 0).tolist()
         subject_last = len(tok("The favourite food of Alice Walker").input_ids) - 1
@@ -211,8 +210,6 @@ def test_routing_span_sets_which_positions_an_expert_serves(tiny_gpt2, span):
             assert all(routed[subject_last:])
         else:  # only tokens that themselves match the anchor: " is" after the subject does not
             assert not routed[-1]
-    finally:
-        restore()
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -263,8 +260,7 @@ def test_smollm2_edits_take_hold_generalise_and_leave_unrelated_prompts_alone(sm
     before = snapshot(model)
     eiffel = "The Eiffel Tower is located in the city of"
     reference = logits(model, tok, eiffel)
-    model, restore = apply(model, tok, requests[:5], hp)
-    try:
+    with edits_applied(model, tok, requests[:5], hp) as model:
         adaptor = lemoe.find_adaptor(model)[1]
         first = {k: v.clone() for k, v in adaptor.experts[0].state_dict().items()}
         apply(model, tok, requests[5:], hp)
@@ -284,8 +280,6 @@ def test_smollm2_edits_take_hold_generalise_and_leave_unrelated_prompts_alone(sm
         assert set(routes[subject_end:]) == {routes[-1]} and routes[-1] >= 0 and set(routes[:subject_end - 1]) == {-1}
         assert next_token(model, tok, eiffel).strip() == "Paris"
         assert base_weights_unchanged(model, before)
-    finally:
-        restore()
     assert lemoe.find_adaptor(model) is None and torch.equal(logits(model, tok, eiffel), reference)
 
 
@@ -293,14 +287,11 @@ def test_softmax_router_ablation_touches_every_input_and_round_trips(tiny_gpt2, 
     model, tok = tiny_gpt2
     unrelated = "Yesterday the weather in the harbour was"
     reference = logits(model, tok, unrelated)
-    model, restore = apply(model, tok, TINY_REQUESTS[:2], tiny_hp(routing="softmax"))
-    try:
+    with edits_applied(model, tok, TINY_REQUESTS[:2], tiny_hp(routing="softmax")) as model:
         assert all(answers_correct(model, tok, TINY_REQUESTS[:2]))
         edited = logits(model, tok, unrelated)
         assert not torch.equal(edited, reference)  # no threshold: every input goes through an expert
         path = lemoe.save_adaptor(model, tmp_path / "softmax.safetensors")
-    finally:
-        restore()
     lemoe.load_adaptor(model, path)
     try:
         assert torch.equal(logits(model, tok, unrelated), edited)
