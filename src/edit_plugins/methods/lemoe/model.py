@@ -138,10 +138,14 @@ def ffn_inputs(model, tok, requests: list[EditRequest], module_name: str) -> lis
     return module_input_sequences(model, tok, [r.text for r in requests], module_name)
 
 
+def subject_inputs(tok, requests: list[EditRequest], inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Each request's FFN input at its subject's last token, from its FFN input sequence."""
+    return torch.stack([x[_subject_position(tok, r)] for x, r in zip(inputs, requests)])
+
+
 def anchor_features(tok, requests: list[EditRequest], inputs: list[torch.Tensor], router) -> torch.Tensor:
-    """Routing features of each request's subject, from its FFN input sequence."""
-    raw = torch.stack([x[_subject_position(tok, r)] for x, r in zip(inputs, requests)])
-    return router.features(raw)
+    """Routing features of each request's subject."""
+    return router.features(subject_inputs(tok, requests, inputs))
 
 
 def template_anchor_features(model, tok, requests, adaptor, hp) -> torch.Tensor:
@@ -248,8 +252,8 @@ def edit_order(model, tok, requests: list[EditRequest], hp: LEMoEHyperParams) ->
     for start in range(0, len(requests), 64):
         chunk = requests[start : start + 64]
         inputs = ffn_inputs(model, tok, chunk, name)
-        raw.extend(x[_subject_position(tok, r)] for x, r in zip(inputs, chunk))
-    raw = torch.stack(raw).float()
+        raw.append(subject_inputs(tok, chunk, inputs))
+    raw = torch.cat(raw).float()
     if found is not None and hp.routing == "anchor":
         features = found[1].router.features(raw)
     else:
