@@ -34,11 +34,14 @@ from edit_plugins.plugins import pm  # noqa: E402
 
 
 class PeakRss:
-    """Adds the process's peak RSS so far to every edit's log line."""
+    """Adds the process's peak RSS so far, and its RSS now, to every edit's log line."""
 
     @hookimpl
     def after_edit(self, event):
-        return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+        with open("/proc/self/statm") as f:
+            resident_pages = int(f.read().split()[1])
+        return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                "rss_mb": round(resident_pages * resource.getpagesize() / 2**20)}
 
 
 pm.register(PeakRss(), name="bench-peak-rss")

@@ -139,13 +139,13 @@ class _Run:
     def evaluate_checkpoint(self, step: int) -> dict:
         past = self.records[:step]
         row = {"step": step, **evaluate.retention(self.model, self.tok, past)}
-        if self.probes:
-            scores = evaluate.score_answers(self.model, self.tok, self.probe_pairs)
-            row["probe_locality"] = evaluate.mean(evaluate.agreement(scores, self.probe_reference))
+        probes = self.probe_pairs if self.probes else []
         pairs = [(pair, ref) for r, refs in zip(past, self.locality_reference) for pair, ref in zip(r.locality, refs)]
+        scores = evaluate.score_answers(self.model, self.tok, probes + [p for p, _ in pairs])  # one batched pass
+        if probes:
+            row["probe_locality"] = evaluate.mean(evaluate.agreement(scores[: len(probes)], self.probe_reference))
         if pairs:
-            scores = evaluate.score_answers(self.model, self.tok, [p for p, _ in pairs])
-            row["locality_acc"] = evaluate.mean(evaluate.agreement(scores, [r for _, r in pairs]))
+            row["locality_acc"] = evaluate.mean(evaluate.agreement(scores[len(probes) :], [r for _, r in pairs]))
         return row
 
     # -- saving -----------------------------------------------------------------------------------
