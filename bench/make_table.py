@@ -173,6 +173,20 @@ for edits, by_method in sorted(runs.items(), reverse=True):
                          f"threshold ‖I‖/‖v‖ > {diag['risk_threshold']})")
     lines.append("")
 
+recheck = load("recheck_speed")
+if recheck:
+    lines += ["## Lifelong: the cost of one checkpoint", "",
+              "Command: `python bench/recheck_speed.py`. Re-checking 1,000 past edits on SmolLM2 (CPU, 2 threads): "
+              "every record's prompt and rephrasings against `target_new` (CounterFact: also against `target_true`), "
+              "plus its locality prompts, in one batched pass.", "",
+              "| records | past edits | answers scored | seconds |", "|---|---|---|---|"]
+    for name, label in (("zsre", "ZsRE (`zsre_mend_eval.json`, all of it)"),
+                        ("counterfact_easyedit", "CounterFact (`counterfact_easyedit.json`)")):
+        if name in recheck:
+            row = recheck[name]
+            lines.append(f"| {label} | {row['records']} | {row['scored_pairs']} | {row['seconds']} |")
+    lines.append("")
+
 lemoe_rows = sorted(RESULTS.glob("lemoe_*.json"))
 # Runs not finished when the table was made: their latest checkpoint, marked as such.
 partial = []
@@ -188,6 +202,7 @@ if lemoe_rows or partial:
               "no_order_planning": "LEMoE, no order planning (ablation)",
               "unfrozen": "LEMoE, earlier experts not frozen (ablation)", "templates": "LEMoE + prefix augmentation",
               "token_span": "LEMoE, expert only at matching tokens (`routing_span: token`)",
+              "token_span_templates": "LEMoE, `routing_span: token` + 4 context templates in training",
               "wilke": "WilKE (fast_scan)", "rome": "ROME (layer 4)"}
     order = list(labels)
     rows = [json.loads(p.read_text()) for p in lemoe_rows]

@@ -1,0 +1,39 @@
+"""How long one checkpoint takes: re-checking every past edit (retention) plus locality, on SmolLM2.
+
+    python bench/recheck_speed.py      # 1,000 records of each format
+
+Times what the lifelong runner does at a checkpoint, on the unedited model (the cost does not
+depend on the edits): every record's prompt and rephrasings against target_new (and, for
+CounterFact, against target_true), plus every record's locality prompts. Writes
+bench/results/recheck_speed.json.
+"""
+import time
+
+from common import SHARED, peak_rss_mb, setup_threads, write_result
+
+setup_threads(2)
+
+from edit_plugins.lifelong import evaluate  # noqa: E402
+from edit_plugins.lifelong.data import load_records  # noqa: E402
+from edit_plugins.models import load_model  # noqa: E402
+
+model, tok = load_model("smollm2-135m", "cpu")
+SOURCES = {  # ZsRE has 700 records here; the EasyEdit CounterFact file has 10,000
+    "zsre": SHARED / "zsre_mend_eval.json",
+    "counterfact_easyedit": SHARED / "counterfact_easyedit.json",
+}
+result = {}
+evaluate.retention(model, tok, load_records(SOURCES["zsre"], num_edits=8))  # warm-up
+for name, path in SOURCES.items():
+    records = load_records(path, num_edits=1000)
+    started = time.perf_counter()
+    evaluate.retention(model, tok, records)
+    locality_pairs = [pair for r in records for pair in r.locality]
+    evaluate.score_answers(model, tok, locality_pairs)
+    seconds = time.perf_counter() - started
+    scored = (len(records) + sum(len(r.rephrase_prompts) for r in records) * (2 if name != "zsre" else 1)
+              + (len(records) if name != "zsre" else 0) + len(locality_pairs))
+    result[name] = {"records": len(records), "scored_pairs": scored, "seconds": round(seconds, 1)}
+    print(name, result[name], flush=True)
+result["peak_rss_mb"] = round(peak_rss_mb())
+write_result("recheck_speed", result)
