@@ -181,3 +181,30 @@ def test_retention_re_measures_counterfacts_probability_scores_like_the_immediat
     assert len(set(m["efficacy"] for m in immediate)) == 2  # a random model: both outcomes occur
     assert row["retention_efficacy"] == pytest.approx(np.mean([m["efficacy"] for m in immediate]))
     assert row["retention_paraphrase"] == pytest.approx(np.average(per_paraphrase, weights=counts))
+
+
+def test_batched_scoring_equals_scoring_each_answer_alone(tiny_gpt2):
+    """Length-sorted batches, a small token budget and shared rows for identical inputs change nothing."""
+    from edit_plugins.lifelong import evaluate
+    from edit_plugins.lifelong.data import load_records
+
+    model, tok = tiny_gpt2
+    records = load_records(CF_ROME, num_edits=6)
+    pairs = [(p, a) for r in records for p in [r.request["prompt"], *r.rephrase_prompts]
+             for a in (r.request["target_new"], r.request["ground_truth"])]
+    pairs += [pair for r in records for pair in r.locality]
+    alone = [evaluate.score_answers(model, tok, [pair])[0] for pair in pairs]
+    batched = evaluate.score_answers(model, tok, pairs, batch_size=7, max_tokens=120)
+    assert [s.predicted for s in batched] == [s.predicted for s in alone]
+    assert [s.n_tokens for s in batched] == [s.n_tokens for s in alone]
+    assert [s.mean_logprob for s in batched] == pytest.approx([s.mean_logprob for s in alone], abs=1e-4)
+    assert len({round(s.mean_logprob, 3) for s in alone}) > len(pairs) // 2  # real, varied scores
+
+
+def test_length_batches_cover_every_index_once_within_the_token_budget():
+    from edit_plugins.lifelong.evaluate import _length_batches
+
+    lengths = [5, 40, 3, 3, 17, 60, 8, 8, 8, 1]
+    batches = _length_batches(lengths, max_rows=3, max_tokens=64)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 64) for b in batches)
