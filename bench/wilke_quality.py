@@ -9,6 +9,7 @@ Writes bench/results/wilke_<mode>.json, or wilke_sequential_<method>_<edits>.jso
 leave full lifelong run folders under runs/, and record peak RSS and the interference hook's cost).
 """
 import argparse
+import collections
 import json
 import resource
 import shutil
@@ -113,6 +114,8 @@ else:
     out = {"method": name, "edits": len(edits), "summary": summary,
            "checkpoints": [json.loads(line) for line in (folder / "checkpoints.jsonl").read_text().splitlines()],
            "timing": json.loads((folder / "timing.json").read_text()),
+           "layer_histogram": dict(sorted(collections.Counter(str(e["layer"]) for e in edits).items(),
+                                          key=lambda kv: int(kv[0]))),
            "peak_rss_mb_at": {str(e["step"]): e["hooks"]["peak_rss_mb"] for e in edits
                               if e["step"] in (1, 50, 100, 300, len(edits))},
            # interference logging's share of each edit: hook time / (edit time without the hooks)
