@@ -187,6 +187,19 @@ for edits, by_method in sorted(runs.items(), reverse=True):
                          f"threshold ‖I‖/‖v‖ > {diag['risk_threshold']})")
     lines.append("")
 
+corpus = load("wilke_corpus")
+if corpus:
+    lines += ["## WilKE: how much text the covariance needs", "",
+              f"Command: `python bench/wilke_corpus.py --edits {corpus['edits']}`. Single-layer edit (ROME, layer 4) "
+              f"of the first {corpus['edits']} CounterFact facts SmolLM2 knows, each from the unedited model, with "
+              "C = E[kkᵀ] estimated from the first n documents of the offline pydoc corpus (~1,000 characters each), "
+              "or with no C (identity).", "",
+              "| C from | efficacy | paraphrase | neighbourhood | rewrite token accuracy |", "|---|---|---|---|---|"]
+    for row in corpus["rows"]:
+        lines.append(f"| {row['corpus']} | {f(row['efficacy'])} | {f(row['paraphrase'])} | "
+                     f"{f(row['neighbourhood'])} | {f(row['rewrite_acc'])} |")
+    lines.append("")
+
 recheck = load("recheck_speed")
 if recheck:
     lines += ["## Lifelong: the cost of one checkpoint", "",
