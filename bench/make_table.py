@@ -193,7 +193,7 @@ if corpus:
               f"Command: `python bench/wilke_corpus.py --edits {corpus['edits']}`. Single-layer edit (ROME, layer 4) "
               f"of the first {corpus['edits']} CounterFact facts SmolLM2 knows, each from the unedited model, with "
               "C = E[kkᵀ] estimated from the first n documents of the offline pydoc corpus (~1,000 characters each), "
-              "or with no C (identity).", "",
+              "or with no C (identity). The corpus has 395 documents, so \"400\" means all of it.", "",
               "| C from | efficacy | paraphrase | neighbourhood | rewrite token accuracy |", "|---|---|---|---|---|"]
     for row in corpus["rows"]:
         lines.append(f"| {row['corpus']} | {f(row['efficacy'])} | {f(row['paraphrase'])} | "
@@ -205,7 +205,8 @@ if recheck:
     lines += ["## Lifelong: the cost of one checkpoint", "",
               "Command: `python bench/recheck_speed.py`. Re-checking 700 (ZsRE, all we have) and 1,000 (CounterFact) past edits on SmolLM2 (CPU, 2 threads): "
               "every record's prompt and rephrasings against `target_new` (CounterFact: also against `target_true`), "
-              "plus its locality prompts, in one batched pass.", "",
+              "plus its locality prompts, scored in length-sorted batches (the runner's checkpoint code). Measured "
+              "alone on the machine.", "",
               "| records | past edits | answers scored | seconds |", "|---|---|---|---|"]
     for name, label in (("zsre", "ZsRE (`zsre_mend_eval.json`, all of it)"),
                         ("counterfact_easyedit", "CounterFact (`counterfact_easyedit.json`)")):
