@@ -12,4 +12,7 @@ for v in full softmax_router no_order_planning unfrozen token_span wilke rome; d
   $PY lemoe_lifelong.py --dataset zsre --edits "$N" --variant "$v"
 done
 $PY lemoe_lifelong.py --dataset counterfact --edits 300 --variant full
+for v in full token_span_templates; do  # CounterFact generality: the default against the best lead
+  $PY lemoe_lifelong.py --dataset counterfact --edits 50 --variant "$v"
+done
 $PY make_table.py
