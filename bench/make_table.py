@@ -205,7 +205,7 @@ if recheck:
     lines += ["## Lifelong: the cost of one checkpoint", "",
               "Command: `python bench/recheck_speed.py`. Re-checking 700 (ZsRE, all we have) and 1,000 (CounterFact) past edits on SmolLM2 (CPU, 2 threads): "
               "every record's prompt and rephrasings against `target_new` (CounterFact: also against `target_true`), "
-              "plus its locality prompts, scored in length-sorted batches (the runner's checkpoint code). Measured "
+              "plus its locality prompts, scored in length-sorted batches by the functions the runner's checkpoints call. Measured "
               "alone on the machine.", "",
               "| records | past edits | answers scored | seconds |", "|---|---|---|---|"]
     for name, label in (("zsre", "ZsRE (`zsre_mend_eval.json`, all of it)"),

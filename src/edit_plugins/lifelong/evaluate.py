@@ -95,6 +95,15 @@ def score_answers(model, tok, pairs, batch_size: int = 64, max_tokens: int = 204
     return results
 
 
+def score_groups(model, tok, groups: dict[str, list]) -> dict[str, list[TargetScore]]:
+    """Score named groups of ``(prompt, answer)`` pairs in one batched pass; the scores come back grouped."""
+    flat = score_answers(model, tok, [pair for pairs in groups.values() for pair in pairs])
+    scores, start = {}, 0
+    for name, pairs in groups.items():
+        scores[name], start = flat[start : start + len(pairs)], start + len(pairs)
+    return scores
+
+
 def agreement(current: list[TargetScore], reference_predictions: list[list[int]]) -> list[float]:
     """Locality: share of answer positions where the current prediction equals the unedited one."""
     return [sum(a == b for a, b in zip(s.predicted, ref)) / len(ref) for s, ref in zip(current, reference_predictions)]
@@ -118,30 +127,30 @@ def edit_metrics(model, tok, record, locality_reference) -> dict:
     """One record's metrics right after its edit (also used for retention of all metrics)."""
     request = record.request
     new, true = request["target_new"], request.get("ground_truth")
-    pairs = [(request["prompt"], new)] + [(p, new) for p in record.rephrase_prompts]
-    pairs += [(p, a) for p, a in record.locality] + [(p, a) for p, a in record.portability]
+    groups = {
+        "rewrite": [(request["prompt"], new)],
+        "rephrase": [(p, new) for p in record.rephrase_prompts],
+        "locality": list(record.locality),
+        "portability": list(record.portability),
+    }
     if true:
-        pairs += [(request["prompt"], true)] + [(p, true) for p in record.rephrase_prompts]
-        pairs += [(p, new) for p, _ in record.locality] if record.kind == "counterfact" else []
-    scores = score_answers(model, tok, pairs)
-    n_r, n_l, n_p = len(record.rephrase_prompts), len(record.locality), len(record.portability)
-    rewrite, rephrase = scores[0], scores[1 : 1 + n_r]
-    locality = scores[1 + n_r : 1 + n_r + n_l]
-    portability = scores[1 + n_r + n_l : 1 + n_r + n_l + n_p]
+        groups["true_rewrite"] = [(request["prompt"], true)]
+        groups["true_rephrase"] = [(p, true) for p in record.rephrase_prompts]
+        groups["new_on_neighbours"] = [(p, new) for p, _ in record.locality] if record.kind == "counterfact" else []
+    scores = score_groups(model, tok, groups)
+    rewrite, rephrase, locality = scores["rewrite"][0], scores["rephrase"], scores["locality"]
     out = {
         "rewrite_acc": rewrite.accuracy,
         "rephrase_acc": mean(s.accuracy for s in rephrase),
-        "locality_acc": mean(agreement(locality, locality_reference)) if n_l else None,
-        "portability_acc": mean(s.accuracy for s in portability),
+        "locality_acc": mean(agreement(locality, locality_reference)) if locality else None,
+        "portability_acc": mean(s.accuracy for s in scores["portability"]),
     }
     if true:
-        rest = scores[1 + n_r + n_l + n_p :]
-        true_rewrite, true_rephrase = rest[0], rest[1 : 1 + n_r]
-        out["efficacy"] = float(rewrite.mean_logprob > true_rewrite.mean_logprob)
-        out["paraphrase"] = mean(float(a.mean_logprob > b.mean_logprob) for a, b in zip(rephrase, true_rephrase))
-        if record.kind == "counterfact" and n_l:
-            new_on_neighbours = rest[1 + n_r :]
-            out["neighbourhood"] = mean(float(t.mean_logprob > n.mean_logprob) for t, n in zip(locality, new_on_neighbours))
+        out["efficacy"] = float(rewrite.mean_logprob > scores["true_rewrite"][0].mean_logprob)
+        out["paraphrase"] = mean(float(a.mean_logprob > b.mean_logprob) for a, b in zip(rephrase, scores["true_rephrase"]))
+        if record.kind == "counterfact" and locality:
+            out["neighbourhood"] = mean(float(t.mean_logprob > n.mean_logprob)
+                                        for t, n in zip(locality, scores["new_on_neighbours"]))
     return out
 
 
@@ -153,16 +162,12 @@ def retention(model, tok, records) -> dict:
     ranked = [i for i, r in enumerate(records) if r.kind == "counterfact" and r.request.get("ground_truth")]
     ranked_set = set(ranked)
     rephrase_at = [(i, p) for i, r in enumerate(records) for p in r.rephrase_prompts]
-    segments = {  # scored in one batched pass, then split
+    scores = score_groups(model, tok, {
         "new_on_prompt": [(r.request["prompt"], r.request["target_new"]) for r in records],
         "new_on_rephrase": [(p, records[i].request["target_new"]) for i, p in rephrase_at],
         "true_on_prompt": [(records[i].request["prompt"], records[i].request["ground_truth"]) for i in ranked],
         "true_on_rephrase": [(p, records[i].request["ground_truth"]) for i, p in rephrase_at if i in ranked_set],
-    }
-    flat = score_answers(model, tok, [pair for pairs in segments.values() for pair in pairs])
-    scores, start = {}, 0
-    for name, pairs in segments.items():
-        scores[name], start = flat[start : start + len(pairs)], start + len(pairs)
+    })
     on_prompt = scores["new_on_prompt"]
     out = {
         "retention_acc": mean(s.accuracy for s in on_prompt),

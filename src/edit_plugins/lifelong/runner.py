@@ -139,13 +139,13 @@ class _Run:
     def evaluate_checkpoint(self, step: int) -> dict:
         past = self.records[:step]
         row = {"step": step, **evaluate.retention(self.model, self.tok, past)}
-        probes = self.probe_pairs if self.probes else []
         pairs = [(pair, ref) for r, refs in zip(past, self.locality_reference) for pair, ref in zip(r.locality, refs)]
-        scores = evaluate.score_answers(self.model, self.tok, probes + [p for p, _ in pairs])  # one batched pass
-        if probes:
-            row["probe_locality"] = evaluate.mean(evaluate.agreement(scores[: len(probes)], self.probe_reference))
+        scores = evaluate.score_groups(self.model, self.tok, {"probes": self.probe_pairs if self.probes else [],
+                                                              "locality": [p for p, _ in pairs]})
+        if scores["probes"]:
+            row["probe_locality"] = evaluate.mean(evaluate.agreement(scores["probes"], self.probe_reference))
         if pairs:
-            row["locality_acc"] = evaluate.mean(evaluate.agreement(scores[len(probes) :], [r for _, r in pairs]))
+            row["locality_acc"] = evaluate.mean(evaluate.agreement(scores["locality"], [r for _, r in pairs]))
         return row
 
     # -- saving -----------------------------------------------------------------------------------
