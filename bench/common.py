@@ -59,8 +59,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_result(name: str, data: dict):
+# Stamped into WilKE results, so that the docs table can tell them from runs of an older fast_scan estimate.
+FAST_SCAN_ESTIMATE = "v0-norm"
+
+
+def write_result(name: str, data: dict, echo: bool = True):
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    print(json.dumps(data, indent=2))
+    partial = out / f".{name}.json.partial"
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    partial.replace(out / f"{name}.json")  # a killed run never leaves half a file
+    if echo:
+        print(json.dumps(data, indent=2))

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from common import ROOT, SHARED, known_counterfact, peak_rss_mb, setup_threads, write_result
+from common import FAST_SCAN_ESTIMATE, ROOT, SHARED, known_counterfact, peak_rss_mb, setup_threads, write_result
 
 from edit_plugins import hparams
 from edit_plugins.lifelong.data import load_records
@@ -62,7 +62,7 @@ summary = run_lifelong(hp, records, folder, model=model, tok=tok,
                        options=RunOptions(probe_data=str(SHARED / "known_1000.json"), num_probes=100,
                                           save_every=50, checkpoints=[1, 10, 50, 100, 200, 300]),
                        progress_bar=False)
-result = {"dataset": args.dataset, "variant": args.variant, "edits": len(records),
+result = {"dataset": args.dataset, "variant": args.variant, "edits": len(records), "fast_scan_estimate": FAST_SCAN_ESTIMATE,
           "wall_seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak_rss_mb()),
           "hparams": {k: v for k, v in vars(hp).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
           "summary": summary, "checkpoints": [json.loads(l) for l in (folder / "checkpoints.jsonl").read_text().splitlines()],

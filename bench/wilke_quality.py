@@ -1,7 +1,7 @@
 """WilKE quality on SmolLM2-135M over the ../shared/data CounterFact facts that the model knows.
 
     python bench/wilke_quality.py independent --edits 40     # each edit from the unedited model
-    python bench/wilke_quality.py agreement --edits 10       # fast_scan vs the faithful 30-layer scan
+    python bench/wilke_quality.py agreement --edits 50       # fast_scan vs the faithful 30-layer scan
     python bench/wilke_quality.py sequential --edits 300 --method smollm2-135m-rome   # no rollback
     python bench/wilke_quality.py sequential --edits 300 --method smollm2-135m-fast   # (WilKE, fast_scan)
 
@@ -15,7 +15,7 @@ import resource
 import shutil
 import time
 
-from common import ROOT, SHARED, known_counterfact, setup_threads, write_result
+from common import FAST_SCAN_ESTIMATE, ROOT, SHARED, known_counterfact, setup_threads, write_result
 
 parser = argparse.ArgumentParser()
 parser.add_argument("mode", choices=["independent", "agreement", "sequential"])
@@ -67,7 +67,7 @@ def edit_and_measure(hp, record):
 
 
 if args.mode == "independent":
-    out = {"known_records": len(records), "edits": args.edits}
+    out = {"known_records": len(records), "edits": args.edits, "fast_scan_estimate": FAST_SCAN_ESTIMATE}
     for name in ("smollm2-135m-rome", "smollm2-135m-fast"):
         rows, layers = [], {}
         for record in records[: args.edits]:
@@ -80,22 +80,33 @@ if args.mode == "independent":
     write_result("wilke_independent", out)
 
 elif args.mode == "agreement":
-    same, rows = 0, []
+    # The faithful scan costs about 2 minutes per edit and does not depend on fast_scan's estimate, so
+    # its results (every candidate's LA) are kept in wilke_faithful_scans.json and reused: changing the
+    # estimate re-runs only the fast side.
+    faithful_file = ROOT / "bench" / "results" / "wilke_faithful_scans.json"
+    faithful_runs = json.loads(faithful_file.read_text()) if faithful_file.is_file() else {}
+    rows = []
     for record in records[: args.edits]:
-        t0 = time.perf_counter()
-        faithful, f_metrics = edit_and_measure(HP["smollm2-135m"], record)
-        t1 = time.perf_counter()
-        fast, s_metrics = edit_and_measure(HP["smollm2-135m-fast"], record)
-        t2 = time.perf_counter()
-        same += faithful["layer"] == fast["layer"]
+        key = str(record.case_id)
+        if key not in faithful_runs:
+            start = time.perf_counter()
+            info, metrics = edit_and_measure(HP["smollm2-135m"], record)
+            faithful_runs[key] = {"layer": info["layer"], "efficacy": metrics["efficacy"],
+                                  "seconds": time.perf_counter() - start, "ineligible": info["ineligible_layers"],
+                                  "scores": info["layer_scores"]}
+            write_result("wilke_faithful_scans", faithful_runs, echo=False)  # survives an interrupted run
+        faithful = faithful_runs[key]
+        start = time.perf_counter()
+        fast, fast_metrics = edit_and_measure(HP["smollm2-135m-fast"], record)
         rows.append({"case_id": record.case_id, "faithful_layer": faithful["layer"], "fast_layer": fast["layer"],
-                     "faithful_efficacy": f_metrics["efficacy"], "fast_efficacy": s_metrics["efficacy"],
-                     "faithful_seconds": t1 - t0, "fast_seconds": t2 - t1,
-                     "faithful_ineligible": faithful["ineligible_layers"]})
-        print(rows[-1], flush=True)
-    write_result("wilke_agreement", {"edits": len(rows), "same_layer_rate": same / len(rows),
-                                     "faithful_efficacy": evaluate.mean(r["faithful_efficacy"] for r in rows),
-                                     "fast_efficacy": evaluate.mean(r["fast_efficacy"] for r in rows), "rows": rows})
+                     "faithful_efficacy": faithful["efficacy"], "fast_efficacy": fast_metrics["efficacy"],
+                     "faithful_seconds": faithful["seconds"], "fast_seconds": time.perf_counter() - start,
+                     "faithful_ineligible": faithful["ineligible"], "fast_scores": fast["layer_scores"]})
+        print({k: v for k, v in rows[-1].items() if k != "fast_scores"}, flush=True)
+    write_result("wilke_agreement", {
+        "fast_scan_estimate": FAST_SCAN_ESTIMATE, "edits": len(rows), "same_layer_rate": evaluate.mean(r["faithful_layer"] == r["fast_layer"] for r in rows),
+        "faithful_efficacy": evaluate.mean(r["faithful_efficacy"] for r in rows),
+        "fast_efficacy": evaluate.mean(r["fast_efficacy"] for r in rows), "rows": rows}, echo=False)
 
 else:
     # One method per process, so that its peak RSS is its own.
@@ -111,7 +122,7 @@ else:
     hook_s = [e["hooks"].get("after_edit_seconds", 0.0) for e in edits]
     edit_s = [e["seconds"] for e in edits]
     late = slice(max(0, len(edits) - 50), len(edits))  # the last 50 edits, where the stored history is longest
-    out = {"method": name, "edits": len(edits), "summary": summary,
+    out = {"method": name, "edits": len(edits), "summary": summary, "fast_scan_estimate": FAST_SCAN_ESTIMATE,
            "checkpoints": [json.loads(line) for line in (folder / "checkpoints.jsonl").read_text().splitlines()],
            "timing": json.loads((folder / "timing.json").read_text()),
            "layer_histogram": dict(sorted(collections.Counter(str(e["layer"]) for e in edits).items(),

@@ -9,7 +9,7 @@ import argparse
 import statistics
 import time
 
-from common import known_counterfact, peak_rss_mb, setup_threads, write_result
+from common import FAST_SCAN_ESTIMATE, known_counterfact, peak_rss_mb, setup_threads, write_result
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--edits", type=int, default=5)
@@ -24,7 +24,7 @@ from edit_plugins.models import load_model  # noqa: E402
 
 model, tok = load_model("smollm2-135m", "cpu")
 records = known_counterfact(model, tok, limit=args.edits + 1)
-result = {"edits": args.edits, "configs": {}}
+result = {"edits": args.edits, "configs": {}, "fast_scan_estimate": FAST_SCAN_ESTIMATE}
 for name in ("smollm2-135m-rome", "smollm2-135m-fast", "smollm2-135m"):
     hp = hparams.load(f"hparams/WilKE/{name}.yaml")
     apply_wilke_to_model(model, tok, [records[-1].request], hp, copy=True)  # warm-up: stats, templates

@@ -40,7 +40,8 @@ def edit_and_check(model, tok, request, hp, prompt):
     assert changed_parameters(model, before) == [hp.rewrite_module_tmp.format(chosen) + ".weight"]
     scores = {int(k): v for k, v in event.info["layer_scores"].items()}
     eligible = {k: v for k, v in scores.items() if k not in event.info["ineligible_layers"]}
-    assert sorted(scores) == hp.layers and chosen == min(eligible, key=eligible.get)
+    assert sorted(set(scores) | set(event.info["ineligible_layers"])) == hp.layers
+    assert chosen == min(eligible, key=eligible.get)
     # weights_copy restores every bit.
     assert list(weights_copy) == [hp.rewrite_module_tmp.format(chosen) + ".weight"]
     restore(model, weights_copy)
@@ -68,9 +69,11 @@ def test_smollm2_edit_takes_hold_at_one_layer_and_restores(smollm2, smollm2_hpar
 def test_fast_scan_edits_at_its_estimated_best_layer(smollm2, smollm2_hparams):
     model, tok = smollm2
     hp = hparams.load(HPARAMS / "WilKE" / "smollm2-135m-fast.yaml")
-    hp.stats_dir, hp.mom2_n_samples, hp.layers = smollm2_hparams.stats_dir, 100, smollm2_hparams.layers
+    # Layer 29 is the last: with the subject mid-prompt, δ there cannot reach the target's positions.
+    hp.stats_dir, hp.mom2_n_samples, hp.layers = smollm2_hparams.stats_dir, 100, smollm2_hparams.layers + [29]
     event = edit_and_check(model, tok, EIFFEL, hp, EIFFEL["prompt"])
     assert event.info["scores_estimated"] is True
+    assert event.info["ineligible_layers"] == [29] and "29" not in event.info["layer_scores"]
 
 
 @pytest.mark.parametrize("request_, message", [

@@ -28,7 +28,7 @@ class WilKEHyperParams(EditHyperParams):
     mom2_damping: float = 1e-4  # relative ridge added to C before inversion
     stats_dir: str = "data/stats"
     context_template_length_params: List[List[int]] = dataclasses.field(default_factory=lambda: [[10, 5]])
-    fast_scan: bool = False  # rank layers by a one-pass gradient estimate; optimise only the winner
+    fast_scan: bool = False  # rank layers by an estimate of LA; optimise only the winner
     batch_size: int = 1
 
     def validate(self, source: str) -> None:

@@ -111,11 +111,11 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
     runner = SuffixRunner.for_request(model, tok, request, templates)  # shared by every candidate
     if hp.fast_scan and len(names) > 1:
         estimates = estimate_layer_scores(model, runner, modules, keys, mean_keys, c_invs)
-        scores = {layer: estimates[name] for layer, name in names.items()}
-        best = min(scores, key=scores.get)
+        scores = {layer: estimates[name] for layer, name in names.items() if name in estimates}
+        best = min(scores, key=scores.get) if scores else hp.layers[0]
         name = names[best]
         chosen = _layer_edit(model, runner, hp, best, name, keys[name], mean_keys[name], c_invs[name])
-        return WilKEResult(chosen, scores, estimated=True)
+        return WilKEResult(chosen, scores, estimated=True, ineligible=[l for l in names if l not in scores])
     chosen, scores, ineligible = None, {}, []
     for layer, name in names.items():
         edit = _layer_edit(model, runner, hp, layer, name, keys[name], mean_keys[name], c_invs[name])
