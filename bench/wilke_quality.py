@@ -7,6 +7,7 @@
 
 Writes bench/results/wilke_<mode>.json, or wilke_sequential_<method>_<edits>.json (sequential runs also
 leave full lifelong run folders under runs/, and record peak RSS and the interference hook's cost).
+Agreement also keeps every faithful scan in wilke_faithful_scans.json and reuses it on the next run.
 """
 import argparse
 import collections
