@@ -263,7 +263,7 @@ if recheck:
             lines.append(f"| {label} | {row['records']} | {row['scored_pairs']} | {row['seconds']} |")
     lines.append("")
 
-lemoe_rows = sorted(RESULTS.glob("lemoe_*.json"))
+lemoe_rows = sorted(p for p in RESULTS.glob("lemoe_*.json") if not p.name.startswith("lemoe_routing_"))
 # Runs not finished when the table was made: their latest checkpoint, marked as such.
 partial = []
 for folder in sorted((ROOT / "runs").glob("bench-lemoe-*")):
@@ -296,20 +296,34 @@ if lemoe_rows or partial:
               "log-likelihood, as in ROME). Targets at 300 edits: reliability ≥ .95, generality ≥ .6, locality "
               "≥ .95.", "",
               "| dataset | edits | method | reliability | generality | generality, P(new) > P(true) | "
-              "locality (records) | locality (probes) | wall s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "locality (records) | locality (records naming no edited subject) | locality (probes) | wall s | "
+              "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def unedited_subject_locality(r, final):
+        """From the run's own checkpoint, or for older runs from bench/lemoe_routing.py on its saved adaptor."""
+        if final.get("locality_acc_unedited_subjects") is not None:
+            return f(final["locality_acc_unedited_subjects"])
+        routing = load(f"lemoe_routing_{r['dataset']}_{r['variant']}_{r['edits']}")
+        return f(routing["locality"]["unedited_subjects"]) + "†" if routing else "n/a"
+
     for r in rows:
         final = r["summary"]["final_checkpoint"]
         label = fast_scan_label(r) if r["variant"] == "wilke" else labels[r["variant"]]
         lines.append(f"| {r['dataset']} | {r['edits']} | {label} | {f(final.get('retention_acc'))} | "
                      f"{f(final.get('retention_rephrase_acc'))} | {f(final.get('retention_paraphrase'))} | "
-                     f"{f(final.get('locality_acc'))} | "
+                     f"{f(final.get('locality_acc'))} | {unedited_subject_locality(r, final)} | "
                      f"{f(final.get('probe_locality'))} | {f(r['wall_seconds'], 0)} | {r['peak_rss_mb']} |")
     for dataset, variant, edits, last in partial:
         lines.append(f"| {dataset} | {last['step']} of {edits} (unfinished run: its latest checkpoint) | "
                      f"{labels[variant]} | {f(last.get('retention_acc'))} | {f(last.get('retention_rephrase_acc'))} | "
                      f"{f(last.get('retention_paraphrase'))} | "
-                     f"{f(last.get('locality_acc'))} | {f(last.get('probe_locality'))} | | |")
-    lines.append("")
+                     f"{f(last.get('locality_acc'))} | {f(last.get('locality_acc_unedited_subjects'))} | "
+                     f"{f(last.get('probe_locality'))} | | |")
+    lines += ["", "Locality naming no edited subject leaves out the records' locality prompts that name the subject of "
+              "any edit in the run: in a lifelong CounterFact stream a record's neighbourhood prompt can be another "
+              "record's edit (\"Nintendo 3DS is developed by\" beside the edit \"Nintendo 3DS, developed by → "
+              "Intel\"), where the answer should change. † computed afterwards by `python bench/lemoe_routing.py` "
+              "on the run's saved adaptor (the run predates checkpoints reporting it).", ""]
     # Rows run while other jobs shared the 2 cores: their seconds (and overhead ratios) are inflated.
     contended = {("counterfact", "full", 50), ("counterfact", "full", 300), ("zsre", "unfrozen", 300),
                  ("zsre", "wilke", 20)}
@@ -328,6 +342,23 @@ if lemoe_rows or partial:
                          f"Inference overhead with {inf['experts']} experts: {100 * inf['overhead']:+.1f}% of a forward "
                          f"pass on {inf['prompts']} prompts (target ≤ 10%).")
     lines.append("")
+
+for path in sorted(RESULTS.glob("lemoe_routing_*.json")):
+    routing = json.loads(path.read_text())
+    lines += [f"## LEMoE routing threshold: what it trades ({routing['dataset']}, {routing['edits']} edits)", "",
+              f"Command: `python bench/lemoe_routing.py --dataset {routing['dataset']} --edits {routing['edits']} "
+              f"--variant {routing['variant']}`, on the adaptor the lifelong run above saved ({routing['anchors']} "
+              f"anchors; the run used {routing['threshold_used']}). No retraining: each threshold is applied to the "
+              f"same anchors. {routing['paraphrases']} paraphrase and {routing['neighbours']} neighbourhood prompts.", "",
+              "| threshold | paraphrases routed to their own edit's expert | paraphrases routed to any expert | "
+              "neighbourhood prompts routed to any expert |", "|---|---|---|---|"]
+    for row in routing["rows"]:
+        lines.append(f"| {row['threshold']} | {f(row['paraphrase_own_expert'])} | {f(row['paraphrase_any_expert'])} | "
+                     f"{f(row['neighbour_any_expert'])} |")
+    loc = routing["locality"]
+    lines += ["", f"Final locality on the records' locality prompts: {f(loc['all'])} over all; "
+              f"{f(loc['unedited_subjects'])} over those naming no edited subject; {f(loc['naming_edited_subjects'])} "
+              f"over the {loc['prompts_naming_edited_subjects']} that name one.", ""]
 
 (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))

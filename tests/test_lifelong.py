@@ -11,6 +11,7 @@ import pytest
 
 from conftest import HPARAMS, ROOT, SHARED_DATA, changed_parameters, snapshot
 from edit_plugins.hookspecs import hookimpl
+from edit_plugins.lifelong import evaluate
 from edit_plugins.lifelong.data import DataError, load_records
 from edit_plugins.lifelong.runner import RunOptions, checkpoint_steps, run_lifelong
 from edit_plugins.plugins import pm
@@ -97,6 +98,7 @@ def test_short_run_on_tiny_gpt2_writes_every_output(tmp_path, tiny_gpt2, stats_d
     checkpoints = [json.loads(line) for line in (run / "checkpoints.jsonl").read_text().splitlines()]
     assert [c["step"] for c in checkpoints] == [1, 2, 4, 5]
     assert checkpoints[-1]["probe_locality"] is not None
+    assert checkpoints[-1]["locality_acc_unedited_subjects"] is not None
     assert summary["edits_done"] == 5 and summary["complete"] and json.loads((run / "summary.json").read_text()) == summary
 
 
@@ -169,7 +171,6 @@ def test_short_run_on_smollm2(tmp_path, smollm2, stats_dir):
 
 
 def test_retention_re_measures_counterfacts_probability_scores_like_the_immediate_ones(tiny_gpt2):
-    from edit_plugins.lifelong import evaluate
     from edit_plugins.lifelong.data import load_records
 
     model, tok = tiny_gpt2
@@ -185,7 +186,6 @@ def test_retention_re_measures_counterfacts_probability_scores_like_the_immediat
 
 def test_batched_scoring_equals_scoring_each_answer_alone(tiny_gpt2):
     """Length-sorted batches, a small token budget and shared rows for identical inputs change nothing."""
-    from edit_plugins.lifelong import evaluate
     from edit_plugins.lifelong.data import load_records
 
     model, tok = tiny_gpt2
@@ -208,3 +208,11 @@ def test_length_batches_cover_every_index_once_within_the_token_budget():
     batches = _length_batches(lengths, max_rows=3, max_tokens=64)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     assert all(len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 64) for b in batches)
+
+
+def test_locality_prompts_naming_an_edited_subject_are_found_as_whole_phrases():
+    prompts = ["Nintendo 3DS is developed by", "The official religion of Hema Malini is",
+               "Toyota Corolla Spacio, created by", "Mali's capital is", "Nintendo 3DSi is made by"]
+    assert evaluate.names_any(prompts, {"Nintendo 3DS", "Mali", "Toyota Corolla", None}) == [
+        True, False, True, True, False]
+    assert evaluate.names_any(prompts[:1], set()) == [False]

@@ -3,7 +3,9 @@
 - ``rewrite_acc`` / ``rephrase_acc`` / ``portability``: teacher-forced token accuracy of the answer
   after the prompt (EasyEdit's ``token_em``).
 - locality: agreement of the current model's predicted tokens with the unedited model's, teacher-forced
-  on the locality prompt + answer.
+  on the locality prompt + answer. In a lifelong stream a record's locality prompt can name a subject
+  that another edit changed ("Nintendo 3DS is developed by" beside the edit "Nintendo 3DS, developed
+  by → Intel"); there the change is the edit working, so checkpoints also report locality without them.
 - CounterFact probability comparisons: efficacy P(new) > P(true) on the rewrite prompt, paraphrase
   success likewise on rephrasings, neighbourhood success P(true) > P(new) on neighbourhood prompts
   (probabilities as mean token log-likelihood, as in ROME).
@@ -12,6 +14,8 @@ Targets are tokenised as the model continues the prompt, with a leading space.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import re
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +111,15 @@ def score_groups(model, tok, groups: dict[str, list]) -> dict[str, list[TargetSc
 def agreement(current: list[TargetScore], reference_predictions: list[list[int]]) -> list[float]:
     """Locality: share of answer positions where the current prediction equals the unedited one."""
     return [sum(a == b for a, b in zip(s.predicted, ref)) / len(ref) for s, ref in zip(current, reference_predictions)]
+
+
+def names_any(texts: list[str], names) -> list[bool]:
+    """Which texts contain one of ``names`` as a whole phrase (not inside a longer word)."""
+    names = sorted({n for n in names if n}, key=len, reverse=True)
+    if not names:
+        return [False] * len(texts)
+    pattern = re.compile("|".join(r"(?<!\w)" + re.escape(n) + r"(?!\w)" for n in names))
+    return [pattern.search(t) is not None for t in texts]
 
 
 def mean(values) -> float | None:

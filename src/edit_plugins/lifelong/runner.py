@@ -145,7 +145,12 @@ class _Run:
         if scores["probes"]:
             row["probe_locality"] = evaluate.mean(evaluate.agreement(scores["probes"], self.probe_reference))
         if pairs:
-            row["locality_acc"] = evaluate.mean(evaluate.agreement(scores["locality"], [r for _, r in pairs]))
+            agree = evaluate.agreement(scores["locality"], [r for _, r in pairs])
+            row["locality_acc"] = evaluate.mean(agree)
+            # Prompts about a subject that some edit so far changed are expected to change.
+            edited = evaluate.names_any([p for (p, _), _ in pairs], {r.request.get("subject") for r in past})
+            row["locality_acc_unedited_subjects"] = evaluate.mean(a for a, e in zip(agree, edited) if not e)
+            row["locality_prompts_naming_edited_subjects"] = sum(edited)
         return row
 
     # -- saving -----------------------------------------------------------------------------------

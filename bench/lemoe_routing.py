@@ -1,0 +1,83 @@
+"""What LEMoE's routing threshold trades: paraphrases that reach their own edit's expert against
+neighbourhood prompts that reach any expert, on the adaptor a finished lifelong run saved. Also the
+final locality on the records' locality prompts, split by whether a prompt names an edited subject
+(for runs made before checkpoints reported that split themselves).
+
+    python bench/lemoe_routing.py --dataset counterfact --edits 300 --variant full
+
+Reads runs/bench-lemoe-<dataset>-<variant>-<edits>/state/adaptor.safetensors (from lemoe_lifelong.py);
+no training. Writes bench/results/lemoe_routing_<dataset>_<variant>_<edits>.json.
+"""
+import argparse
+
+import torch
+
+from common import ROOT, SHARED, known_counterfact, setup_threads, write_result
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--dataset", choices=["zsre", "counterfact"], default="counterfact")
+parser.add_argument("--edits", type=int, default=300)
+parser.add_argument("--variant", default="full")
+args = parser.parse_args()
+setup_threads(2)
+
+from edit_plugins.lifelong import evaluate  # noqa: E402
+from edit_plugins.lifelong.data import load_records  # noqa: E402
+from edit_plugins.methods.lemoe.layer import valid_positions  # noqa: E402
+from edit_plugins.methods.lemoe.model import find_adaptor, load_adaptor  # noqa: E402
+from edit_plugins.models import load_model  # noqa: E402
+
+THRESHOLDS = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+
+model, tok = load_model("smollm2-135m", "cpu")
+records = (known_counterfact(model, tok, limit=args.edits) if args.dataset == "counterfact"
+           else load_records(SHARED / "zsre_mend_eval.json")[: args.edits])
+locality_pairs = [pair for r in records for pair in r.locality]
+unedited_predictions = [s.predicted for s in evaluate.score_answers(model, tok, locality_pairs)]
+load_adaptor(model, ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}" / "state" /
+             "adaptor.safetensors")
+_, adaptor = find_adaptor(model)
+tok.padding_side = "left"  # the last column is every row's last token: its running best is the row's route
+
+
+def best_matches(prompts, batch_size=32):
+    """(best cosine over anchors and positions, that anchor's index) per prompt."""
+    captured = {}
+    handle = adaptor.register_forward_pre_hook(lambda module, inputs: captured.update(x=inputs[0]))
+    out = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = tok(prompts[start : start + batch_size], return_tensors="pt", padding=True)
+            with torch.no_grad():
+                model.base_model(**batch)
+            valid, _ = valid_positions(captured["x"], batch.attention_mask)
+            cosine, anchor = adaptor.router.best_match(captured["x"], valid, past=0, decoding=False)
+            out += list(zip(cosine[:, -1].tolist(), anchor[:, -1].tolist()))
+    finally:
+        handle.remove()
+    return out
+
+
+# Each edit's own anchor: the one its edit prompt matches (cosine ≈ 1, the anchor was made from it).
+own = [anchor for _, anchor in best_matches([r.request["prompt"] for r in records])]
+paraphrases = [(i, p) for i, r in enumerate(records) for p in r.rephrase_prompts]
+neighbours = [p for r in records for p, _ in r.locality]
+para = [(own[i], match) for (i, _), match in zip(paraphrases, best_matches([p for _, p in paraphrases]))]
+neigh = best_matches(neighbours)
+rows = []
+for t in THRESHOLDS:
+    rows.append({"threshold": t,
+                 "paraphrase_own_expert": sum(c >= t and a == mine for mine, (c, a) in para) / len(para),
+                 "paraphrase_any_expert": sum(c >= t for _, (c, _) in para) / len(para),
+                 "neighbour_any_expert": sum(c >= t for c, _ in neigh) / len(neigh)})
+    print(rows[-1], flush=True)
+agree = evaluate.agreement(evaluate.score_answers(model, tok, locality_pairs), unedited_predictions)
+names_edited = evaluate.names_any([p for p, _ in locality_pairs], {r.request.get("subject") for r in records})
+locality = {"all": evaluate.mean(agree), "unedited_subjects": evaluate.mean(a for a, e in zip(agree, names_edited) if not e),
+            "naming_edited_subjects": evaluate.mean(a for a, e in zip(agree, names_edited) if e),
+            "prompts_naming_edited_subjects": sum(names_edited)}
+print(locality)
+write_result(f"lemoe_routing_{args.dataset}_{args.variant}_{args.edits}",
+             {"dataset": args.dataset, "variant": args.variant, "edits": args.edits,
+              "anchors": len(adaptor.router.anchors), "threshold_used": adaptor.router.threshold,
+              "paraphrases": len(para), "neighbours": len(neigh), "rows": rows, "locality": locality})
