@@ -76,6 +76,22 @@ def test_fast_scan_edits_at_its_estimated_best_layer(smollm2, smollm2_hparams):
     assert event.info["ineligible_layers"] == [29] and "29" not in event.info["layer_scores"]
 
 
+def test_fast_scan_tries_the_next_estimate_where_delta_cannot_reach_the_target(tiny_gpt2, tiny_hparams):
+    model, tok = tiny_gpt2
+    before = snapshot(model)
+    # One tiny step: δ reaches the target nowhere, so every candidate up to FAST_SCAN_TRIES is optimised.
+    tiny_hparams.fast_scan, tiny_hparams.v_num_grad_steps, tiny_hparams.v_lr = True, 1, 1e-6
+    with collect_events() as events:
+        _, weights_copy = apply_wilke_to_model(model, tok, [TINY_REQUEST], tiny_hparams, return_orig_weights=True)
+    (event, _), = events
+    tried = event.info["ineligible_layers"]
+    assert len(tried) == min(3, len(tiny_hparams.layers)) and event.info["layer"] in tried
+    estimates = event.info["layer_scores"]
+    assert [str(layer) for layer in tried] == sorted(estimates, key=estimates.get)[: len(tried)]  # in estimate order
+    restore(model, weights_copy)
+    assert changed_parameters(model, before) == []
+
+
 @pytest.mark.parametrize("request_, message", [
     ({**TINY_REQUEST, "subject": "Germany"}, "'Germany' does not occur in the prompt"),
     ({**TINY_REQUEST, "target_new": "  "}, "field 'target_new' must be a non-empty string"),

@@ -13,9 +13,8 @@ Targets are tokenised as the model continues the prompt, with a leading space.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import re
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

@@ -22,6 +22,10 @@ from .layer_selection import estimate_layer_scores
 
 LOG = logging.getLogger(__name__)
 
+# fast_scan optimises at most this many layers, in the estimate's order, looking for one where δ reaches
+# the target. Usually the first does.
+FAST_SCAN_TRIES = 3
+
 # Per-model caches: context templates and C⁻¹ per module. They never change during editing.
 _inverses: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -112,10 +116,21 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
     if hp.fast_scan and len(names) > 1:
         estimates = estimate_layer_scores(model, runner, modules, keys, mean_keys, c_invs)
         scores = {layer: estimates[name] for layer, name in names.items() if name in estimates}
-        best = min(scores, key=scores.get) if scores else hp.layers[0]
-        name = names[best]
-        chosen = _layer_edit(model, runner, hp, best, name, keys[name], mean_keys[name], c_invs[name])
-        return WilKEResult(chosen, scores, estimated=True, ineligible=[l for l in names if l not in scores])
+        ineligible = [layer for layer in names if layer not in scores]
+        chosen = None
+        # The faithful scan's rule, applied to the estimate's ranking: a layer where δ does not reach
+        # the target is not eligible, so try the next estimate (in sequential runs, late layers of an
+        # already-edited model sometimes cannot carry the fact).
+        for layer in sorted(scores, key=scores.get)[:FAST_SCAN_TRIES] or hp.layers[:1]:
+            name = names[layer]
+            edit = _layer_edit(model, runner, hp, layer, name, keys[name], mean_keys[name], c_invs[name])
+            if edit.reached_target:
+                chosen = edit
+                break
+            ineligible.append(layer)
+            if chosen is None or edit.nll < chosen.nll:  # none reached it: the one that came closest
+                chosen = edit
+        return WilKEResult(chosen, scores, estimated=True, ineligible=ineligible)
     chosen, scores, ineligible = None, {}, []
     for layer, name in names.items():
         edit = _layer_edit(model, runner, hp, layer, name, keys[name], mean_keys[name], c_invs[name])
