@@ -108,7 +108,8 @@ if agr:
               f"- what the estimate assumes constant, ‖δ_l‖/‖v₀,l‖ (faithful LA / estimate): 5th–95th percentile "
               f"{f(ratios[len(ratios) // 20], 2)}–{f(ratios[-1 - len(ratios) // 20], 2)} over all eligible layers and "
               f"edits; within one edit, largest / smallest: median {f(sorted(spreads)[n // 2], 2)}",
-              f"- faithful scan: median {f(seconds[len(seconds) // 2], 0)} s per edit ({len(seconds)} scans run alone)",
+              (f"- faithful scan: median {f(seconds[len(seconds) // 2], 0)} s per edit ({len(seconds)} scans run alone)"
+               if seconds else "- faithful scan time: not given, every scan shared the CPU with another job"),
               "- layers (faithful → fast): " + ", ".join(f"{r['faithful_layer']}→{r['fast_layer']}" for r in agr["rows"]),
               ""]
 
@@ -326,7 +327,7 @@ if lemoe_rows or partial:
               "on the run's saved adaptor (the run predates checkpoints reporting it).", ""]
     # Rows run while other jobs shared the 2 cores: their seconds (and overhead ratios) are inflated.
     contended = {("counterfact", "full", 50), ("counterfact", "full", 300), ("zsre", "unfrozen", 300),
-                 ("zsre", "wilke", 20)}
+                 ("zsre", "wilke", 20), ("zsre", "no_order_planning", 300)}
     shown = [f"{d} {v} {n}" for d, v, n in sorted(contended)
              if any((r["dataset"], r["variant"], r["edits"]) == (d, v, n) for r in rows)
              or any((d, v, n) == (p[0], p[1], p[2]) for p in partial)]
