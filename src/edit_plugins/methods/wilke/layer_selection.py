@@ -37,7 +37,7 @@ def estimate_layer_scores(model, runner: SuffixRunner, module_names, keys, mean_
     ‖δ_l‖/‖v₀,l‖ spans a factor of about 2 over the layers of one edit, ‖v₀,l‖ a factor of 5–12. So
     ‖δ_l‖ ∝ ‖v₀,l‖ roughly and, with u = C⁻¹k̄,
 
-        LA_l ≈ ‖v₀,l‖ · ‖u_l‖ / (k_lᵀu_l) / ‖W_l‖   (up to a factor common to all layers).
+        LA_l ≈ ‖v₀,l‖ · ‖u_l‖ / |k_lᵀu_l| / ‖W_l‖   (up to a factor common to all layers).
 
     Only candidates where δ can reach the loss are scored. (A first-order estimate ‖δ‖ ≈ NLL/‖g_l‖
     came first: it ignores that Adam moves every coordinate by about the learning rate whatever the
@@ -54,5 +54,5 @@ def estimate_layer_scores(model, runner: SuffixRunner, module_names, keys, mean_
         v0 = W @ k
         if getattr(module, "bias", None) is not None:
             v0 = v0 + module.bias.detach().float()
-        scores[name] = float(v0.norm() * u.norm() / torch.dot(k, u) / W.norm())
+        scores[name] = float(v0.norm() * u.norm() / torch.dot(k, u).abs() / W.norm())  # ‖ΔW‖ has |kᵀu|
     return scores
