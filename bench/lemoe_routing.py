@@ -71,11 +71,9 @@ for t in THRESHOLDS:
                  "paraphrase_any_expert": sum(c >= t for _, (c, _) in para) / len(para),
                  "neighbour_any_expert": sum(c >= t for c, _ in neigh) / len(neigh)})
     print(rows[-1], flush=True)
-agree = evaluate.agreement(evaluate.score_answers(model, tok, locality_pairs), unedited_predictions)
-names_edited = evaluate.names_any([p for p, _ in locality_pairs], {r.request.get("subject") for r in records})
-locality = {"all": evaluate.mean(agree), "unedited_subjects": evaluate.mean(a for a, e in zip(agree, names_edited) if not e),
-            "naming_edited_subjects": evaluate.mean(a for a, e in zip(agree, names_edited) if e),
-            "prompts_naming_edited_subjects": sum(names_edited)}
+locality = evaluate.locality_by_edited_subjects(
+    evaluate.agreement(evaluate.score_answers(model, tok, locality_pairs), unedited_predictions),
+    [p for p, _ in locality_pairs], {r.request.get("subject") for r in records})
 print(locality)
 write_result(f"lemoe_routing_{args.dataset}_{args.variant}_{args.edits}",
              {"dataset": args.dataset, "variant": args.variant, "edits": args.edits,

@@ -4,6 +4,7 @@
 """
 import json
 from pathlib import Path
+from statistics import median_high
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -75,23 +76,22 @@ if agr:
         scan = faithful_scans[str(case_id)]
         return {int(l): v for l, v in scan["scores"].items() if int(l) not in scan["ineligible"]}
 
-    ranks, regrets = [], []
+    ranks, regrets, spreads, ratios = [], [], [], []
     for r in agr["rows"]:
         faithful = eligible_scores(r["case_id"])
         estimated = sorted((int(l) for l in r["fast_scores"]), key=lambda l: r["fast_scores"][str(l)])
         ranks.append(estimated.index(r["faithful_layer"]))
         regrets.append(faithful[r["fast_layer"]] / faithful[r["faithful_layer"]] if r["fast_layer"] in faithful else None)
-    # faithful LA / estimate = ‖δ_l‖/‖v₀,l‖ (the two share the factor ‖u‖/(kᵀu)/‖W‖)
-    spreads, ratios = [], []
-    for r in agr["rows"]:
-        per_layer = [v / r["fast_scores"][str(l)] for l, v in eligible_scores(r["case_id"]).items()
-                     if str(l) in r["fast_scores"]]
+        # faithful LA / estimate = ‖δ_l‖/‖v₀,l‖ (the two share the factor ‖u‖/|kᵀu|/‖W‖)
+        per_layer = [v / r["fast_scores"][str(l)] for l, v in faithful.items() if str(l) in r["fast_scores"]]
         ratios += per_layer
         spreads.append(max(per_layer) / min(per_layer))
     ratios.sort()
+    rejected = sum(x is None for x in regrets)
+    regrets = [x for x in regrets if x is not None]
     n = agr["edits"]
     # scans flagged "contended" ran beside another job: their seconds are left out
-    seconds = sorted(scan["seconds"] for scan in faithful_scans.values() if not scan.get("contended"))
+    seconds = [scan["seconds"] for scan in faithful_scans.values() if not scan.get("contended")]
     lines += ["## fast_scan vs the faithful scan", "",
               f"Command: `python bench/wilke_quality.py agreement --edits 50`, stopped after {n} edits (the faithful "
               "scan takes about 2 minutes per edit here). The faithful scans are kept in "
@@ -99,16 +99,15 @@ if agr:
               "",
               f"- same layer chosen: **{f(agr['same_layer_rate'])}** of {n} edits (target ≥ 0.80 on 50)",
               f"- the faithful layer among fast_scan's best 3 estimates: {f(sum(k < 3 for k in ranks) / n)}; "
-              f"median rank {sorted(ranks)[n // 2]} of 30",
+              f"median rank {median_high(ranks)} of 30",
               f"- LA of fast_scan's layer / LA of the faithful layer (both from the faithful scan): median "
-              f"{f(sorted(x for x in regrets if x is not None)[len([x for x in regrets if x is not None]) // 2], 2)}, "
-              f"max {f(max(x for x in regrets if x is not None), 2)}"
-              + (f"; {sum(x is None for x in regrets)} edits at a layer the faithful scan rejected" if None in regrets else ""),
+              f"{f(median_high(regrets), 2)}, max {f(max(regrets), 2)}"
+              + (f"; {rejected} edits at a layer the faithful scan rejected" if rejected else ""),
               f"- efficacy: faithful {f(agr['faithful_efficacy'])}, fast_scan {f(agr['fast_efficacy'])}",
               f"- what the estimate assumes constant, ‖δ_l‖/‖v₀,l‖ (faithful LA / estimate): 5th–95th percentile "
               f"{f(ratios[len(ratios) // 20], 2)}–{f(ratios[-1 - len(ratios) // 20], 2)} over all eligible layers and "
-              f"edits; within one edit, largest / smallest: median {f(sorted(spreads)[n // 2], 2)}",
-              (f"- faithful scan: median {f(seconds[len(seconds) // 2], 0)} s per edit ({len(seconds)} scans run alone)"
+              f"edits; within one edit, largest / smallest: median {f(median_high(spreads), 2)}",
+              (f"- faithful scan: median {f(median_high(seconds), 0)} s per edit ({len(seconds)} scans run alone)"
                if seconds else "- faithful scan time: not given, every scan shared the CPU with another job"),
               "- layers (faithful → fast): " + ", ".join(f"{r['faithful_layer']}→{r['fast_layer']}" for r in agr["rows"]),
               ""]

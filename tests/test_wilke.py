@@ -8,6 +8,7 @@ from edit_plugins.editing.layers import LayerError
 from edit_plugins.editing.requests import RequestError
 from edit_plugins.events import collect_events
 from edit_plugins.methods.wilke import apply_wilke_to_model
+from edit_plugins.methods.wilke.wilke_main import FAST_SCAN_TRIES
 
 # The random tiny GPT-2 attends weakly, so its test prompt ends with the subject.
 TINY_REQUEST = {"prompt": "The capital city of France", "subject": "France", "target_new": "Tokyo"}
@@ -85,7 +86,7 @@ def test_fast_scan_tries_the_next_estimate_where_delta_cannot_reach_the_target(t
         _, weights_copy = apply_wilke_to_model(model, tok, [TINY_REQUEST], tiny_hparams, return_orig_weights=True)
     (event, _), = events
     tried = event.info["ineligible_layers"]
-    assert len(tried) == min(3, len(tiny_hparams.layers)) and event.info["layer"] in tried
+    assert len(tried) == min(FAST_SCAN_TRIES, len(tiny_hparams.layers)) == 3 and event.info["layer"] in tried
     estimates = event.info["layer_scores"]
     assert [str(layer) for layer in tried] == sorted(estimates, key=estimates.get)[: len(tried)]  # in estimate order
     restore(model, weights_copy)

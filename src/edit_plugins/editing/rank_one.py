@@ -4,6 +4,12 @@ from __future__ import annotations
 import torch
 
 
+def update_direction(direction_key: torch.Tensor, c_inv: torch.Tensor | None) -> torch.Tensor:
+    """u = C⁻¹k̄, the direction of the update's input side (k̄ itself when C = I)."""
+    d = direction_key.float()
+    return d if c_inv is None else c_inv.to(d.device).float() @ d
+
+
 def rank_one_update(weight_out_in: torch.Tensor, key: torch.Tensor, target_value: torch.Tensor,
                     c_inv: torch.Tensor | None, direction_key: torch.Tensor | None = None) -> torch.Tensor:
     """The (out, in) update ΔW = (v* − Wk) uᵀ / (kᵀu) with u = C⁻¹k̄, which maps ``key`` exactly to v*.
@@ -14,8 +20,7 @@ def rank_one_update(weight_out_in: torch.Tensor, key: torch.Tensor, target_value
     """
     W = weight_out_in.detach().float()
     k = key.to(W.device).float()
-    d = k if direction_key is None else direction_key.to(W.device).float()
-    u = d if c_inv is None else c_inv.to(W.device).float() @ d
+    u = update_direction(k if direction_key is None else direction_key.to(W.device), c_inv)
     residual = target_value.to(W.device).float() - W @ k
     return torch.outer(residual, u) / torch.dot(k, u)
 

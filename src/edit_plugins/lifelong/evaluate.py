@@ -121,6 +121,15 @@ def names_any(texts: list[str], names) -> list[bool]:
     return [pattern.search(t) is not None for t in texts]
 
 
+def locality_by_edited_subjects(agree: list[float], prompts: list[str], subjects) -> dict:
+    """Locality (per-prompt ``agree``) over all prompts, over those naming none of ``subjects``, and over
+    those naming one; with how many name one."""
+    named = names_any(prompts, subjects)
+    return {"all": mean(agree), "unedited_subjects": mean(a for a, n in zip(agree, named) if not n),
+            "naming_edited_subjects": mean(a for a, n in zip(agree, named) if n),
+            "prompts_naming_edited_subjects": sum(named)}
+
+
 def mean(values) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None

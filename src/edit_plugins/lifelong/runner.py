@@ -145,12 +145,13 @@ class _Run:
         if scores["probes"]:
             row["probe_locality"] = evaluate.mean(evaluate.agreement(scores["probes"], self.probe_reference))
         if pairs:
-            agree = evaluate.agreement(scores["locality"], [r for _, r in pairs])
-            row["locality_acc"] = evaluate.mean(agree)
             # Prompts about a subject that some edit so far changed are expected to change.
-            edited = evaluate.names_any([p for (p, _), _ in pairs], {r.request.get("subject") for r in past})
-            row["locality_acc_unedited_subjects"] = evaluate.mean(a for a, e in zip(agree, edited) if not e)
-            row["locality_prompts_naming_edited_subjects"] = sum(edited)
+            split = evaluate.locality_by_edited_subjects(evaluate.agreement(scores["locality"], [r for _, r in pairs]),
+                                                         [p for (p, _), _ in pairs],
+                                                         {r.request.get("subject") for r in past})
+            row["locality_acc"] = split["all"]
+            row["locality_acc_unedited_subjects"] = split["unedited_subjects"]
+            row["locality_prompts_naming_edited_subjects"] = split["prompts_naming_edited_subjects"]
         return row
 
     # -- saving -----------------------------------------------------------------------------------

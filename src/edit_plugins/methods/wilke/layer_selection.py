@@ -6,6 +6,7 @@ import contextlib
 import torch
 
 from ...editing.layers import get_module, input_device, weight_out_in
+from ...editing.rank_one import update_direction
 from ...editing.values import SuffixRunner, add_at_positions, frozen_parameters, rewrite_nll
 
 
@@ -48,9 +49,7 @@ def estimate_layer_scores(model, runner: SuffixRunner, module_names, keys, mean_
         module = get_module(model, name)
         W = weight_out_in(module).detach().float()
         k = keys[name].to(W.device)
-        u = mean_keys[name].to(W.device)
-        if c_invs[name] is not None:
-            u = c_invs[name].to(W.device) @ u
+        u = update_direction(mean_keys[name].to(W.device), c_invs[name])
         v0 = W @ k
         if getattr(module, "bias", None) is not None:
             v0 = v0 + module.bias.detach().float()

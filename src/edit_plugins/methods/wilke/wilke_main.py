@@ -12,7 +12,7 @@ from ... import easyedit_compat
 from ...editing.covariance import safe_inverse, second_moments, stats_model_key
 from ...editing.keys import compute_keys
 from ...editing.layers import add_to_weight, check_layers, get_module, is_transposed, weight_out_in
-from ...editing.rank_one import rank_one_update, relative_size
+from ...editing.rank_one import rank_one_update, relative_size, update_direction
 from ...editing.requests import EditRequest, normalize_requests
 from ...editing.templates import context_templates
 from ...editing.values import SuffixRunner, optimise_delta
@@ -89,7 +89,7 @@ def _layer_edit(model, runner, hp, layer, name, key, mean_key, c_inv) -> LayerEd
     v0 = current + (bias.detach().float() if bias is not None else 0)
     value = optimise_delta(model, runner, layer, name, hp, v0)
     delta = rank_one_update(W, key, current + value.delta.to(W.device), c_inv, direction_key=mean_key)
-    direction = mean_key if c_inv is None else c_inv.to(W.device) @ mean_key
+    direction = update_direction(mean_key, c_inv)
     return LayerEdit(layer, name, delta, relative_size(delta, W), key, value.delta.to(W.device), direction,
                      value.steps, value.nll, value.initial_nll)
 
