@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+# ../shared beside the checkout; EDIT_PLUGINS_SHARED names another copy (on a lent GPU machine, say)
+SHARED = Path(os.environ.get("EDIT_PLUGINS_SHARED", ROOT.parent / "shared")) / "data"
 os.environ.setdefault("EDIT_PLUGINS_CACHE", str(ROOT / ".cache" / "edit_plugins"))
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -18,6 +19,16 @@ sys.path.insert(0, str(ROOT / "src"))
 def setup_threads(n: int = 2):
     """2 threads, as the targets specify; BENCH_THREADS=1 when two quality-only runs share the machine."""
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", n)))
+
+
+def bench_device() -> str:
+    """BENCH_DEVICE=cuda runs a quality benchmark on a GPU (when one is lent); the default is the CPU."""
+    return os.environ.get("BENCH_DEVICE", "cpu")
+
+
+def device_suffix() -> str:
+    """'' on the CPU, '_cuda' on a GPU: GPU results get their own files, beside the CPU ones."""
+    return "" if bench_device() == "cpu" else "_" + bench_device().split(":")[0]
 
 
 def known_counterfact(model, tok, limit=None):
@@ -42,7 +53,7 @@ def known_counterfact(model, tok, limit=None):
         return [by_id[i] for i in remembered["case_ids"][:limit]]
     known = []
     for r in records:
-        ids = tok(r.request["prompt"], return_tensors="pt")
+        ids = tok(r.request["prompt"], return_tensors="pt").to(model.device)
         true_first = tok(" " + r.request["ground_truth"].strip(), add_special_tokens=False).input_ids[0]
         with torch.no_grad():
             if int(model(**ids).logits[0, -1].argmax()) == true_first:
@@ -63,7 +74,11 @@ def peak_rss_mb() -> float:
 FAST_SCAN_ESTIMATE = "v0-norm"
 
 
-def write_result(name: str, data: dict, echo: bool = True):
+def write_result(name: str, data: dict, echo: bool = True, stamp: bool = True):
+    """Atomically write bench/results/<name><device suffix>.json, stamped with the device it ran on."""
+    name += device_suffix()
+    if stamp:
+        data = {"device": torch.cuda.get_device_name() if bench_device() != "cpu" else "cpu", **data}
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     partial = out / f".{name}.json.partial"

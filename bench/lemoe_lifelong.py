@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from common import FAST_SCAN_ESTIMATE, ROOT, SHARED, known_counterfact, peak_rss_mb, setup_threads, write_result
+from common import bench_device, device_suffix, FAST_SCAN_ESTIMATE, ROOT, SHARED, known_counterfact, peak_rss_mb, setup_threads, write_result
 
 from edit_plugins import hparams
 from edit_plugins.lifelong.data import load_records
@@ -43,7 +43,7 @@ parser.add_argument("--variant", choices=sorted(VARIANTS), default="full")
 args = parser.parse_args()
 setup_threads()
 
-model, tok = load_model("smollm2-135m", "cpu")
+model, tok = load_model("smollm2-135m", bench_device())
 if args.dataset == "zsre":
     records = load_records(SHARED / "zsre_mend_eval.json", num_edits=args.edits)
 else:
@@ -55,7 +55,7 @@ for key, value in changes.items():
 if hasattr(hp, "stats_dir"):
     hp.stats_dir = str(ROOT / "data" / "stats")
 
-folder = ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}"
+folder = ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}{device_suffix()}"
 shutil.rmtree(folder, ignore_errors=True)
 started = time.perf_counter()
 summary = run_lifelong(hp, records, folder, model=model, tok=tok,
@@ -78,7 +78,7 @@ if hp.alg_name == "LEMoE":
     result["adaptor"] = adaptor_size(model)
     # Inference overhead: a forward pass on 48 probe-length prompts with and without the adaptor.
     prompts = [r.request["prompt"] for r in records[:48]]
-    batch = tok(prompts, return_tensors="pt", padding=True)
+    batch = tok(prompts, return_tensors="pt", padding=True).to(model.device)
 
     def forward_seconds(repeats=7):
         times = []
@@ -86,6 +86,8 @@ if hp.alg_name == "LEMoE":
             t0 = time.perf_counter()
             with torch.no_grad():
                 model(**batch)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         return statistics.median(times)
 

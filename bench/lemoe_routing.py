@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from common import ROOT, SHARED, known_counterfact, setup_threads, write_result
+from common import bench_device, device_suffix, ROOT, SHARED, known_counterfact, setup_threads, write_result
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--dataset", choices=["zsre", "counterfact"], default="counterfact")
@@ -29,14 +29,18 @@ from edit_plugins.models import load_model  # noqa: E402
 
 THRESHOLDS = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 
-model, tok = load_model("smollm2-135m", "cpu")
+model, tok = load_model("smollm2-135m", bench_device())
 records = (known_counterfact(model, tok, limit=args.edits) if args.dataset == "counterfact"
            else load_records(SHARED / "zsre_mend_eval.json")[: args.edits])
 locality_pairs = [pair for r in records for pair in r.locality]
 unedited_predictions = [s.predicted for s in evaluate.score_answers(model, tok, locality_pairs)]
-load_adaptor(model, ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}" / "state" /
+load_adaptor(model, ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}{device_suffix()}" / "state" /
              "adaptor.safetensors")
 _, adaptor = find_adaptor(model)
+if adaptor.router.span != "sequence":
+    # Below, a prompt's route is read at its last position, which holds only under sequence-span routing.
+    raise SystemExit(f"this adaptor routes with routing_span {adaptor.router.span!r}; "
+                     "bench/lemoe_routing.py measures sequence-span routing only")
 tok.padding_side = "left"  # the last column is every row's last token: its running best is the row's route
 
 
@@ -47,7 +51,7 @@ def best_matches(prompts, batch_size=32):
     out = []
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = tok(prompts[start : start + batch_size], return_tensors="pt", padding=True)
+            batch = tok(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(model.device)
             with torch.no_grad():
                 model.base_model(**batch)
             valid, _ = valid_positions(captured["x"], batch.attention_mask)

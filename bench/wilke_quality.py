@@ -16,7 +16,7 @@ import resource
 import shutil
 import time
 
-from common import FAST_SCAN_ESTIMATE, ROOT, SHARED, known_counterfact, setup_threads, write_result
+from common import bench_device, device_suffix, FAST_SCAN_ESTIMATE, ROOT, SHARED, known_counterfact, setup_threads, write_result
 
 parser = argparse.ArgumentParser()
 parser.add_argument("mode", choices=["independent", "agreement", "sequential"])
@@ -48,7 +48,7 @@ class PeakRss:
 
 pm.register(PeakRss(), name="bench-peak-rss")
 
-model, tok = load_model("smollm2-135m", "cpu")
+model, tok = load_model("smollm2-135m", bench_device())
 records = known_counterfact(model, tok, limit=args.edits if args.mode == "sequential" else None)
 print(f"{len(records)} CounterFact records known to the model (first token of target_true)")
 HP = {name: hparams.load(ROOT / "hparams" / "WilKE" / f"{name}.yaml")
@@ -84,7 +84,7 @@ elif args.mode == "agreement":
     # The faithful scan costs about 2 minutes per edit and does not depend on fast_scan's estimate, so
     # its results (every candidate's LA) are kept in wilke_faithful_scans.json and reused: changing the
     # estimate re-runs only the fast side.
-    faithful_file = ROOT / "bench" / "results" / "wilke_faithful_scans.json"
+    faithful_file = ROOT / "bench" / "results" / f"wilke_faithful_scans{device_suffix()}.json"
     faithful_runs = json.loads(faithful_file.read_text()) if faithful_file.is_file() else {}
     rows = []
     for record in records[: args.edits]:
@@ -95,7 +95,7 @@ elif args.mode == "agreement":
             faithful_runs[key] = {"layer": info["layer"], "efficacy": metrics["efficacy"],
                                   "seconds": time.perf_counter() - start, "ineligible": info["ineligible_layers"],
                                   "scores": info["layer_scores"]}
-            write_result("wilke_faithful_scans", faithful_runs, echo=False)  # survives an interrupted run
+            write_result("wilke_faithful_scans", faithful_runs, echo=False, stamp=False)  # survives an interrupted run
         faithful = faithful_runs[key]
         start = time.perf_counter()
         fast, fast_metrics = edit_and_measure(HP["smollm2-135m-fast"], record)
@@ -113,7 +113,7 @@ elif args.mode == "agreement":
 else:
     # One method per process, so that its peak RSS is its own.
     name = args.method
-    folder = ROOT / "runs" / f"bench-sequential-{name}-{args.edits}"
+    folder = ROOT / "runs" / f"bench-sequential-{name}-{args.edits}{device_suffix()}"
     shutil.rmtree(folder, ignore_errors=True)
     checkpoints = sorted({1, 10, 50, 100, 200, 300, args.edits} & set(range(1, args.edits + 1)))
     summary = run_lifelong(HP[name], records[: args.edits], folder, model=model, tok=tok,
