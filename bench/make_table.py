@@ -99,8 +99,8 @@ if agr:
     # scans flagged "contended" ran beside another job: their seconds are left out
     seconds = [scan["seconds"] for scan in faithful_scans.values() if not scan.get("contended")]
     lines += ["## fast_scan vs the faithful scan", "",
-              f"Command: `python bench/wilke_quality.py agreement --edits 50`, stopped after {n} edits (the faithful "
-              "scan takes about 2 minutes per edit here). The faithful scans are kept in "
+              "Command: `python bench/wilke_quality.py agreement --edits 50`"
+              + (f", stopped after {n} edits." if n < 50 else ".") + " The faithful scans are kept in "
               "`bench/results/wilke_faithful_scans.json` and reused, so a changed estimate re-runs only the fast side.",
               "",
               f"- same layer chosen: **{f(agr['same_layer_rate'])}** of {n} edits (target ≥ 0.80 on 50)",
