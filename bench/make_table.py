@@ -46,9 +46,10 @@ def on_gpu(result):
 speed = load("wilke_speed")
 if speed:
     lines += ["## WilKE speed", "", f"Command: `python bench/wilke_speed.py --edits {speed['edits']}` "
-              "(each edit from the unedited model; one-time statistics and templates excluded). Measured before two "
-              "later changes and not re-measured: the key-mapping fix (adds one single-row forward pass per edit) "
-              "and sharing the batch and prefix cache across candidate layers (makes the faithful scan faster).", "",
+              "(each edit from the unedited model; one-time statistics and templates excluded; run alone)."
+              + ("" if "device" in speed else " Measured before two later changes and not re-measured: the "
+                 "key-mapping fix (adds one single-row forward pass per edit) and sharing the batch and prefix cache "
+                 "across candidate layers (makes the faithful scan faster)."), "",
               "| configuration | median s/edit | × single layer | target | layers chosen | v steps |", "|---|---|---|---|---|---|"]
     targets = {"smollm2-135m-rome": "≤ 3 s", "smollm2-135m": "≤ 5×", "smollm2-135m-fast": "≤ 1.5×"}
     labels = {"smollm2-135m-rome": "single layer (ROME, layer 4)", "smollm2-135m": "WilKE, faithful scan of 30 layers",
