@@ -3,6 +3,7 @@
     python bench/make_table.py
 """
 import json
+import re
 from pathlib import Path
 from statistics import median_high
 
@@ -141,8 +142,12 @@ if agr_gpu:
 
 # One method per process (the current sequential benchmark): bench/results/wilke_sequential_<method>_<N>.json
 runs = {}
+corpus_runs = []  # sequential runs with another C than the hparams' (--mom2-samples): their own section
 for path in sorted(RESULTS.glob("wilke_sequential_*_*.json")):
     r = json.loads(path.read_text())
+    if re.search(r"_c\d+(_cuda)?\.json$", path.name):
+        corpus_runs.append(r)
+        continue
     runs.setdefault((r["edits"], on_gpu(r)), {})[r["method"]] = r
 for (edits, gpu), by_method in sorted(runs.items(), reverse=True):
     names = [(n, l) for n, l in (("smollm2-135m-fast", fast_scan_label(by_method.get("smollm2-135m-fast", {}))),
@@ -182,8 +187,9 @@ for (edits, gpu), by_method in sorted(runs.items(), reverse=True):
     if edits == 100 and gpu:
         lines[-1] += " Wall times and peak RSS are the GPU machine's (its CPU side), not comparable with the CPU runs."
     if edits == 100 and not gpu:
-        lines[-1] += (" Both runs were made with `BENCH_THREADS=1` beside the fast_scan agreement run, so their "
-                      "wall times are inflated. The WilKE run predates taking |kᵀu| in fast_scan's estimate: at step "
+        lines[-1] += " Both runs were made with `BENCH_THREADS=1` beside another job, so their wall times are inflated."
+    if edits == 100 and not gpu and "device" not in by_method.get("smollm2-135m-fast", {"device": None}):
+        lines[-1] += (" The WilKE run predates taking |kᵀu| in fast_scan's estimate: at step "
                       "34 three layers with kᵀu < 0 ranked first and failed, and the edit that was applied (layer 14, "
                       "superposition |p| = 7.1 with an earlier edit there) moved the never-edited probe facts' values by "
                       "6× their norm on average. The two runs agree up to step 33; the GPU run above has the fix.")
@@ -219,6 +225,25 @@ for (edits, gpu), by_method in sorted(runs.items(), reverse=True):
                          f"{f(diag.get('auc_interference_predicts_loss'))} over {diag['edits_scored']} edits "
                          f"({diag['edits_lost']} lost at the end; {diag['edits_at_risk']} flagged at risk, "
                          f"threshold ‖I‖/‖v‖ > {diag['risk_threshold']})")
+    lines.append("")
+
+if corpus_runs:
+    lines += ["## Sequential editing: what C does over 100 edits", "",
+              "Command: `python bench/wilke_quality.py sequential --edits 100 --method smollm2-135m-rome "
+              "--mom2-samples 0` (no C: the identity), against the same run with the hparams' C (all 395 pydoc "
+              "documents). Same facts, order and probes as above; ROME at layer 4, so only C differs.", "",
+              "| method | C | retention at end | probe locality at end | neighbourhood (immediate) | efficacy (immediate) "
+              "| S |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(corpus_runs, key=lambda r: (r["method"], r["edits"])):
+        base = runs.get((r["edits"], on_gpu(r)), {}).get(r["method"])
+        for run, label in ((base, "pydoc, all"), (r, "identity" if not r["mom2"]["adjustment"] else
+                                                   f"pydoc, {r['mom2']['n_samples']} documents")):
+            if run is None:
+                continue
+            summary, final = run["summary"], run["summary"]["final_checkpoint"]
+            lines.append(f"| {r['method']} | {label} | {f(final.get('retention_exact'))} | "
+                         f"{f(final.get('probe_locality'))} | {f(summary['immediate'].get('neighbourhood'))} | "
+                         f"{f(summary['immediate'].get('efficacy'))} | {f(summary['S'])} |")
     lines.append("")
 
 corpus = load("wilke_corpus")

@@ -4,6 +4,7 @@
     python bench/wilke_quality.py agreement --edits 50       # fast_scan vs the faithful 30-layer scan
     python bench/wilke_quality.py sequential --edits 300 --method smollm2-135m-rome   # no rollback
     python bench/wilke_quality.py sequential --edits 300 --method smollm2-135m-fast   # (WilKE, fast_scan)
+    python bench/wilke_quality.py sequential --edits 100 --mom2-samples 0             # ROME with no C
 
 Writes bench/results/wilke_<mode>.json, or wilke_sequential_<method>_<edits>.json (sequential runs also
 leave full lifelong run folders under runs/, and record peak RSS and the interference hook's cost).
@@ -22,6 +23,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("mode", choices=["independent", "agreement", "sequential"])
 parser.add_argument("--edits", type=int, default=40)
 parser.add_argument("--method", default="smollm2-135m-rome", help="sequential mode: the hparams file's name")
+parser.add_argument("--mom2-samples", type=int, default=None,
+                    help="sequential mode: pydoc documents for C (0: no C, the identity); default: the hparams'")
 args = parser.parse_args()
 setup_threads(2)
 
@@ -113,7 +116,12 @@ elif args.mode == "agreement":
 else:
     # One method per process, so that its peak RSS is its own.
     name = args.method
-    folder = ROOT / "runs" / f"bench-sequential-{name}-{args.edits}{device_suffix()}"
+    corpus = ""  # the hparams' own C; otherwise the run and its result are named after the corpus size
+    if args.mom2_samples is not None:
+        corpus = f"_c{args.mom2_samples}"
+        HP[name].mom2_adjustment = args.mom2_samples > 0
+        HP[name].mom2_n_samples = args.mom2_samples or HP[name].mom2_n_samples
+    folder = ROOT / "runs" / f"bench-sequential-{name}{corpus}-{args.edits}{device_suffix()}"
     shutil.rmtree(folder, ignore_errors=True)
     checkpoints = sorted({1, 10, 50, 100, 200, 300, args.edits} & set(range(1, args.edits + 1)))
     summary = run_lifelong(HP[name], records[: args.edits], folder, model=model, tok=tok,
@@ -125,6 +133,8 @@ else:
     edit_s = [e["seconds"] for e in edits]
     late = slice(max(0, len(edits) - 50), len(edits))  # the last 50 edits, where the stored history is longest
     out = {"method": name, "edits": len(edits), "summary": summary, "fast_scan_estimate": FAST_SCAN_ESTIMATE,
+           "mom2": {"adjustment": HP[name].mom2_adjustment, "n_samples": HP[name].mom2_n_samples,
+                    "dataset": HP[name].mom2_dataset},
            "checkpoints": [json.loads(line) for line in (folder / "checkpoints.jsonl").read_text().splitlines()],
            "timing": json.loads((folder / "timing.json").read_text()),
            "layer_histogram": dict(sorted(collections.Counter(str(e["layer"]) for e in edits).items(),
@@ -134,4 +144,4 @@ else:
            # interference logging's share of each edit: hook time / (edit time without the hooks)
            "interference_cost": sum(hook_s) / (sum(edit_s) - sum(hook_s)),
            "interference_cost_last_50": sum(hook_s[late]) / (sum(edit_s[late]) - sum(hook_s[late]))}
-    write_result(f"wilke_sequential_{name}_{args.edits}", out)
+    write_result(f"wilke_sequential_{name}_{args.edits}{corpus}", out)
