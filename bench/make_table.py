@@ -188,11 +188,6 @@ for (edits, gpu), by_method in sorted(runs.items(), reverse=True):
         lines[-1] += " Wall times and peak RSS are the GPU machine's (its CPU side), not comparable with the CPU runs."
     if edits == 100 and not gpu:
         lines[-1] += " Both runs were made with `BENCH_THREADS=1` beside another job, so their wall times are inflated."
-    if edits == 100 and not gpu and "device" not in by_method.get("smollm2-135m-fast", {"device": None}):
-        lines[-1] += (" The WilKE run predates taking |kᵀu| in fast_scan's estimate: at step "
-                      "34 three layers with kᵀu < 0 ranked first and failed, and the edit that was applied (layer 14, "
-                      "superposition |p| = 7.1 with an earlier edit there) moved the never-edited probe facts' values by "
-                      "6× their norm on average. The two runs agree up to step 33; the GPU run above has the fix.")
     lines.append("")
     for name, label in (("smollm2-135m-fast", "WilKE (fast_scan)"), ("smollm2-135m-rome", "ROME (layer 4)")):
         if name not in by_method and not gpu:
