@@ -124,12 +124,12 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
         for layer in sorted(scores, key=scores.get)[:FAST_SCAN_TRIES] or hp.layers[:1]:
             name = names[layer]
             edit = _layer_edit(model, runner, hp, layer, name, keys[name], mean_keys[name], c_invs[name])
+            if _better(edit, chosen):  # the first to reach the target, else the closest so far
+                chosen = edit
             if edit.reached_target:
-                chosen = edit
                 break
-            ineligible.append(layer)
-            if chosen is None or edit.nll < chosen.nll:  # none reached it: the one that came closest
-                chosen = edit
+            if layer not in ineligible:  # hp.layers[0] stands in when no layer is reachable
+                ineligible.append(layer)
         return WilKEResult(chosen, scores, estimated=True, ineligible=ineligible)
     chosen, scores, ineligible = None, {}, []
     for layer, name in names.items():
