@@ -1,10 +1,13 @@
 """WilKE on the tiny GPT-2 (Conv1D path) and on SmolLM2 (Llama path)."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from conftest import EIFFEL, HPARAMS, changed_parameters, next_token, restore, snapshot
 from edit_plugins import hparams
 from edit_plugins.editing.layers import LayerError
+from edit_plugins.editing.output_head import OutputHead
 from edit_plugins.editing.requests import RequestError
 from edit_plugins.events import collect_events
 from edit_plugins.methods.wilke import apply_wilke_to_model
@@ -196,11 +199,57 @@ def test_prefix_cache_gives_the_same_log_probs_as_a_full_pass(model_fixture, req
     assert runner.split is not None  # the cached path is the one under test
     rows = torch.cat([runner.batch.loss_rows, runner.batch.kl_rows])
     positions = torch.cat([runner.batch.loss_pos, runner.batch.kl_pos])
+    head = OutputHead(model)
     with torch.no_grad():
-        cached = runner.log_probs(rows, positions)
+        cached = head.log_probs(runner.hidden_at(rows, positions))
         runner.split = None
-        full = runner.log_probs(rows, positions)
+        full = head.log_probs(runner.hidden_at(rows, positions))
     assert torch.allclose(cached, full, atol=1e-4)
+
+
+def _loss_terms(head, hidden, labels, reference_hidden):
+    hidden = hidden.detach().clone().requires_grad_(True)
+    reference = head.reference(reference_hidden)
+    log_z = head.log_partition(hidden)
+    token = head.token_log_probs(hidden, labels, log_z)
+    kl = head.kl_from(reference, hidden, log_z)
+    (token.sum() + kl).backward()
+    return token.detach(), kl.detach(), hidden.grad
+
+
+def _log_softmax_terms(model, hidden, labels, reference_hidden):
+    """The same terms from plain logits and torch's own log_softmax and kl_div."""
+    head = model.get_output_embeddings()
+    hidden = hidden.detach().clone().requires_grad_(True)
+    log_probs = torch.log_softmax(head(hidden), dim=-1)
+    with torch.no_grad():
+        reference = torch.log_softmax(head(reference_hidden), dim=-1)
+    token = log_probs.gather(1, labels[:, None])[:, 0]
+    kl = torch.nn.functional.kl_div(log_probs, reference, log_target=True, reduction="batchmean")
+    (token.sum() + kl).backward()
+    return token.detach(), kl.detach(), hidden.grad
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_gpt2", pytest.param("smollm2", marks=pytest.mark.slow), "biased"])
+def test_streamed_head_gives_the_log_softmax_values_and_gradients(model_fixture, request):
+    """The one-pass log-partition (online softmax over vocabulary chunks) against plain logits."""
+    if model_fixture == "biased":  # a GPT-J-style head with a bias, over several chunks and a remainder
+        torch.manual_seed(0)
+        linear = torch.nn.Linear(16, 5000)
+        model = SimpleNamespace(config=SimpleNamespace(), get_output_embeddings=lambda: linear)
+    else:
+        model, _ = request.getfixturevalue(model_fixture)
+    d = model.get_output_embeddings().weight.shape[1]
+    torch.manual_seed(1)
+    hidden, reference_hidden = torch.randn(5, d) * 3, torch.randn(5, d) * 3
+    labels = torch.tensor([0, 7, 11, 42, 99])
+    want = _log_softmax_terms(model, hidden, labels, reference_hidden)
+    assert float(want[1]) > 0.1  # the KL term is really exercised
+    assert OutputHead(model).streamed
+    for streamed in (True, False):  # False: the fallback for heads that are not one linear map
+        got = _loss_terms(OutputHead(model, streamed=streamed), hidden, labels, reference_hidden)
+        for g, w in zip(got, want):
+            assert torch.allclose(g, w, rtol=1e-4, atol=1e-5), (streamed, g, w)
 
 
 def test_cached_statistics_of_another_model_are_a_clear_error(tiny_gpt2, tmp_path):

@@ -4,7 +4,7 @@ Loss = NLL(target | rewrite prompts) + kl_factor · KL(essence prompt) + v_weigh
 with δ clamped to clamp_norm_factor · ‖v₀‖. Fast on CPU because:
 - the blocks below the edited layer do not depend on δ, so their outputs are computed once and
   replayed on every step;
-- logits are computed only at the positions the loss reads;
+- the head is read only at the positions the loss reads, once per step (``output_head``);
 - no parameter gradients are kept, only δ's.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .layers import decoder_layers, get_module, input_device
+from .output_head import OutputHead
 from .requests import EditRequest
 from .tokens import encode, pad_batch, subject_last_index, target_ids
 
@@ -135,6 +135,10 @@ def frozen_parameters(model):
             p.requires_grad_(flag)
 
 
+class _AllRecorded(Exception):
+    pass
+
+
 @contextlib.contextmanager
 def replay_lower_layers(model, layer: int, run):
     """Call ``run()`` once, then make blocks 0..layer-1 return what they returned then."""
@@ -143,10 +147,15 @@ def replay_lower_layers(model, layer: int, run):
     for j in range(layer):
         def hook(module, args, output, _j=j):
             recorded[_j] = output
+            if _j == layer - 1:
+                raise _AllRecorded  # the blocks above are not needed for the record
         handles.append(blocks[j].register_forward_hook(hook))
     try:
         with torch.no_grad():
-            run()
+            if layer:
+                run()
+    except _AllRecorded:
+        pass
     finally:
         for h in handles:
             h.remove()
@@ -192,14 +201,12 @@ class SuffixRunner:
                                      position_ids=self.split.suffix_pos, past_key_values=copy.deepcopy(self.cache),
                                      use_cache=True).last_hidden_state
 
-    def log_probs(self, rows, positions):
-        """Next-token log-probabilities only at the (row, full-sequence position) pairs asked for."""
+    def hidden_at(self, rows, positions):
+        """The last hidden state only at the (row, full-sequence position) pairs the loss reads."""
         hidden = self.hidden()
         if self.split is not None:
             positions = positions - self.batch.lookup[rows]
-        picked = hidden[rows.to(hidden.device), positions.to(hidden.device)]
-        head = self.model.get_output_embeddings()
-        return F.log_softmax(head(picked.to(head.weight.device)).float(), dim=-1)
+        return hidden[rows.to(hidden.device), positions.to(hidden.device)]
 
 
 @contextlib.contextmanager
@@ -217,11 +224,9 @@ def add_at_positions(module, rows: torch.Tensor, positions: torch.Tensor, delta_
         handle.remove()
 
 
-def rewrite_nll(batch: _Batch, log_probs: torch.Tensor) -> torch.Tensor:
-    """Mean over templates of the target's mean token NLL (ROME's nll_loss)."""
-    n = len(batch.loss_rows)
-    token_nll = -log_probs[torch.arange(n, device=log_probs.device), batch.labels.to(log_probs.device)]
-    return token_nll.sum() / (batch.n_rewrite * batch.target_len)
+def rewrite_nll(batch: _Batch, head: OutputHead, hidden: torch.Tensor, log_z=None) -> torch.Tensor:
+    """Mean over templates of the target's mean token NLL (ROME's nll_loss); ``hidden`` at the loss positions."""
+    return -head.token_log_probs(hidden, batch.labels, log_z).sum() / (batch.n_rewrite * batch.target_len)
 
 
 def optimise_delta(model, runner: SuffixRunner, layer: int, module_name: str, hp, v0: torch.Tensor) -> ValueResult:
@@ -234,6 +239,7 @@ def optimise_delta(model, runner: SuffixRunner, layer: int, module_name: str, hp
     n_loss = len(batch.loss_rows)
     v0 = v0.detach().float()
     v0_norm = float(v0.norm())
+    head = OutputHead(model)
     delta = torch.zeros_like(v0, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=hp.v_lr)
     max_norm = hp.clamp_norm_factor * v0_norm
@@ -242,16 +248,16 @@ def optimise_delta(model, runner: SuffixRunner, layer: int, module_name: str, hp
         all_rows = torch.arange(len(batch.seqs), device=device)
         with replay_lower_layers(model, layer, runner.hidden), \
                 add_at_positions(module, all_rows, runner.lookup, lambda: delta):
-            kl_init = None
+            essence = None  # the essence prompts' distribution before the edit
             for step in range(hp.v_num_grad_steps):
                 optimiser.zero_grad()
-                log_probs = runner.log_probs(rows, positions)
-                nll = rewrite_nll(batch, log_probs[:n_loss])
-                kl_log_probs = log_probs[n_loss:]
-                if kl_init is None:
-                    kl_init = kl_log_probs.detach().clone()
+                hidden = runner.hidden_at(rows, positions)
+                log_z = head.log_partition(hidden)  # one read of the head serves both terms
+                nll = rewrite_nll(batch, head, hidden[:n_loss], log_z[:n_loss])
+                if essence is None:
+                    essence = head.reference(hidden[n_loss:])
                     initial_nll = float(nll.detach())
-                kl = F.kl_div(kl_log_probs, kl_init, log_target=True, reduction="batchmean")
+                kl = head.kl_from(essence, hidden[n_loss:], log_z[n_loss:])
                 weight_decay = hp.v_weight_decay * delta.pow(2).sum() / (v0_norm ** 2)
                 nll_value, steps = float(nll.detach()), step
                 if nll_value + hp.kl_factor * float(kl.detach()) < hp.v_early_stop_loss:

@@ -18,6 +18,7 @@ from ...editing.layers import LayerError, get_module, input_device, num_layers
 from ...editing.requests import EditRequest, normalize_requests
 from ...editing.templates import context_templates
 from ...editing.tokens import encode, pad_batch, subject_last_index, target_ids
+from ...editing.output_head import OutputHead
 from ...editing.values import frozen_parameters, replay_lower_layers
 from ...events import EditEvent, OutputEdit, emit_after_edit
 from .config import LEMoEHyperParams
@@ -192,7 +193,7 @@ def train_expert(model, tok, adaptor: LEMoELayer, requests: list[EditRequest], h
         trainable = list(adaptor.experts.parameters())
     if hp.routing == "softmax":
         trainable += [adaptor.router.rows[newest]] if hp.freeze_previous_experts else list(adaptor.router.rows)
-    head = model.get_output_embeddings()
+    head = OutputHead(model)
     counts = torch.bincount(owners, minlength=len(requests)).float()
     report = {"steps": 0}
     with frozen_parameters(model):
@@ -204,8 +205,7 @@ def train_expert(model, tok, adaptor: LEMoELayer, requests: list[EditRequest], h
         with replay_lower_layers(model, hp.layer, run):
             for step in range(hp.steps):
                 hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-                log_probs = F.log_softmax(head(hidden[rows, pos]).float(), dim=-1)
-                nll = -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)
+                nll = -head.token_log_probs(hidden[rows, pos], labels)
                 per_edit = torch.zeros(len(requests), device=device).index_add_(0, owners, nll.detach()) / counts
                 if step == 0:
                     report["initial_nll"] = float(per_edit.mean())

@@ -6,6 +6,7 @@ import contextlib
 import torch
 
 from ...editing.layers import get_module, input_device, weight_out_in
+from ...editing.output_head import OutputHead
 from ...editing.rank_one import update_direction
 from ...editing.values import SuffixRunner, add_at_positions, frozen_parameters, rewrite_nll
 
@@ -26,7 +27,7 @@ def reachable_layers(model, runner: SuffixRunner, module_names) -> set[str]:
             width = weight_out_in(module).shape[0]
             deltas[name] = torch.zeros(width, device=module.weight.device, requires_grad=True)
             stack.enter_context(add_at_positions(module, rows, runner.lookup, lambda _n=name: deltas[_n]))
-        rewrite_nll(batch, runner.log_probs(batch.loss_rows, batch.loss_pos)).backward()
+        rewrite_nll(batch, OutputHead(model), runner.hidden_at(batch.loss_rows, batch.loss_pos)).backward()
     return {name for name in module_names if deltas[name].grad is not None and bool(deltas[name].grad.any())}
 
 
