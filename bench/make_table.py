@@ -71,12 +71,16 @@ if ind:
               f"Data: the {ind['known_records']} of 300 `counterfact_known.json` records whose first "
               "`target_true` token SmolLM2 predicts; the first "
               f"{ind['edits']} of them.", "",
-              "| method | efficacy (≥ .95) | paraphrase (≥ .6) | neighbourhood (≥ .75) | layers chosen |", "|---|---|---|---|---|"]
+              "| method | efficacy (≥ .95) | paraphrase (≥ .6) | neighbourhood (≥ .75) | paraphrase token accuracy "
+              "| layers chosen |", "|---|---|---|---|---|---|"]
     for name, label in (("smollm2-135m-rome", "ROME (layer 4)"), ("smollm2-135m-fast", fast_scan_label(ind))):
         r = ind[name]
         hist = " ".join(f"{k}:{v}" for k, v in r["layer_histogram"].items())
-        lines.append(f"| {label} | {f(r['efficacy'])} | {f(r['paraphrase'])} | {f(r['neighbourhood'])} | {hist} |")
-    lines.append("")
+        lines.append(f"| {label} | {f(r['efficacy'])} | {f(r['paraphrase'])} | {f(r['neighbourhood'])} "
+                     f"| {f(r.get('rephrase_acc'))} | {hist} |")
+    lines += ["", "Paraphrase token accuracy is EasyEdit's generality metric (the LEMoE table's): the share of "
+              "`target_new`'s tokens that are the top prediction on the paraphrase prompts, teacher-forced. It "
+              "shows what a single rank-one edit reaches on these records, with nothing else edited.", ""]
 
 agr, faithful_scans = load("wilke_agreement"), load("wilke_faithful_scans")
 if agr:

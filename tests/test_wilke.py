@@ -1,4 +1,5 @@
 """WilKE on the tiny GPT-2 (Conv1D path) and on SmolLM2 (Llama path)."""
+from copy import deepcopy
 from types import SimpleNamespace
 
 import pytest
@@ -230,23 +231,35 @@ def _log_softmax_terms(model, hidden, labels, reference_hidden):
     return token.detach(), kl.detach(), hidden.grad
 
 
-@pytest.mark.parametrize("model_fixture", ["tiny_gpt2", pytest.param("smollm2", marks=pytest.mark.slow), "biased"])
+def _head_only(linear):
+    return SimpleNamespace(config=SimpleNamespace(), get_output_embeddings=lambda: linear)
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_gpt2", pytest.param("smollm2", marks=pytest.mark.slow), "biased",
+                                           "biased-bfloat16"])
 def test_streamed_head_gives_the_log_softmax_values_and_gradients(model_fixture, request):
     """The one-pass log-partition (online softmax over vocabulary chunks) against plain logits."""
-    if model_fixture == "biased":  # a GPT-J-style head with a bias, over several chunks and a remainder
+    if model_fixture.startswith("biased"):  # a GPT-J-style head with a bias, over several chunks and a remainder
         torch.manual_seed(0)
         linear = torch.nn.Linear(16, 5000)
-        model = SimpleNamespace(config=SimpleNamespace(), get_output_embeddings=lambda: linear)
+        if model_fixture.endswith("bfloat16"):  # read in float32 chunks; compare with an exact float32 copy
+            linear = linear.to(torch.bfloat16)
+            model, plain_model = _head_only(linear), _head_only(deepcopy(linear).float())
+        else:
+            model = plain_model = _head_only(linear)
     else:
         model, _ = request.getfixturevalue(model_fixture)
+        plain_model = model
     d = model.get_output_embeddings().weight.shape[1]
     torch.manual_seed(1)
     hidden, reference_hidden = torch.randn(5, d) * 3, torch.randn(5, d) * 3
     labels = torch.tensor([0, 7, 11, 42, 99])
-    want = _log_softmax_terms(model, hidden, labels, reference_hidden)
+    want = _log_softmax_terms(plain_model, hidden, labels, reference_hidden)
     assert float(want[1]) > 0.1  # the KL term is really exercised
     assert OutputHead(model).streamed
     for streamed in (True, False):  # False: the fallback for heads that are not one linear map
+        if not streamed and model is not plain_model:
+            continue  # the fallback multiplies in the head's own precision
         got = _loss_terms(OutputHead(model, streamed=streamed), hidden, labels, reference_hidden)
         for g, w in zip(got, want):
             assert torch.allclose(g, w, rtol=1e-4, atol=1e-5), (streamed, g, w)
@@ -265,3 +278,17 @@ def test_cached_statistics_of_another_model_are_a_clear_error(tiny_gpt2, tmp_pat
     np.savez(path, **{"mom2.mom2": np.eye(7), "mom2.count": np.array(1)})
     with pytest.raises(StatisticsError, match=r"mom2_10\.npz: cached statistics are \(7, 7\).*width"):
         second_moments(model, tok, [module], source="pydoc", n_samples=10, stats_dir=tmp_path, model_key="tiny")
+
+
+def test_a_soft_capped_head_falls_back_to_capped_logits():
+    """Gemma-2 style models cap logits in their forward, outside the head: the loss must see the cap."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 300, bias=False)
+    model = SimpleNamespace(config=SimpleNamespace(final_logit_softcapping=2.0), get_output_embeddings=lambda: linear)
+    head = OutputHead(model)
+    assert not head.streamed
+    hidden, labels = torch.randn(3, 16) * 4, torch.tensor([1, 2, 3])
+    with torch.no_grad():
+        capped = torch.log_softmax(torch.tanh(linear(hidden) / 2.0) * 2.0, dim=-1)
+        assert torch.allclose(head.token_log_probs(hidden, labels), capped.gather(1, labels[:, None])[:, 0], atol=1e-5)
+        assert not torch.allclose(capped, torch.log_softmax(linear(hidden), dim=-1), atol=1e-2)

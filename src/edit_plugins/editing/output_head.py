@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 # Vocabulary rows per chunk on the CPU: 2048 × d floats stay in cache between the chunk's two products.
 CPU_CHUNK_ROWS = 2048
+GPU_HALF_CHUNK_ROWS = 8192
 
 
 class _LogPartition(torch.autograd.Function):
@@ -26,10 +27,10 @@ class _LogPartition(torch.autograd.Function):
         total = hidden.new_zeros(hidden.shape[0])
         expected_w = hidden.new_zeros(hidden.shape) if ctx.needs_input_grad[0] else None
         for start in range(0, weight.shape[0], chunk_rows):
-            w = weight[start : start + chunk_rows]
+            w = weight[start : start + chunk_rows].float()  # a half-precision head: one chunk at a time
             logits = hidden @ w.t()
             if bias is not None:
-                logits = logits + bias[start : start + chunk_rows]
+                logits = logits + bias[start : start + chunk_rows].float()
             m_new = torch.maximum(m, logits.amax(dim=1))
             rescale = torch.exp(m - m_new)
             e = torch.exp(logits - m_new[:, None])
@@ -58,39 +59,64 @@ class Reference:
 
 class OutputHead:
     """The LM head of ``model`` as the losses see it. Falls back to plain logits for heads that are not
-    one linear map (a logit soft-cap, say), so every caller gets the same quantities either way."""
+    one linear map (a logit soft-cap, say); every caller gets the same quantities either way."""
 
     def __init__(self, model, streamed: bool | None = None):
         head = model.get_output_embeddings()
-        linear = isinstance(head, torch.nn.Linear) and not getattr(model.config, "final_logit_softcapping", None)
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        linear = isinstance(head, torch.nn.Linear) and not self.softcap
         self.module = head
         self.streamed = linear if streamed is None else streamed and linear
         self.weight = head.weight if linear else None
         self.bias = head.bias if linear else None
+
+    def _plain_logits(self, hidden):
+        logits = self.module(hidden.to(self.module.weight.dtype)).float()
+        if self.softcap:  # Gemma-2 style: the model's forward caps the head's logits
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
 
     def _device(self):
         return self.module.weight.device
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """The full log-softmax (M, V): for references and evaluation, not for the training loss."""
-        return F.log_softmax(self.module(hidden.to(self._device())).float(), dim=-1)
+        hidden = hidden.to(self._device())
+        if not self.streamed:
+            return F.log_softmax(self._plain_logits(hidden), dim=-1)
+        step, weight, bias = self._chunk_rows(hidden), self.weight, self.bias
+        logits = torch.cat([hidden.float() @ weight[start : start + step].float().t()
+                            for start in range(0, weight.shape[0], step)], dim=1)
+        return F.log_softmax(logits if bias is None else logits + bias.float(), dim=-1)
 
     def log_partition(self, hidden: torch.Tensor) -> torch.Tensor:
         """log Z(h) per row, (M,). Compute it once per step for all rows and pass it on: each call reads
         the whole head."""
         hidden = hidden.to(self._device())
         if not self.streamed:
-            return torch.logsumexp(self.module(hidden).float(), dim=-1)
-        chunk = CPU_CHUNK_ROWS if hidden.device.type == "cpu" else self.weight.shape[0]
-        bias = None if self.bias is None else self.bias.float()
-        return _LogPartition.apply(hidden.float(), self.weight.float(), bias, chunk)
+            return torch.logsumexp(self._plain_logits(hidden), dim=-1)
+        return _LogPartition.apply(hidden.float(), self.weight, self.bias, self._chunk_rows(hidden))
+
+    def _chunk_rows(self, hidden) -> int:
+        if hidden.device.type == "cpu":
+            return CPU_CHUNK_ROWS
+        # On a GPU the whole head at once, unless it is half precision: then float32 copies of chunks.
+        return self.weight.shape[0] if self.weight.dtype == torch.float32 else GPU_HALF_CHUNK_ROWS
+
+    def _expected_rows(self, probs: torch.Tensor) -> torch.Tensor:
+        """probs @ W in float32, (M, d), one chunk of the vocabulary at a time."""
+        out = probs.new_zeros(len(probs), self.weight.shape[1])
+        step = self._chunk_rows(probs)
+        for start in range(0, self.weight.shape[0], step):
+            out += probs[:, start : start + step] @ self.weight[start : start + step].float()
+        return out
 
     def token_log_probs(self, hidden: torch.Tensor, labels: torch.Tensor, log_z=None) -> torch.Tensor:
         """log p(label_i | hidden_i), (M,), differentiable in ``hidden``."""
         hidden, labels = hidden.to(self._device()), labels.to(self._device())
         log_z = self.log_partition(hidden) if log_z is None else log_z
         if not self.streamed:
-            return self.module(hidden).float().gather(1, labels[:, None])[:, 0] - log_z
+            return self._plain_logits(hidden).gather(1, labels[:, None])[:, 0] - log_z
         logits = (hidden.float() * self.weight[labels].float()).sum(dim=-1)
         return (logits if self.bias is None else logits + self.bias[labels].float()) - log_z
 
@@ -103,14 +129,14 @@ class OutputHead:
             if not self.streamed:
                 return Reference(log_probs, neg_entropy, None, None)
             expected_b = probs @ self.bias.float() if self.bias is not None else probs.new_zeros(len(probs))
-            return Reference(log_probs, neg_entropy, probs @ self.weight.float(), expected_b)
+            return Reference(log_probs, neg_entropy, self._expected_rows(probs), expected_b)
 
     def kl_from(self, reference: Reference, hidden: torch.Tensor, log_z=None) -> torch.Tensor:
         """KL(reference ‖ p(hidden)), averaged over rows (``F.kl_div``'s batchmean)."""
         hidden = hidden.to(self._device())
         log_z = self.log_partition(hidden) if log_z is None else log_z
         if not self.streamed:
-            cross = (reference.log_probs.exp() * self.module(hidden).float()).sum(dim=-1)
+            cross = (reference.log_probs.exp() * self._plain_logits(hidden)).sum(dim=-1)
         else:
             cross = (hidden.float() * reference.expected_w).sum(dim=-1) + reference.expected_b
         per_row = reference.neg_entropy - cross + log_z  # Σ r log r − Σ r log p, as Σ r = 1
