@@ -1,18 +1,15 @@
 #!/usr/bin/env bash
-# All LEMoE benchmark rows, one after another (each a fresh process), then the docs table.
-# COMPARE_EDITS sets the size of the ablation and WilKE/ROME rows (default 20).
+# Every CPU row of the LEMoE benchmark table, one after another (each a fresh process), then the table.
+# Rows marked GPU in the table were run with BENCH_DEVICE=cuda on a lent GPU (docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=../.venv/bin/python
-N=${COMPARE_EDITS:-20}
-if [ "${SKIP_MAIN:-0}" != 1 ]; then
-  $PY lemoe_lifelong.py --dataset zsre --edits 300 --variant full
-fi
-for v in full softmax_router no_order_planning unfrozen token_span wilke rome; do
-  $PY lemoe_lifelong.py --dataset zsre --edits "$N" --variant "$v"
-done
-$PY lemoe_lifelong.py --dataset counterfact --edits 300 --variant full
-for v in full token_span_templates; do  # CounterFact generality: the default against the best lead
-  $PY lemoe_lifelong.py --dataset counterfact --edits 50 --variant "$v"
-done
+row() { $PY lemoe_lifelong.py --dataset "$1" --edits "$2" --variant "$3"; }
+# ZsRE, 300 edits: the method, two ablations, and WilKE and ROME on the same stream
+for v in full no_order_planning unfrozen wilke rome; do row zsre 300 "$v"; done
+# ZsRE, 20 edits: every ablation, and ROME
+for v in full softmax_router no_order_planning unfrozen token_span rome; do row zsre 20 "$v"; done
+# CounterFact: the method at 300, and at 50 against the best lead for generality
+row counterfact 300 full
+for v in full token_span_templates; do row counterfact 50 "$v"; done
 $PY make_table.py
