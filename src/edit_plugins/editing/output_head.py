@@ -80,7 +80,8 @@ class OutputHead:
         return self.module.weight.device
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The full log-softmax (M, V): for references and evaluation, not for the training loss."""
+        """The full log-softmax (M, V): for a reference distribution, not for a loss (it reads the head
+        without the one-pass gradient)."""
         hidden = hidden.to(self._device())
         if not self.streamed:
             return F.log_softmax(self._plain_logits(hidden), dim=-1)

@@ -15,10 +15,10 @@ from ... import easyedit_compat
 from ...editing.covariance import read_texts
 from ...editing.keys import capture_inputs, module_input_sequences, run_until_captured
 from ...editing.layers import LayerError, get_module, input_device, num_layers
+from ...editing.output_head import OutputHead
 from ...editing.requests import EditRequest, normalize_requests
 from ...editing.templates import context_templates
 from ...editing.tokens import encode, pad_batch, subject_last_index, target_ids
-from ...editing.output_head import OutputHead
 from ...editing.values import frozen_parameters, replay_lower_layers
 from ...events import EditEvent, OutputEdit, emit_after_edit
 from .config import LEMoEHyperParams
