@@ -338,7 +338,8 @@ if lemoe_rows or partial:
               "on the run's saved adaptor (the run predates checkpoints reporting it).", ""]
     # Rows run while other jobs shared the 2 cores: their seconds (and overhead ratios) are inflated.
     contended = {("counterfact", "full", 50), ("counterfact", "full", 300), ("zsre", "unfrozen", 300),
-                 ("zsre", "no_order_planning", 300), ("zsre", "rome", 300), ("zsre", "wilke", 300)}
+                 ("zsre", "no_order_planning", 300), ("zsre", "rome", 300), ("zsre", "wilke", 300),
+                 ("counterfact", "rome", 50), ("counterfact", "wilke", 50)}
     shown = [f"{d} {v} {n}" for d, v, n in sorted(contended)
              if any((r["dataset"], r["variant"], r["edits"]) == (d, v, n) for r in rows)
              or any((d, v, n) == (p[0], p[1], p[2]) for p in partial)]

@@ -9,7 +9,7 @@ row() { $PY lemoe_lifelong.py --dataset "$1" --edits "$2" --variant "$3"; }
 for v in full no_order_planning unfrozen wilke rome; do row zsre 300 "$v"; done
 # ZsRE, 20 edits: every ablation, and ROME
 for v in full softmax_router no_order_planning unfrozen token_span rome; do row zsre 20 "$v"; done
-# CounterFact: the method at 300, and at 50 against the best lead for generality
+# CounterFact: the method at 300; at 50 against the best lead for generality, WilKE and ROME
 row counterfact 300 full
-for v in full token_span_templates; do row counterfact 50 "$v"; done
+for v in full token_span_templates wilke rome; do row counterfact 50 "$v"; done
 $PY make_table.py
