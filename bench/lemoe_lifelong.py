@@ -1,7 +1,7 @@
 """LEMoE lifelong benchmark on SmolLM2-135M: one variant, one dataset, one fresh process.
 
     python bench/lemoe_lifelong.py --dataset zsre --edits 300 --variant full
-    variants: full | templates | token_span | token_span_templates | softmax_router | no_order_planning | unfrozen | wilke | rome
+    variants: full | templates | token_span | token_span_templates | token_span_templates_longer | softmax_router | no_order_planning | unfrozen | wilke | rome
 
 Writes bench/results/lemoe_<dataset>_<variant>_<edits>.json: the run's summary, wall time, peak RSS,
 and for LEMoE the adaptor's size, training seconds per expert and inference overhead.
@@ -29,6 +29,9 @@ VARIANTS = {
     "token_span": ("LEMoE/smollm2-135m.yaml", {"routing_span": "token"}),
     "token_span_templates": ("LEMoE/smollm2-135m.yaml", {"routing_span": "token",
                                                          "context_template_length_params": [[10, 4]]}),
+    "token_span_templates_longer": ("LEMoE/smollm2-135m.yaml", {"routing_span": "token", "steps": 60,
+                                                                "early_stop_loss": 0.01,
+                                                                "context_template_length_params": [[10, 4]]}),
     "softmax_router": ("LEMoE/smollm2-135m.yaml", {"routing": "softmax"}),
     "no_order_planning": ("LEMoE/smollm2-135m.yaml", {"order_planning": False}),
     "unfrozen": ("LEMoE/smollm2-135m.yaml", {"freeze_previous_experts": False}),

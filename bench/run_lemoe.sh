@@ -11,5 +11,5 @@ for v in full no_order_planning unfrozen wilke rome; do row zsre 300 "$v"; done
 for v in full softmax_router no_order_planning unfrozen token_span rome; do row zsre 20 "$v"; done
 # CounterFact: the method at 300; at 50 against the best lead for generality, WilKE and ROME
 row counterfact 300 full
-for v in full token_span_templates wilke rome; do row counterfact 50 "$v"; done
+for v in full token_span_templates token_span_templates_longer wilke rome; do row counterfact 50 "$v"; done
 $PY make_table.py
