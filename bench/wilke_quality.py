@@ -78,8 +78,8 @@ if args.mode == "independent":
             info, metrics = edit_and_measure(HP[name], record)
             rows.append(metrics)
             layers[str(info["layer"])] = layers.get(str(info["layer"]), 0) + 1
-        out[name] = {m: evaluate.mean(r.get(m) for r in rows) for m in ("efficacy", "paraphrase", "neighbourhood", "rewrite_acc",
-                                                                  "rephrase_acc")}
+        metric_names = ("efficacy", "paraphrase", "neighbourhood", "rewrite_acc", "rephrase_acc")
+        out[name] = {m: evaluate.mean(r.get(m) for r in rows) for m in metric_names}
         out[name]["layer_histogram"] = dict(sorted(layers.items(), key=lambda kv: int(kv[0])))
         print(name, out[name], flush=True)
     write_result("wilke_independent", out)
