@@ -19,18 +19,18 @@ GPU_HALF_CHUNK_ROWS = 8192
 
 
 class _LogPartition(torch.autograd.Function):
-    """log Z per row of ``hidden`` (M, d); the gradient E_p[w] is computed in the same pass."""
+    """log Z per row of ``hidden`` (M, d); the gradient E_p[w] is computed in the same pass.
+
+    ``chunks`` yields the head in float32 pieces: (weight rows, their bias or None).
+    """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, chunk_rows):
+    def forward(ctx, hidden, chunks):
         m = hidden.new_full((hidden.shape[0],), float("-inf"))
         total = hidden.new_zeros(hidden.shape[0])
         expected_w = hidden.new_zeros(hidden.shape) if ctx.needs_input_grad[0] else None
-        for start in range(0, weight.shape[0], chunk_rows):
-            w = weight[start : start + chunk_rows].float()  # a half-precision head: one chunk at a time
-            logits = hidden @ w.t()
-            if bias is not None:
-                logits = logits + bias[start : start + chunk_rows].float()
+        for w, b in chunks:
+            logits = hidden @ w.t() if b is None else hidden @ w.t() + b
             m_new = torch.maximum(m, logits.amax(dim=1))
             rescale = torch.exp(m - m_new)
             e = torch.exp(logits - m_new[:, None])
@@ -45,7 +45,7 @@ class _LogPartition(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (expected_w,) = ctx.saved_tensors
-        return grad[:, None] * expected_w, None, None, None
+        return grad[:, None] * expected_w, None
 
 
 @dataclass
@@ -85,10 +85,10 @@ class OutputHead:
         hidden = hidden.to(self._device())
         if not self.streamed:
             return F.log_softmax(self._plain_logits(hidden), dim=-1)
-        step, weight, bias = self._chunk_rows(hidden), self.weight, self.bias
-        logits = torch.cat([hidden.float() @ weight[start : start + step].float().t()
-                            for start in range(0, weight.shape[0], step)], dim=1)
-        return F.log_softmax(logits if bias is None else logits + bias.float(), dim=-1)
+        hidden = hidden.float()
+        logits = torch.cat([hidden @ w.t() if b is None else hidden @ w.t() + b
+                            for w, b in self._float_chunks(hidden)], dim=1)
+        return F.log_softmax(logits, dim=-1)
 
     def log_partition(self, hidden: torch.Tensor) -> torch.Tensor:
         """log Z(h) per row, (M,). Compute it once per step for all rows and pass it on: each call reads
@@ -96,20 +96,29 @@ class OutputHead:
         hidden = hidden.to(self._device())
         if not self.streamed:
             return torch.logsumexp(self._plain_logits(hidden), dim=-1)
-        return _LogPartition.apply(hidden.float(), self.weight, self.bias, self._chunk_rows(hidden))
+        return _LogPartition.apply(hidden.float(), self._float_chunks(hidden))
 
-    def _chunk_rows(self, hidden) -> int:
-        if hidden.device.type == "cpu":
-            return CPU_CHUNK_ROWS
-        # On a GPU the whole head at once, unless it is half precision: then float32 copies of chunks.
-        return self.weight.shape[0] if self.weight.dtype == torch.float32 else GPU_HALF_CHUNK_ROWS
+    def _float_chunks(self, like: torch.Tensor):
+        """The head as (weight rows, bias or None) in float32, one chunk of the vocabulary at a time.
+
+        On the CPU chunks small enough to stay in cache; on a GPU the whole head at once, unless it is
+        half precision: then float32 copies of chunks rather than of the whole head.
+        """
+        if like.device.type == "cpu":
+            step = CPU_CHUNK_ROWS
+        else:
+            step = self.weight.shape[0] if self.weight.dtype == torch.float32 else GPU_HALF_CHUNK_ROWS
+        for start in range(0, self.weight.shape[0], step):
+            rows = slice(start, start + step)
+            yield self.weight[rows].float(), None if self.bias is None else self.bias[rows].float()
 
     def _expected_rows(self, probs: torch.Tensor) -> torch.Tensor:
-        """probs @ W in float32, (M, d), one chunk of the vocabulary at a time."""
+        """E_p[w] = probs @ W in float32, (M, d)."""
         out = probs.new_zeros(len(probs), self.weight.shape[1])
-        step = self._chunk_rows(probs)
-        for start in range(0, self.weight.shape[0], step):
-            out += probs[:, start : start + step] @ self.weight[start : start + step].float()
+        start = 0
+        for w, _ in self._float_chunks(probs):
+            out += probs[:, start : start + len(w)] @ w
+            start += len(w)
         return out
 
     def token_log_probs(self, hidden: torch.Tensor, labels: torch.Tensor, log_z=None) -> torch.Tensor:
