@@ -208,6 +208,35 @@ def test_prefix_cache_gives_the_same_log_probs_as_a_full_pass(model_fixture, req
     assert torch.allclose(cached, full, atol=1e-4)
 
 
+@pytest.mark.dev0_compatible  # the prefix cache's type differs between transformers versions
+@pytest.mark.parametrize("model_fixture, layers, template", [
+    ("tiny_gpt2", [0, 1, 2], "transformer.h.{}.mlp.c_proj"),
+    pytest.param("smollm2", [3, 8, 14], "model.layers.{}.mlp.down_proj", marks=pytest.mark.slow)])
+def test_delta_optimised_beside_other_layers_is_the_delta_optimised_alone(model_fixture, layers, template, request,
+                                                                          tiny_hparams):
+    from edit_plugins.editing.requests import normalize_request
+    from edit_plugins.editing.values import Candidate, SuffixRunner, optimise_deltas
+
+    model, tok = request.getfixturevalue(model_fixture)
+    edit = normalize_request({"prompt": "The mother tongue of Danielle Darrieux is", "subject": "Danielle Darrieux",
+                              "target_new": "English"})
+    hp = deepcopy(tiny_hparams)
+    hp.v_num_grad_steps, hp.v_lr = 12, 5.0
+    hp.v_early_stop_loss = 12.0 if model_fixture == "tiny_gpt2" else 1.0  # some copies stop early, some do not
+    runner = SuffixRunner.for_request(model, tok, edit, ["{}", "Hello there my friend. {}", "A. {}"])
+    v0 = torch.full((model.config.hidden_size,), 20.0)  # sets only the scale of the weight decay and clamp
+    candidates = [Candidate(layer, template.format(layer), v0) for layer in layers]
+    before = snapshot(model)
+    together = optimise_deltas(model, runner.repeated(len(layers)), candidates, hp)
+    alone = [optimise_deltas(model, runner, [candidate], hp)[0] for candidate in candidates]
+    assert changed_parameters(model, before) == []
+    assert len({r.steps for r in alone}) > 1 or model_fixture != "tiny_gpt2"  # the test covers early stopping
+    for t, a in zip(together, alone):
+        assert t.steps == a.steps
+        assert t.nll == pytest.approx(a.nll, rel=1e-3, abs=1e-4)
+        assert torch.allclose(t.delta, a.delta, rtol=1e-3, atol=1e-4 * float(a.delta.norm()))
+
+
 def _loss_terms(head, hidden, labels, reference_hidden):
     hidden = hidden.detach().clone().requires_grad_(True)
     reference = head.reference(reference_hidden)

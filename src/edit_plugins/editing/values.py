@@ -5,12 +5,14 @@ with δ clamped to clamp_norm_factor · ‖v₀‖. Fast on CPU because:
 - the blocks below the edited layer do not depend on δ, so their outputs are computed once and
   replayed on every step;
 - the head is read only at the positions the loss reads, once per step (``output_head``);
-- no parameter gradients are kept, only δ's.
+- no parameter gradients are kept, only δ's;
+- several layers' δ can share a pass, one copy of the batch each (``optimise_deltas``).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -168,6 +170,15 @@ def replay_lower_layers(model, layer: int, run):
             del blocks[j].forward  # back to the class's forward
 
 
+def _repeat_cache(cache, groups: int):
+    """Each row of a KV cache ``groups`` times over: a Cache object, or the legacy tuple per layer."""
+    if hasattr(cache, "batch_repeat_interleave"):
+        cache = copy.deepcopy(cache)
+        cache.batch_repeat_interleave(groups)
+        return cache
+    return tuple(tuple(t.repeat_interleave(groups, dim=0) for t in layer) for layer in cache)
+
+
 class SuffixRunner:
     """Runs the edited part of the batch: the suffix after a cached prefix, or the whole batch.
 
@@ -182,6 +193,9 @@ class SuffixRunner:
 
     def __init__(self, model, tok, batch: _Batch, device):
         self.model, self.batch = model, batch
+        self.groups = 1  # copies of the batch; row r of copy g is row r·groups + g
+        self.row_lookup = batch.lookup  # subject-last index per row, in the full sequence
+        self.ids, self.mask = batch.ids, batch.mask
         self.split = split_batch(tok, batch, device)
         self.cache = None
         if self.split is not None:
@@ -189,14 +203,32 @@ class SuffixRunner:
                 self.cache = model.base_model(input_ids=self.split.prefix_ids, attention_mask=self.split.prefix_mask,
                                               position_ids=self.split.prefix_pos, use_cache=True).past_key_values
 
+    def repeated(self, groups: int) -> "SuffixRunner":
+        """The batch ``groups`` times over, to optimise one δ per copy in a single pass.
+
+        The prefix cache is repeated, not recomputed: the prefix is the unedited model's in every copy.
+        """
+        twin = copy.copy(self)
+        twin.groups = self.groups * groups
+        tile = lambda x: x.repeat_interleave(groups, dim=0)  # noqa: E731
+        twin.row_lookup, twin.ids, twin.mask = tile(self.row_lookup), tile(self.ids), tile(self.mask)
+        if self.split is not None:
+            twin.split = _SplitBatch(*(tile(getattr(self.split, f.name)) for f in dataclasses.fields(_SplitBatch)))
+            twin.cache = _repeat_cache(self.cache, groups)
+        return twin
+
+    def group_rows(self, rows: torch.Tensor, group: int) -> torch.Tensor:
+        """Indices of the batch's ``rows`` in copy ``group``."""
+        return rows * self.groups + group
+
     @property
     def lookup(self):
-        return self.batch.lookup if self.split is None else self.split.lookup
+        """Per row, the column of the subject's last token in what ``hidden`` runs."""
+        return self.row_lookup if self.split is None else self.split.lookup
 
     def hidden(self):
         if self.split is None:
-            return self.model.base_model(input_ids=self.batch.ids, attention_mask=self.batch.mask,
-                                         use_cache=False).last_hidden_state
+            return self.model.base_model(input_ids=self.ids, attention_mask=self.mask, use_cache=False).last_hidden_state
         return self.model.base_model(input_ids=self.split.suffix_ids, attention_mask=self.split.full_mask,
                                      position_ids=self.split.suffix_pos, past_key_values=copy.deepcopy(self.cache),
                                      use_cache=True).last_hidden_state
@@ -205,7 +237,7 @@ class SuffixRunner:
         """The last hidden state only at the (row, full-sequence position) pairs the loss reads."""
         hidden = self.hidden()
         if self.split is not None:
-            positions = positions - self.batch.lookup[rows]
+            positions = positions - self.row_lookup[rows]
         return hidden[rows.to(hidden.device), positions.to(hidden.device)]
 
 
@@ -229,44 +261,80 @@ def rewrite_nll(batch: _Batch, head: OutputHead, hidden: torch.Tensor, log_z=Non
     return -head.token_log_probs(hidden, batch.labels, log_z).sum() / (batch.n_rewrite * batch.target_len)
 
 
-def optimise_delta(model, runner: SuffixRunner, layer: int, module_name: str, hp, v0: torch.Tensor) -> ValueResult:
-    """Find δ at ``module_name`` (the FFN output projection of ``layer``) that makes the target likely."""
+@dataclass
+class Candidate:
+    """Where to optimise a δ: a layer, its FFN output projection, and v₀ there."""
+    layer: int
+    module_name: str
+    v0: torch.Tensor
+
+
+def optimise_deltas(model, runner: SuffixRunner, candidates: list[Candidate], hp) -> list[ValueResult]:
+    """One δ per candidate layer, each in its own copy of the batch (``runner.repeated(len(candidates))``).
+
+    The copies' losses are independent and each δ has its own Adam state, so every δ takes the steps
+    it would take alone (and stops early alone). One pass serves all of them: on a CPU the per-step
+    products of a single edit are too small to run at full speed, and a batch of copies is not.
+    """
+    if runner.groups != len(candidates):
+        raise ValueError(f"the runner holds {runner.groups} copies of the batch for {len(candidates)} candidates")
     batch = runner.batch
     device = input_device(model)
-    module = get_module(model, module_name)
-    rows = torch.cat([batch.loss_rows, batch.kl_rows])
-    positions = torch.cat([batch.loss_pos, batch.kl_pos])
-    n_loss = len(batch.loss_rows)
-    v0 = v0.detach().float()
-    v0_norm = float(v0.norm())
+    base_rows = torch.cat([batch.loss_rows, batch.kl_rows])
+    per_group, n_loss = len(base_rows), len(batch.loss_rows)
+    rows = torch.cat([runner.group_rows(base_rows, g) for g in range(len(candidates))])
+    positions = torch.cat([batch.loss_pos, batch.kl_pos]).repeat(len(candidates))
+    v0s = [c.v0.detach().float() for c in candidates]
+    v0_norms = [float(v0.norm()) for v0 in v0s]
     head = OutputHead(model)
-    delta = torch.zeros_like(v0, requires_grad=True)
-    optimiser = torch.optim.Adam([delta], lr=hp.v_lr)
-    max_norm = hp.clamp_norm_factor * v0_norm
-    steps, nll_value, initial_nll = 0, float("nan"), float("nan")
-    with frozen_parameters(model):
-        all_rows = torch.arange(len(batch.seqs), device=device)
-        with replay_lower_layers(model, layer, runner.hidden), \
-                add_at_positions(module, all_rows, runner.lookup, lambda: delta):
-            essence = None  # the essence prompts' distribution before the edit
-            for step in range(hp.v_num_grad_steps):
-                optimiser.zero_grad()
-                hidden = runner.hidden_at(rows, positions)
-                log_z = head.log_partition(hidden)  # one read of the head serves both terms
-                nll = rewrite_nll(batch, head, hidden[:n_loss], log_z[:n_loss])
-                if essence is None:
-                    essence = head.reference(hidden[n_loss:])
-                    initial_nll = float(nll.detach())
-                kl = head.kl_from(essence, hidden[n_loss:], log_z[n_loss:])
-                weight_decay = hp.v_weight_decay * delta.pow(2).sum() / (v0_norm ** 2)
-                nll_value, steps = float(nll.detach()), step
-                if nll_value + hp.kl_factor * float(kl.detach()) < hp.v_early_stop_loss:
-                    break
-                (nll + hp.kl_factor * kl + weight_decay).backward()
-                optimiser.step()
-                steps = step + 1
-                with torch.no_grad():
+    deltas = [torch.zeros_like(v0, requires_grad=True) for v0 in v0s]
+    optimiser = torch.optim.Adam(deltas, lr=hp.v_lr)  # per element, so one optimiser is one per δ
+    active = [True] * len(candidates)
+    steps = [0] * len(candidates)
+    nll_values, initial_nlls = [float("nan")] * len(candidates), [float("nan")] * len(candidates)
+    essences = [None] * len(candidates)  # each copy's essence-prompt distribution before the edit
+    all_rows = torch.arange(len(batch.seqs), device=device)
+    with frozen_parameters(model), contextlib.ExitStack() as stack:
+        stack.enter_context(replay_lower_layers(model, min(c.layer for c in candidates), runner.hidden))
+        for g, candidate in enumerate(candidates):
+            group = runner.group_rows(all_rows, g)
+            # a stopped δ is a constant: no gradient reaches it, so Adam leaves it where it stopped
+            stack.enter_context(add_at_positions(get_module(model, candidate.module_name), group, runner.lookup[group],
+                                                 lambda _g=g: deltas[_g] if active[_g] else deltas[_g].detach()))
+        for step in range(hp.v_num_grad_steps):
+            optimiser.zero_grad()
+            hidden = runner.hidden_at(rows, positions)
+            log_z = head.log_partition(hidden)  # one read of the head serves every term of every copy
+            loss = None
+            for g in range(len(candidates)):
+                if not active[g]:
+                    continue
+                part = slice(g * per_group, (g + 1) * per_group)
+                h, z = hidden[part], log_z[part]
+                nll = rewrite_nll(batch, head, h[:n_loss], z[:n_loss])
+                if essences[g] is None:
+                    essences[g] = head.reference(h[n_loss:])
+                    initial_nlls[g] = float(nll.detach())
+                kl = head.kl_from(essences[g], h[n_loss:], z[n_loss:])
+                nll_values[g], steps[g] = float(nll.detach()), step
+                if nll_values[g] + hp.kl_factor * float(kl.detach()) < hp.v_early_stop_loss:
+                    active[g] = False
+                    continue
+                weight_decay = hp.v_weight_decay * deltas[g].pow(2).sum() / (v0_norms[g] ** 2)
+                term = nll + hp.kl_factor * kl + weight_decay
+                loss = term if loss is None else loss + term
+                steps[g] = step + 1
+            if loss is None:
+                break
+            loss.backward()
+            for g in range(len(candidates)):
+                if not active[g]:
+                    deltas[g].grad = None  # stopped this step: Adam skips a parameter with no gradient
+            optimiser.step()
+            with torch.no_grad():
+                for g, delta in enumerate(deltas):
+                    max_norm = hp.clamp_norm_factor * v0_norms[g]
                     norm = delta.norm()
-                    if norm > max_norm:
+                    if active[g] and norm > max_norm:
                         delta.mul_(max_norm / norm)
-    return ValueResult(delta.detach(), v0_norm, steps, nll_value, initial_nll)
+    return [ValueResult(d.detach(), n, s, v, i) for d, n, s, v, i in zip(deltas, v0_norms, steps, nll_values, initial_nlls)]

@@ -15,7 +15,7 @@ from ...editing.layers import add_to_weight, check_layers, get_module, is_transp
 from ...editing.rank_one import rank_one_update, relative_size, update_direction
 from ...editing.requests import EditRequest, normalize_requests
 from ...editing.templates import context_templates
-from ...editing.values import SuffixRunner, optimise_delta
+from ...editing.values import Candidate, SuffixRunner, optimise_deltas
 from ...events import EditEvent, LinearEdit, emit_after_edit
 from .config import WilKEHyperParams
 from .layer_selection import estimate_layer_scores
@@ -79,19 +79,26 @@ def layer_inverses(model, tok, hp: WilKEHyperParams, module_names) -> dict:
     return {n: cache[(n, settings)] for n in module_names}
 
 
-def _layer_edit(model, runner, hp, layer, name, key, mean_key, c_inv) -> LayerEdit:
-    """ROME's edit at one layer: v* = W k + δ at the prompt's own key k, direction u = C⁻¹k̄ (k̄: template mean)."""
-    module = get_module(model, name)
-    W = weight_out_in(module).detach().float()
-    key, mean_key = key.to(W.device), mean_key.to(W.device)
-    current = W @ key
-    bias = getattr(module, "bias", None)
-    v0 = current + (bias.detach().float() if bias is not None else 0)
-    value = optimise_delta(model, runner, layer, name, hp, v0)
-    delta = rank_one_update(W, key, current + value.delta.to(W.device), c_inv, direction_key=mean_key)
-    direction = update_direction(mean_key, c_inv)
-    return LayerEdit(layer, name, delta, relative_size(delta, W), key, value.delta.to(W.device), direction,
-                     value.steps, value.nll, value.initial_nll)
+def _layer_edits(model, runner, hp, layers, names, keys, mean_keys, c_invs) -> list[LayerEdit]:
+    """ROME's edit at each of ``layers``: v* = W k + δ at the prompt's own key k, direction u = C⁻¹k̄
+    (k̄: template mean). The δ of all of them are optimised together, one copy of the batch each."""
+    candidates, weights = [], []
+    for layer in layers:
+        module = get_module(model, names[layer])
+        W = weight_out_in(module).detach().float()
+        bias = getattr(module, "bias", None)
+        current = W @ keys[names[layer]].to(W.device)
+        candidates.append(Candidate(layer, names[layer], current + (bias.detach().float() if bias is not None else 0)))
+        weights.append((W, current))
+    values = optimise_deltas(model, runner.repeated(len(layers)) if len(layers) > 1 else runner, candidates, hp)
+    edits = []
+    for layer, (W, current), value in zip(layers, weights, values):
+        name = names[layer]
+        key, mean_key = keys[name].to(W.device), mean_keys[name].to(W.device)
+        delta = rank_one_update(W, key, current + value.delta.to(W.device), c_invs[name], direction_key=mean_key)
+        edits.append(LayerEdit(layer, name, delta, relative_size(delta, W), key, value.delta.to(W.device),
+                               update_direction(mean_key, c_invs[name]), value.steps, value.nll, value.initial_nll))
+    return edits
 
 
 def _better(edit: LayerEdit, best: LayerEdit | None) -> bool:
@@ -122,8 +129,7 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
         # the target is not eligible, so try the next estimate (in sequential runs, late layers of an
         # already-edited model sometimes cannot carry the fact).
         for layer in sorted(scores, key=scores.get)[:FAST_SCAN_TRIES] or hp.layers[:1]:
-            name = names[layer]
-            edit = _layer_edit(model, runner, hp, layer, name, keys[name], mean_keys[name], c_invs[name])
+            edit = _layer_edits(model, runner, hp, [layer], names, keys, mean_keys, c_invs)[0]
             if _better(edit, chosen):  # the first to reach the target, else the closest so far
                 chosen = edit
             if edit.reached_target:
@@ -132,13 +138,15 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
                 ineligible.append(layer)
         return WilKEResult(chosen, scores, estimated=True, ineligible=ineligible)
     chosen, scores, ineligible = None, {}, []
-    for layer, name in names.items():
-        edit = _layer_edit(model, runner, hp, layer, name, keys[name], mean_keys[name], c_invs[name])
-        scores[layer] = edit.relative_size
-        if not edit.reached_target:
-            ineligible.append(layer)
-        if _better(edit, chosen):
-            chosen = edit  # keep only the winner: the other candidates leave no trace
+    layers = list(names)
+    for start in range(0, len(layers), hp.scan_layers_per_pass):
+        for edit in _layer_edits(model, runner, hp, layers[start: start + hp.scan_layers_per_pass],
+                                 names, keys, mean_keys, c_invs):
+            scores[edit.layer] = edit.relative_size
+            if not edit.reached_target:
+                ineligible.append(edit.layer)
+            if _better(edit, chosen):
+                chosen = edit  # keep only the winner: the other candidates leave no trace
     return WilKEResult(chosen, scores, ineligible=ineligible)
 
 
