@@ -2,6 +2,7 @@
 
     python bench/wilke_quality.py independent --edits 40     # each edit from the unedited model
     python bench/wilke_quality.py agreement --edits 50       # fast_scan vs the faithful 30-layer scan
+    python bench/wilke_quality.py agreement --edits 50 --fast-candidates 4   # the 4 best estimates optimised
     python bench/wilke_quality.py sequential --edits 300 --method smollm2-135m-rome   # no rollback
     python bench/wilke_quality.py sequential --edits 300 --method smollm2-135m-fast   # (WilKE, fast_scan)
     python bench/wilke_quality.py sequential --edits 100 --mom2-samples 0             # ROME with no C
@@ -23,6 +24,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("mode", choices=["independent", "agreement", "sequential"])
 parser.add_argument("--edits", type=int, default=40)
 parser.add_argument("--method", default="smollm2-135m-rome", help="sequential mode: the hparams file's name")
+parser.add_argument("--fast-candidates", type=int, default=1,
+                    help="agreement mode: fast_scan_candidates (writes wilke_agreement_k<N>.json when above 1)")
 parser.add_argument("--mom2-samples", type=int, default=None,
                     help="sequential mode: pydoc documents for C (0: no C, the identity); default: the hparams'")
 args = parser.parse_args()
@@ -85,6 +88,8 @@ if args.mode == "independent":
     write_result("wilke_independent", out)
 
 elif args.mode == "agreement":
+    HP["smollm2-135m-fast"].fast_scan_candidates = args.fast_candidates
+    agreement_name = "wilke_agreement" + (f"_k{args.fast_candidates}" if args.fast_candidates > 1 else "")
     # The faithful scan costs about 2 minutes per edit and does not depend on fast_scan's estimate, so
     # its results (every candidate's LA) are kept in wilke_faithful_scans.json and reused: changing the
     # estimate re-runs only the fast side.
@@ -108,8 +113,8 @@ elif args.mode == "agreement":
                      "faithful_seconds": faithful["seconds"], "fast_seconds": time.perf_counter() - start,
                      "faithful_ineligible": faithful["ineligible"], "fast_scores": fast["layer_scores"]})
         print({k: v for k, v in rows[-1].items() if k != "fast_scores"}, flush=True)
-        write_result("wilke_agreement", {  # after every edit: a stopped run still leaves its rows
-            "fast_scan_estimate": FAST_SCAN_ESTIMATE, "edits": len(rows),
+        write_result(agreement_name, {  # after every edit: a stopped run still leaves its rows
+            "fast_scan_estimate": FAST_SCAN_ESTIMATE, "fast_scan_candidates": args.fast_candidates, "edits": len(rows),
             "same_layer_rate": evaluate.mean(r["faithful_layer"] == r["fast_layer"] for r in rows),
             "faithful_efficacy": evaluate.mean(r["faithful_efficacy"] for r in rows),
             "fast_efficacy": evaluate.mean(r["fast_efficacy"] for r in rows), "rows": rows}, echo=False)

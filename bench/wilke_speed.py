@@ -14,6 +14,7 @@ from common import FAST_SCAN_ESTIMATE, known_counterfact, peak_rss_mb, setup_thr
 parser = argparse.ArgumentParser()
 parser.add_argument("--edits", type=int, default=5)
 parser.add_argument("--memory-edits", type=int, default=0, help="sequential edits for the memory-flatness check")
+parser.add_argument("--fast-candidates", default="1,2,3,4", help="fast_scan_candidates values to time")
 args = parser.parse_args()
 setup_threads(2)
 
@@ -25,8 +26,11 @@ from edit_plugins.models import load_model  # noqa: E402
 model, tok = load_model("smollm2-135m", "cpu")
 records = known_counterfact(model, tok, limit=args.edits + 1)
 result = {"edits": args.edits, "configs": {}, "fast_scan_estimate": FAST_SCAN_ESTIMATE}
-for name in ("smollm2-135m-rome", "smollm2-135m-fast", "smollm2-135m"):
-    hp = hparams.load(f"hparams/WilKE/{name}.yaml")
+configs = [("smollm2-135m-rome", 1)] + [("smollm2-135m-fast", int(k)) for k in args.fast_candidates.split(",")]
+for file, candidates in configs + [("smollm2-135m", 1)]:
+    hp = hparams.load(f"hparams/WilKE/{file}.yaml")
+    hp.fast_scan_candidates = candidates
+    name = file if candidates == 1 else f"{file}-k{candidates}"
     apply_wilke_to_model(model, tok, [records[-1].request], hp, copy=True)  # warm-up: stats, templates
     times, layers, steps = [], [], []
     for record in records[: args.edits]:

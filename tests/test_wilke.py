@@ -97,6 +97,23 @@ def test_fast_scan_tries_the_next_estimate_where_delta_cannot_reach_the_target(t
     assert changed_parameters(model, before) == []
 
 
+def test_fast_scan_over_every_candidate_picks_the_faithful_scans_layer(tiny_gpt2, tiny_hparams):
+    model, tok = tiny_gpt2
+    results = {}
+    for fast in (False, True):
+        hp = deepcopy(tiny_hparams)
+        hp.fast_scan, hp.fast_scan_candidates, hp.scan_layers_per_pass = fast, len(hp.layers), 1
+        with collect_events() as events:
+            _, weights_copy = apply_wilke_to_model(model, tok, [TINY_REQUEST], hp, return_orig_weights=True)
+        (event, _), = events
+        restore(model, weights_copy)
+        results[fast] = event.info
+    faithful, fast = results[False], results[True]
+    assert fast["scores_estimated"] and not faithful["scores_estimated"]
+    assert fast["layer"] == faithful["layer"]
+    assert fast["v_nll"] == pytest.approx(faithful["v_nll"], rel=1e-3)
+
+
 @pytest.mark.parametrize("request_, message", [
     ({**TINY_REQUEST, "subject": "Germany"}, "'Germany' does not occur in the prompt"),
     ({**TINY_REQUEST, "target_new": "  "}, "field 'target_new' must be a non-empty string"),

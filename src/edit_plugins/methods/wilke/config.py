@@ -29,6 +29,7 @@ class WilKEHyperParams(EditHyperParams):
     stats_dir: str = "data/stats"
     context_template_length_params: List[List[int]] = dataclasses.field(default_factory=lambda: [[10, 5]])
     fast_scan: bool = False  # rank layers by an estimate of LA; optimise only the winner
+    fast_scan_candidates: int = 1  # fast_scan: optimise this many best-estimated layers together, keep the smallest edit
     # Faithful scan: candidate layers (in the order listed) whose δ are optimised together, one copy of the
     # batch each. Same result as one at a time (1); larger passes run closer to the CPU's speed but cost memory.
     scan_layers_per_pass: int = 5
@@ -45,6 +46,7 @@ class WilKEHyperParams(EditHyperParams):
             raise HparamsError(f"{source}: field 'fact_token' must be 'subject_last', got {self.fact_token!r}")
         if self.mom2_dtype != "float32":
             raise HparamsError(f"{source}: field 'mom2_dtype' must be 'float32', got {self.mom2_dtype!r}")
-        for name in ("v_lr", "clamp_norm_factor", "mom2_n_samples", "v_num_grad_steps", "scan_layers_per_pass"):
+        for name in ("v_lr", "clamp_norm_factor", "mom2_n_samples", "v_num_grad_steps", "scan_layers_per_pass",
+                     "fast_scan_candidates"):
             if getattr(self, name) <= 0:
                 raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")

@@ -124,18 +124,21 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
         estimates = estimate_layer_scores(model, runner, modules, keys, mean_keys, c_invs)
         scores = {layer: estimates[name] for layer, name in names.items() if name in estimates}
         ineligible = [layer for layer in names if layer not in scores]
+        ranked = sorted(scores, key=scores.get)[: max(hp.fast_scan_candidates, FAST_SCAN_TRIES)] or hp.layers[:1]
+        # The best-estimated fast_scan_candidates layers are optimised together and the faithful rule picks
+        # among them. A layer where δ does not reach the target is not eligible, so if none of them is,
+        # the next estimates are tried one at a time (in sequential runs, late layers of an already-edited
+        # model sometimes cannot carry the fact).
         chosen = None
-        # The faithful scan's rule, applied to the estimate's ranking: a layer where δ does not reach
-        # the target is not eligible, so try the next estimate (in sequential runs, late layers of an
-        # already-edited model sometimes cannot carry the fact).
-        for layer in sorted(scores, key=scores.get)[:FAST_SCAN_TRIES] or hp.layers[:1]:
-            edit = _layer_edits(model, runner, hp, [layer], names, keys, mean_keys, c_invs)[0]
-            if _better(edit, chosen):  # the first to reach the target, else the closest so far
-                chosen = edit
-            if edit.reached_target:
+        passes = [ranked[: hp.fast_scan_candidates]] + [[layer] for layer in ranked[hp.fast_scan_candidates:]]
+        for layers in passes:
+            for edit in _layer_edits(model, runner, hp, layers, names, keys, mean_keys, c_invs):
+                if _better(edit, chosen):  # reached the target with the smallest LA, else the closest so far
+                    chosen = edit
+                if not edit.reached_target and edit.layer not in ineligible:
+                    ineligible.append(edit.layer)  # hp.layers[0] stands in when no layer is reachable
+            if chosen.reached_target:
                 break
-            if layer not in ineligible:  # hp.layers[0] stands in when no layer is reachable
-                ineligible.append(layer)
         return WilKEResult(chosen, scores, estimated=True, ineligible=ineligible)
     chosen, scores, ineligible = None, {}, []
     layers = list(names)
