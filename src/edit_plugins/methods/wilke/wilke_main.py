@@ -5,6 +5,7 @@ import logging
 import weakref
 from copy import deepcopy
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 
@@ -79,26 +80,25 @@ def layer_inverses(model, tok, hp: WilKEHyperParams, module_names) -> dict:
     return {n: cache[(n, settings)] for n in module_names}
 
 
-def _layer_edits(model, runner, hp, layers, names, keys, mean_keys, c_invs) -> list[LayerEdit]:
+def _layer_edits(model, runner, hp, layers, names, keys, mean_keys, c_invs) -> Iterator[LayerEdit]:
     """ROME's edit at each of ``layers``: v* = W k + δ at the prompt's own key k, direction u = C⁻¹k̄
-    (k̄: template mean). The δ of all of them are optimised together, one copy of the batch each."""
-    candidates, weights = [], []
+    (k̄: template mean). The δ of all of them are optimised together, one copy of the batch each; the
+    edits are built one at a time, so a caller keeping only the best holds one ΔW besides it."""
+    candidates, currents = [], []
     for layer in layers:
         module = get_module(model, names[layer])
-        W = weight_out_in(module).detach().float()
+        current = weight_out_in(module).detach().float() @ keys[names[layer]].to(module.weight.device)
         bias = getattr(module, "bias", None)
-        current = W @ keys[names[layer]].to(W.device)
         candidates.append(Candidate(layer, names[layer], current + (bias.detach().float() if bias is not None else 0)))
-        weights.append((W, current))
+        currents.append(current)
     values = optimise_deltas(model, runner.repeated(len(layers)) if len(layers) > 1 else runner, candidates, hp)
-    edits = []
-    for layer, (W, current), value in zip(layers, weights, values):
+    for layer, current, value in zip(layers, currents, values):
         name = names[layer]
+        W = weight_out_in(get_module(model, name)).detach().float()
         key, mean_key = keys[name].to(W.device), mean_keys[name].to(W.device)
         delta = rank_one_update(W, key, current + value.delta.to(W.device), c_invs[name], direction_key=mean_key)
-        edits.append(LayerEdit(layer, name, delta, relative_size(delta, W), key, value.delta.to(W.device),
-                               update_direction(mean_key, c_invs[name]), value.steps, value.nll, value.initial_nll))
-    return edits
+        yield LayerEdit(layer, name, delta, relative_size(delta, W), key, value.delta.to(W.device),
+                        update_direction(mean_key, c_invs[name]), value.steps, value.nll, value.initial_nll)
 
 
 def _better(edit: LayerEdit, best: LayerEdit | None) -> bool:
