@@ -30,7 +30,7 @@ class WilKEHyperParams(EditHyperParams):
     context_template_length_params: List[List[int]] = dataclasses.field(default_factory=lambda: [[10, 5]])
     fast_scan: bool = False  # rank layers by an estimate of LA; optimise only the winner
     fast_scan_candidates: int = 1  # fast_scan: optimise this many best-estimated layers together, keep the smallest edit
-    # Faithful scan: candidate layers (in the order listed) whose δ are optimised together, one copy of the
+    # Faithful scan: how many candidate layers (neighbours) have their δ optimised together, one copy of the
     # batch each. Same result as one at a time (1); larger passes run closer to the CPU's speed but cost memory.
     scan_layers_per_pass: int = 5
     batch_size: int = 1

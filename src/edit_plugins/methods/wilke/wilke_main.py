@@ -141,7 +141,7 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
                 break
         return WilKEResult(chosen, scores, estimated=True, ineligible=ineligible)
     chosen, scores, ineligible = None, {}, []
-    layers = list(names)
+    layers = sorted(names)  # neighbours share a pass: each pass starts at its lowest layer
     for start in range(0, len(layers), hp.scan_layers_per_pass):
         for edit in _layer_edits(model, runner, hp, layers[start: start + hp.scan_layers_per_pass],
                                  names, keys, mean_keys, c_invs):
