@@ -226,28 +226,31 @@ def test_prefix_cache_gives_the_same_log_probs_as_a_full_pass(model_fixture, req
 
 
 @pytest.mark.dev0_compatible  # the prefix cache's type differs between transformers versions
+@pytest.mark.parametrize("prompt, subject", [("The mother tongue of Danielle Darrieux is", "Danielle Darrieux"),
+                                             ("Paris is the capital of", "Paris")])  # no prefix to cache
 @pytest.mark.parametrize("model_fixture, layers, template", [
     ("tiny_gpt2", [0, 1, 2], "transformer.h.{}.mlp.c_proj"),
     pytest.param("smollm2", [3, 8, 14], "model.layers.{}.mlp.down_proj", marks=pytest.mark.slow)])
-def test_delta_optimised_beside_other_layers_is_the_delta_optimised_alone(model_fixture, layers, template, request,
-                                                                          tiny_hparams):
+def test_delta_optimised_beside_other_layers_is_the_delta_optimised_alone(model_fixture, layers, template, prompt,
+                                                                          subject, request, tiny_hparams):
     from edit_plugins.editing.requests import normalize_request
     from edit_plugins.editing.values import Candidate, SuffixRunner, optimise_deltas
 
     model, tok = request.getfixturevalue(model_fixture)
-    edit = normalize_request({"prompt": "The mother tongue of Danielle Darrieux is", "subject": "Danielle Darrieux",
-                              "target_new": "English"})
+    edit = normalize_request({"prompt": prompt, "subject": subject, "target_new": "English"})
     hp = deepcopy(tiny_hparams)
     hp.v_num_grad_steps, hp.v_lr = 12, 5.0
     hp.v_early_stop_loss = 12.0 if model_fixture == "tiny_gpt2" else 1.0  # some copies stop early, some do not
     runner = SuffixRunner.for_request(model, tok, edit, ["{}", "Hello there my friend. {}", "A. {}"])
+    assert (runner.split is None) == prompt.startswith(subject)
     v0 = torch.full((model.config.hidden_size,), 20.0)  # sets only the scale of the weight decay and clamp
     candidates = [Candidate(layer, template.format(layer), v0) for layer in layers]
     before = snapshot(model)
     together = optimise_deltas(model, runner.repeated(len(layers)), candidates, hp)
     alone = [optimise_deltas(model, runner, [candidate], hp)[0] for candidate in candidates]
     assert changed_parameters(model, before) == []
-    assert len({r.steps for r in alone}) > 1 or model_fixture != "tiny_gpt2"  # the test covers early stopping
+    if model_fixture == "tiny_gpt2" and runner.split is not None:
+        assert len({r.steps for r in alone}) > 1  # copies that stop early beside copies that do not
     for t, a in zip(together, alone):
         assert t.steps == a.steps
         assert t.nll == pytest.approx(a.nll, rel=1e-3, abs=1e-4)
