@@ -90,7 +90,7 @@ if args.mode == "independent":
 elif args.mode == "agreement":
     HP["smollm2-135m-fast"].fast_scan_candidates = args.fast_candidates
     agreement_name = "wilke_agreement" + (f"_k{args.fast_candidates}" if args.fast_candidates > 1 else "")
-    # The faithful scan costs about 2 minutes per edit and does not depend on fast_scan's estimate, so
+    # The faithful scan costs about 40 s per edit (2 minutes before passes) and does not depend on the estimate, so
     # its results (every candidate's LA) are kept in wilke_faithful_scans.json and reused: changing the
     # estimate re-runs only the fast side.
     faithful_file = ROOT / "bench" / "results" / f"wilke_faithful_scans{device_suffix()}.json"
