@@ -246,7 +246,7 @@ def test_delta_optimised_beside_other_layers_is_the_delta_optimised_alone(model_
     v0 = torch.full((model.config.hidden_size,), 20.0)  # sets only the scale of the weight decay and clamp
     candidates = [Candidate(layer, template.format(layer), v0) for layer in layers]
     before = snapshot(model)
-    together = optimise_deltas(model, runner.repeated(len(layers)), candidates, hp)
+    together = optimise_deltas(model, runner, candidates, hp)
     alone = [optimise_deltas(model, runner, [candidate], hp)[0] for candidate in candidates]
     assert changed_parameters(model, before) == []
     if model_fixture == "tiny_gpt2" and runner.split is not None:

@@ -204,12 +204,14 @@ class SuffixRunner:
                                               position_ids=self.split.prefix_pos, use_cache=True).past_key_values
 
     def repeated(self, groups: int) -> "SuffixRunner":
-        """The batch ``groups`` times over, to optimise one δ per copy in a single pass.
+        """This (single-copy) batch ``groups`` times over, to optimise one δ per copy in a single pass.
 
         The prefix cache is repeated, not recomputed: the prefix is the unedited model's in every copy.
         """
+        if groups == 1:
+            return self
         twin = copy.copy(self)
-        twin.groups = self.groups * groups
+        twin.groups = groups
         tile = lambda x: x.repeat_interleave(groups, dim=0)  # noqa: E731
         twin.row_lookup, twin.ids, twin.mask = tile(self.row_lookup), tile(self.ids), tile(self.mask)
         if self.split is not None:
@@ -270,14 +272,13 @@ class Candidate:
 
 
 def optimise_deltas(model, runner: SuffixRunner, candidates: list[Candidate], hp) -> list[ValueResult]:
-    """One δ per candidate layer, each in its own copy of the batch (``runner.repeated(len(candidates))``).
+    """One δ per candidate layer, each in its own copy of the request's batch (``runner.repeated``).
 
     The copies' losses are independent and each δ has its own Adam state, so every δ takes the steps
     it would take alone (and stops early alone). One pass serves all of them: on a CPU the per-step
     products of a single edit are too small to run at full speed, and a batch of copies is not.
     """
-    if runner.groups != len(candidates):
-        raise ValueError(f"the runner holds {runner.groups} copies of the batch for {len(candidates)} candidates")
+    runner = runner.repeated(len(candidates))
     batch = runner.batch
     device = input_device(model)
     base_rows = torch.cat([batch.loss_rows, batch.kl_rows])

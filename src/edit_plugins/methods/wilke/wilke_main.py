@@ -91,7 +91,7 @@ def _layer_edits(model, runner, hp, layers, names, keys, mean_keys, c_invs) -> I
         bias = getattr(module, "bias", None)
         candidates.append(Candidate(layer, names[layer], current + (bias.detach().float() if bias is not None else 0)))
         currents.append(current)
-    values = optimise_deltas(model, runner.repeated(len(layers)) if len(layers) > 1 else runner, candidates, hp)
+    values = optimise_deltas(model, runner, candidates, hp)
     for layer, current, value in zip(layers, currents, values):
         name = names[layer]
         W = weight_out_in(get_module(model, name)).detach().float()
