@@ -347,6 +347,15 @@ if lemoe_rows or partial:
               "record's edit (\"Nintendo 3DS is developed by\" beside the edit \"Nintendo 3DS, developed by → "
               "Intel\"), where the answer should change. † computed afterwards by `python bench/lemoe_routing.py` "
               "on the run's saved adaptor (the run predates checkpoints reporting it).", ""]
+    # The scale for CounterFact generality: the model's own facts on the same paraphrase prompts.
+    for path in sorted(RESULTS.glob("known_fact_generality_*.json"), key=lambda p: json.loads(p.read_text())["records"]):
+        known = json.loads(path.read_text())
+        lines.append(f"- For scale, the unedited model's own knowledge (`python bench/known_fact_generality.py --edits "
+                     f"{known['records']}`): for the first {known['records']} CounterFact facts above, the token "
+                     f"accuracy of the *true* object is {f(known['rewrite_token_acc'])} on the rewrite prompts and "
+                     f"{f(known['paraphrase_token_acc'])} on the {known['paraphrase_prompts']} paraphrase prompts "
+                     f"(whole answer right: {f(known['paraphrase_exact'])}).")
+    lines.append("")
     # Rows run while other jobs shared the 2 cores: their seconds (and overhead ratios) are inflated.
     contended = {("counterfact", "full", 50), ("counterfact", "full", 300), ("zsre", "unfrozen", 300),
                  ("zsre", "no_order_planning", 300), ("zsre", "rome", 300), ("zsre", "wilke", 300),
