@@ -4,7 +4,8 @@
     variants: full | templates | token_span | token_span_templates | token_span_templates_longer | softmax_router | no_order_planning | unfrozen | wilke | rome
 
 Writes bench/results/lemoe_<dataset>_<variant>_<edits>.json: the run's summary, wall time, peak RSS,
-and for LEMoE the adaptor's size, training seconds per expert and inference overhead.
+and for LEMoE the adaptor's size and training seconds per expert (inference overhead:
+bench/lemoe_inference.py, on the adaptor the run saves).
 """
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ import json
 import shutil
 import statistics
 import time
-
-import torch
 
 from common import bench_device, device_suffix, FAST_SCAN_ESTIMATE, ROOT, SHARED, known_counterfact, peak_rss_mb, setup_threads, write_result
 
@@ -72,34 +71,11 @@ result = {"dataset": args.dataset, "variant": args.variant, "edits": len(records
           "timing": json.loads((folder / "timing.json").read_text())}
 
 if hp.alg_name == "LEMoE":
-    from edit_plugins.methods.lemoe.model import adaptor_size, find_adaptor, remove_adaptor
+    from edit_plugins.methods.lemoe.model import adaptor_size
 
     edits = [json.loads(l) for l in (folder / "edits.jsonl").read_text().splitlines()]
     per_expert = {e["info"]["expert"]: e["info"]["train_seconds"] for e in edits if "expert" in e.get("info", {})}
     result["experts"] = len(per_expert)
     result["train_seconds_per_expert_median"] = statistics.median(per_expert.values())
     result["adaptor"] = adaptor_size(model)
-    # Inference overhead: a forward pass on 48 probe-length prompts with and without the adaptor.
-    prompts = [r.request["prompt"] for r in records[:48]]
-    batch = tok(prompts, return_tensors="pt", padding=True).to(model.device)
-
-    def forward_seconds(repeats=7):
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                model(**batch)
-            if model.device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    with_adaptor = forward_seconds()
-    name, adaptor = find_adaptor(model)
-    saved = adaptor
-    remove_adaptor(model)
-    without = forward_seconds()
-    result["inference"] = {"prompts": len(prompts), "experts": len(saved.experts),
-                           "forward_seconds_with_adaptor": with_adaptor, "forward_seconds_without": without,
-                           "overhead": with_adaptor / without - 1}
 write_result(f"lemoe_{args.dataset}_{args.variant}_{args.edits}", result)

@@ -283,7 +283,8 @@ if recheck:
             lines.append(f"| {label} | {row['records']} | {row['scored_pairs']} | {row['seconds']} |")
     lines.append("")
 
-lemoe_rows = sorted(p for p in RESULTS.glob("lemoe_*.json") if not p.name.startswith("lemoe_routing_"))
+lemoe_rows = sorted(p for p in RESULTS.glob("lemoe_*.json")
+                     if not p.name.startswith(("lemoe_routing_", "lemoe_inference")))
 # Runs not finished when the table was made: their latest checkpoint, marked as such.
 partial = []
 for folder in sorted((ROOT / "runs").glob("bench-lemoe-*")):
@@ -368,13 +369,23 @@ if lemoe_rows or partial:
         lines += ["Timing figures of these rows were taken while other jobs shared the machine and are inflated: "
                   + ", ".join(shown) + ".", ""]
     for r in rows:
-        if "inference" in r and r["variant"] == "full" and not on_gpu(r):  # the target is a CPU forward pass
-            inf = r["inference"]
+        if "adaptor" in r and r["variant"] == "full" and not on_gpu(r):
             lines.append(f"- {r['dataset']}, {r['edits']} edits: {r['experts']} experts, "
                          f"{r['adaptor']['parameters']:,} adaptor parameters ({r['adaptor']['bytes'] / 2**20:.1f} MiB "
-                         f"saved), training {f(r['train_seconds_per_expert_median'], 1)} s per expert (median). "
-                         f"Inference overhead with {inf['experts']} experts: {100 * inf['overhead']:+.1f}% of a forward "
-                         f"pass on {inf['prompts']} prompts (target ≤ 10%).")
+                         f"saved), training {f(r['train_seconds_per_expert_median'], 1)} s per expert (median).")
+    lines.append("")
+
+inference = load("lemoe_inference")
+if inference:
+    lines += ["## LEMoE inference overhead", "",
+              f"Command: `python bench/lemoe_inference.py`, on the adaptors that the lifelong runs above saved. One "
+              f"forward pass on the run's first edit prompts (one padded batch), with and without the adaptor, timed "
+              f"alternately; median of {inference['repeats']} passes each. Target: ≤ 10% with 30 experts.", "",
+              "| dataset | edits | experts | prompts (tokens) | s without | s with | overhead |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(inference["rows"], key=lambda r: (r["dataset"], r["edits"])):
+        lines.append(f"| {r['dataset']} | {r['edits']} | {r['experts']} | {r['prompts']} ({r['tokens']}) | "
+                     f"{f(r['forward_seconds_without'])} | {f(r['forward_seconds_with_adaptor'])} | "
+                     f"{100 * r['overhead']:+.1f}% |")
     lines.append("")
 
 for path in sorted(RESULTS.glob("lemoe_routing_*.json")):

@@ -12,6 +12,8 @@ for v in full softmax_router no_order_planning unfrozen token_span rome; do row 
 # CounterFact: the method at 300; at 50 against the best lead for generality, WilKE and ROME
 row counterfact 300 full
 for v in full token_span_templates token_span_templates_longer wilke rome; do row counterfact 50 "$v"; done
+# inference overhead, on the adaptors the full-method runs saved
+$PY lemoe_inference.py
 # the scale for CounterFact generality: the unedited model on the paraphrases of facts it knows
 for n in 50 300; do $PY known_fact_generality.py --edits "$n"; done
 $PY make_table.py
