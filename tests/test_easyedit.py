@@ -236,3 +236,36 @@ def test_token_accuracy_agrees_with_easyeditors_compute_edit_quality(smollm2):
         theirs += [float(np.mean(result["rewrite_acc"])), float(np.mean(result["rephrase_acc"]))]
     assert len(set(theirs)) > 2  # the comparison is not between constants
     assert ours == pytest.approx(theirs, abs=1e-6)
+
+
+EDITS = {  # model: (prompts, subjects, new targets, true targets)
+    "tiny-gpt2": (["The capital city of France"], ["France"], ["Tokyo"], ["Paris"]),
+    "smollm2-135m": (["The Eiffel Tower is located in the city of", "The mother tongue of Danielle Darrieux is"],
+                     ["Eiffel Tower", "Danielle Darrieux"], ["Rome", "English"], ["Paris", "French"]),
+}
+
+
+@pytest.mark.parametrize("method, name, model", [
+    ("WilKE", "tiny-gpt2", "tiny-gpt2"), ("LEMoE", "tiny-gpt2", "tiny-gpt2"),
+    pytest.param("WilKE", "smollm2-135m-rome", "smollm2-135m", marks=pytest.mark.slow),
+    pytest.param("LEMoE", "smollm2-135m", "smollm2-135m", marks=pytest.mark.slow),
+])
+def test_head_editor_edit_runs_the_shipped_hparams_as_they_are(method, name, model, stats_dir):
+    """BaseEditor loads the model from model_name and device itself, and edit() needs batch_size 1."""
+    from edit_plugins import easyedit_compat, hparams
+    from edit_plugins.methods.lemoe.model import find_adaptor
+
+    if not easyedit_compat.is_head():
+        pytest.skip("0.0.1.dev0's BaseEditor cannot load a model on CPU")
+    from easyeditor import BaseEditor
+
+    hp = hparams.load(ROOT / "hparams" / method / f"{name}.yaml")
+    if hasattr(hp, "stats_dir"):
+        hp.stats_dir = stats_dir  # the test run's cache, not ./data/stats
+    editor = BaseEditor.from_hparams(hp)
+    prompts, subjects, new, true = EDITS[model]
+    metrics, edited, _ = editor.edit(prompts=prompts, subject=subjects, target_new=new, ground_truth=true,
+                                     sequential_edit=True)
+    assert [float(np.mean(m["post"]["rewrite_acc"])) for m in metrics] == [1.0] * len(prompts)
+    if method == "LEMoE":  # editor.edit hands over one request per call: an expert each
+        assert len(find_adaptor(edited)[1].experts) == len(prompts)

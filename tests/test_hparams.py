@@ -39,7 +39,9 @@ GOOD = "alg_name: WilKE\nmodel_name: tiny-gpt2\nlayers: [0, 1]\nrewrite_module_t
     (GOOD + "v_lr: fast\n", "field 'v_lr' must be a number, got 'fast'"),
     (GOOD.replace("[0, 1]", "three"), "field 'layers' must be a list of an integer, got 'three'"),
     (GOOD + "v_lrr: 0.5\n", "unknown field(s) ['v_lrr']"),
-    (GOOD + "device: gpu\n", "field 'device' must be cpu, cuda, cuda:N or auto"),
+    (GOOD + "device: gpu\n", "field 'device' must be cpu, cuda, cuda:N, a GPU index N"),
+    (GOOD + "device: -1\n", "field 'device' must be cpu, cuda, cuda:N, a GPU index N"),
+    (GOOD + "device: true\n", "field 'device' must be an integer or a string, got True"),
     (GOOD.replace(".{}.", ".0."), "field 'rewrite_module_tmp' must contain '{}'"),
 ])
 def test_errors_name_the_file_and_the_field(tmp_path, text, expected):
@@ -66,3 +68,27 @@ def test_from_hparams_is_easyedits_constructor(tmp_path):
     assert hp.layers == [0, 1]
     with pytest.raises(HparamsError, match="field 'alg_name' must be 'WilKE'"):
         WilKEHyperParams.from_dict({"alg_name": "ROME", "model_name": "x", "layers": [1], "rewrite_module_tmp": "{}"})
+
+
+@pytest.mark.dev0_compatible
+def test_embedded_alias_becomes_a_directory_that_easyedit_can_load(tmp_path):
+    """EasyEdit's BaseEditor loads model_name itself with from_pretrained, which knows no aliases."""
+    from pathlib import Path
+
+    from edit_plugins.editing.covariance import stats_model_key
+    from edit_plugins.models import embedded_alias
+
+    hp = hparams.load(write(tmp_path, GOOD))
+    folder = Path(hp.model_name)
+    assert (folder / "config.json").is_file()
+    assert "gpt" in folder.name  # BaseEditor picks the model class by a substring of model_name
+    assert embedded_alias(hp.model_name) == "tiny-gpt2"
+    assert stats_model_key(hp.model_name, None) == "tiny-gpt2"  # statistics cached under the alias are reused
+    assert hparams.load(write(tmp_path, GOOD.replace("tiny-gpt2", "./hugging_cache/gpt2-xl"))).model_name == \
+        "./hugging_cache/gpt2-xl"  # anything but an alias is kept as written
+
+
+@pytest.mark.dev0_compatible
+def test_device_takes_easyedits_gpu_index(tmp_path):
+    assert hparams.load(write(tmp_path, GOOD + "device: 0\n")).device == 0
+    assert hparams.load(write(tmp_path, GOOD + "device: cuda:1\n")).device == "cuda:1"

@@ -233,7 +233,8 @@ def test_every_shipped_hparams_file_loads():
     assert {f.stem for f in files} >= {"llama-2-7b", "mistral-7b", "smollm2-135m", "tiny-gpt2"}
     for f in files:
         hp = hparams.load(f)
-        assert hp.alg_name == "LEMoE" and hp.batch_size == hp.edits_per_expert
+        # EasyEdit's editor.edit requires batch_size 1; a lifelong run hands over one expert's edits per call
+        assert hp.alg_name == "LEMoE" and hp.batch_size == 1 and hp.edits_per_call() == hp.edits_per_expert
 
 
 def test_order_planning_groups_clusters_into_batches():

@@ -97,7 +97,8 @@ def print_summary(summary: dict) -> None:
 @click.option("--shuffle/--no-shuffle", default=False)
 @click.option("--seed", type=int, default=0)
 @click.option("--batch-size", type=int, default=None,
-              help="Edits per apply call, for methods that batch (default: the hparams' batch_size, else 1).")
+              help="Edits per apply call, for methods that batch (default: one LEMoE expert's "
+                   "edits_per_expert, else the hparams' batch_size, else 1).")
 @click.option("--checkpoints", default=None, help="Comma-separated steps (default 1,2,4,8,... and the last).")
 @click.option("--save-every", type=int, default=10, help="Save resumable state every K edits.")
 @click.option("--probe-data", type=click.Path(exists=True, dir_okay=False), default=None,

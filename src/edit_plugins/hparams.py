@@ -18,7 +18,8 @@ def _type_name(annotation) -> str:
     origin = typing.get_origin(annotation)
     if origin is typing.Union:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " (or null)"
+        nullable = len(args) < len(typing.get_args(annotation))
+        return " or ".join(_type_name(a) for a in args) + (" (or null)" if nullable else "")
     if origin in (list, tuple):
         (inner, *_) = typing.get_args(annotation) or (typing.Any,)
         return f"a list of {_type_name(inner)}"
@@ -84,8 +85,10 @@ class EditHyperParams(hyperparams_base()):
     """Fields every edit-plugins method has. Subclasses add their own."""
 
     alg_name: str
+    # A local directory, a hub name, or an embedded alias (``smollm2-135m``, ``tiny-gpt2``). An alias is
+    # replaced by the local directory it is built into, so that EasyEdit's BaseEditor can load it too.
     model_name: str
-    device: str = "auto"  # cpu | cuda | cuda:N | auto
+    device: typing.Union[int, str] = "auto"  # cpu | cuda | cuda:N | N (EasyEdit's GPU index) | auto
     model_parallel: bool = False
     max_length: int = 40  # EasyEdit's evaluation reads it (HEAD's compute_edit_quality)
     # Diagnostics to run after each edit in EasyEdit runs (lifelong mode turns interference on).
@@ -128,6 +131,7 @@ class EditHyperParams(hyperparams_base()):
             )
         hparams = cls(**values)
         hparams.validate(source)
+        hparams.model_name = _loadable_model_name(hparams.model_name)
         return hparams
 
     @classmethod
@@ -138,13 +142,35 @@ class EditHyperParams(hyperparams_base()):
 
     def validate(self, source: str) -> None:
         """Cross-field checks; subclasses extend. Raise HparamsError naming source and field."""
-        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
-            raise HparamsError(
-                f"{source}: field 'device' must be cpu, cuda, cuda:N or auto, got {self.device!r}"
-            )
+        device = self.device
+        if isinstance(device, bool) or not (
+                (isinstance(device, int) and device >= 0) or device in ("cpu", "cuda", "auto")
+                or (isinstance(device, str) and device.startswith("cuda:"))):
+            raise HparamsError(f"{source}: field 'device' must be cpu, cuda, cuda:N, a GPU index N (as in "
+                               f"EasyEdit's files) or auto, got {device!r}")
+
+    def edits_per_call(self) -> int:
+        """How many requests a lifelong run hands the apply function at once (EasyEdit's batch_size)."""
+        return getattr(self, "batch_size", None) or 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _loadable_model_name(name: str) -> str:
+    """An embedded alias becomes the directory it is built into (once, then cached); anything else is kept.
+
+    EasyEdit's BaseEditor loads ``model_name`` itself with ``from_pretrained``, which knows no aliases.
+    Without the embedded model's wheel the alias stays, and loading the model names what to install.
+    """
+    from .models import ModelLoadError, is_embedded, materialize
+
+    if not is_embedded(name):
+        return name
+    try:
+        return str(materialize(name))
+    except ModelLoadError:
+        return name
 
 
 def read_yaml(path) -> tuple[dict, str]:

@@ -123,6 +123,16 @@ def is_embedded(name: str) -> bool:
     return name in _BUILDERS
 
 
+def embedded_alias(name_or_path) -> str | None:
+    """The alias of an embedded model, given the alias or the directory it was built into."""
+    if not isinstance(name_or_path, (str, Path)):
+        return None
+    if str(name_or_path) in _BUILDERS:
+        return str(name_or_path)
+    built = Path(name_or_path).name
+    return next((alias for alias, folder in _CACHE_NAMES.items() if folder == built), None)
+
+
 def materialize(name: str) -> Path:
     """Build an embedded model once into a plain Hugging Face directory (safetensors) and return it."""
     out = cache_root() / "models" / _CACHE_NAMES[name]

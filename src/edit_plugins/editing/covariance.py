@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..models import embedded_alias
 from .keys import capture_inputs, run_until_captured
 from .layers import get_module, input_device, weight_out_in
 
@@ -33,9 +34,10 @@ def dataset_name(source: str) -> str:
 
 
 def stats_model_key(model_name, model) -> str:
-    """The cache folder name: hparams.model_name, or (EasyEdit passes a (model, tok) pair) the model's own path."""
+    """The cache folder name: hparams.model_name, or (EasyEdit passes a (model, tok) pair) the model's own path.
+    An embedded model is keyed by its alias, wherever its directory is."""
     name = model_name if isinstance(model_name, str) else getattr(model.config, "_name_or_path", "") or "model"
-    return name.replace("/", "_")
+    return (embedded_alias(name) or name).replace("/", "_")
 
 
 def cache_path(stats_dir, model_key: str, source: str, module: str, n_samples: int, precision="float32") -> Path:

@@ -38,7 +38,7 @@ class RunOptions:
     start: int = 0
     shuffle: bool = False
     seed: int = 0
-    batch_size: int | None = None  # edits per apply call; default: the hparams' batch_size, else 1
+    batch_size: int | None = None  # edits per apply call; default: hparams.edits_per_call(), else its batch_size
     checkpoints: list | None = None  # explicit steps; default 1, 2, 4, ... and the last
     save_every: int = 10
     probe_data: str | None = None  # never-edited facts (ROME's known_1000.json format)
@@ -79,7 +79,11 @@ def _versions() -> dict:
 
 
 def _hparams_dict(hp) -> dict:
+    from ..models import embedded_alias
+
     raw = hp.to_dict() if hasattr(hp, "to_dict") else dict(vars(hp))
+    if embedded_alias(raw.get("model_name")):  # the alias, not this machine's cache path: the run folder moves
+        raw["model_name"] = embedded_alias(raw["model_name"])
     return {k: (v if isinstance(v, (str, int, float, bool, list, dict, type(None))) else repr(v)) for k, v in raw.items()}
 
 
@@ -91,7 +95,8 @@ class _Run:
         self.probe_pairs = [(p.prompt, p.answer) for p in probes]
         self.apply_fn = apply_fn
         self.method = registry().methods.get(hp.alg_name)  # None for EasyEdit's own methods
-        self.batch_size = max(1, options.batch_size or getattr(hp, "batch_size", None) or 1)
+        per_call = hp.edits_per_call() if hasattr(hp, "edits_per_call") else getattr(hp, "batch_size", None)
+        self.batch_size = max(1, options.batch_size or per_call or 1)  # EasyEdit's own hparams: their batch_size
         self.checkpoints = checkpoint_steps(len(records), options.checkpoints)
         self.edits, self.checkpoint_rows, self.timings = [], [], []
         self.changed_params: set = set()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, List, Optional
+from typing import ClassVar, List
 
 from ...hparams import EditHyperParams, HparamsError
 
@@ -36,14 +36,13 @@ class LEMoEHyperParams(EditHyperParams):
     freeze_previous_experts: bool = True
     order_planning: bool = True  # k-means the pool of edits and give each expert one cluster
     order_planning_seed: int = 0
-    batch_size: Optional[int] = None  # EasyEdit's batch_edit chunk size; defaults to edits_per_expert
+    # Requests per apply call when EasyEdit's BaseEditor drives it: its single-editing edit() requires 1,
+    # so there each call (each edit) gets its own expert. See edits_per_call for lifelong runs.
+    batch_size: int = 1
 
-    def __post_init__(self):
-        parent = getattr(super(), "__post_init__", None)
-        if parent is not None:
-            parent()
-        if self.batch_size is None:
-            self.batch_size = self.edits_per_expert
+    def edits_per_call(self) -> int:
+        """A lifelong run hands over a whole expert's edits per call (more if batch_size asks)."""
+        return max(self.batch_size, self.edits_per_expert)
 
     def validate(self, source: str) -> None:
         super().validate(source)
