@@ -33,7 +33,18 @@ model, tok = load_model("smollm2-135m", bench_device())
 records = (known_counterfact(model, tok, limit=args.edits) if args.dataset == "counterfact"
            else load_records(SHARED / "zsre_mend_eval.json")[: args.edits])
 locality_pairs = [pair for r in records for pair in r.locality]
-unedited_predictions = [s.predicted for s in evaluate.score_answers(model, tok, locality_pairs)]
+unedited_scores = evaluate.score_answers(model, tok, locality_pairs)
+unedited_predictions = [s.predicted for s in unedited_scores]
+# CounterFact's own neighbourhood score: P(true) > P(new) on a neighbour prompt (mean token log-likelihood)
+new_on_neighbours = [(p, r.request["target_new"]) for r in records for p, _ in r.locality]
+
+
+def neighbourhood_success(true_scores):
+    new_scores = evaluate.score_answers(model, tok, new_on_neighbours)
+    return evaluate.mean(float(t.mean_logprob > n.mean_logprob) for t, n in zip(true_scores, new_scores))
+
+
+unedited_neighbourhood = neighbourhood_success(unedited_scores) if args.dataset == "counterfact" else None
 load_adaptor(model, ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}{device_suffix()}" / "state" /
              "adaptor.safetensors")
 _, adaptor = find_adaptor(model)
@@ -75,9 +86,11 @@ for t in THRESHOLDS:
                  "paraphrase_any_expert": sum(c >= t for _, (c, _) in para) / len(para),
                  "neighbour_any_expert": sum(c >= t for c, _ in neigh) / len(neigh)})
     print(rows[-1], flush=True)
-locality = evaluate.locality_by_edited_subjects(
-    evaluate.agreement(evaluate.score_answers(model, tok, locality_pairs), unedited_predictions),
-    [p for p, _ in locality_pairs], {r.request.get("subject") for r in records})
+final_scores = evaluate.score_answers(model, tok, locality_pairs)
+locality = evaluate.locality_by_edited_subjects(evaluate.agreement(final_scores, unedited_predictions),
+                                                [p for p, _ in locality_pairs], {r.request.get("subject") for r in records})
+if unedited_neighbourhood is not None:
+    locality["neighbourhood_success"] = {"unedited": unedited_neighbourhood, "final": neighbourhood_success(final_scores)}
 print(locality)
 write_result(f"lemoe_routing_{args.dataset}_{args.variant}_{args.edits}",
              {"dataset": args.dataset, "variant": args.variant, "edits": args.edits,

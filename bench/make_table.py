@@ -403,7 +403,12 @@ for path in sorted(RESULTS.glob("lemoe_routing_*.json")):
     loc = routing["locality"]
     lines += ["", f"Final locality on the records' locality prompts: {f(loc['all'])} over all; "
               f"{f(loc['unedited_subjects'])} over those naming no edited subject; {f(loc['naming_edited_subjects'])} "
-              f"over the {loc['prompts_naming_edited_subjects']} that name one.", ""]
+              f"over the {loc['prompts_naming_edited_subjects']} that name one."]
+    if "neighbourhood_success" in loc:
+        lines[-1] += (f" CounterFact's own neighbourhood score (P(true) > P(new)) on the same prompts: "
+                      f"{f(loc['neighbourhood_success']['final'])} at the end, against "
+                      f"{f(loc['neighbourhood_success']['unedited'])} for the unedited model.")
+    lines.append("")
 
 (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
