@@ -269,3 +269,25 @@ def test_head_editor_edit_runs_the_shipped_hparams_as_they_are(method, name, mod
     assert [float(np.mean(m["post"]["rewrite_acc"])) for m in metrics] == [1.0] * len(prompts)
     if method == "LEMoE":  # editor.edit hands over one request per call: an expert each
         assert len(find_adaptor(edited)[1].experts) == len(prompts)
+
+
+@pytest.mark.parametrize("method", ["WilKE", "LEMoE"])
+def test_head_editor_edit_without_sequential_edit_leaves_the_model_as_it_was(method, stats_dir):
+    """Non-sequential edit() evaluates each edit, then undoes it through what the apply function returned."""
+    from edit_plugins import easyedit_compat, hparams
+    from edit_plugins.methods.lemoe.model import find_adaptor
+
+    if not easyedit_compat.is_head():
+        pytest.skip("0.0.1.dev0's BaseEditor cannot load a model on CPU")
+    from easyeditor import BaseEditor
+
+    hp = hparams.load(ROOT / "hparams" / method / "tiny-gpt2.yaml")
+    if hasattr(hp, "stats_dir"):
+        hp.stats_dir = stats_dir
+    editor = BaseEditor.from_hparams(hp)
+    before = snapshot(editor.model)
+    prompts, subjects, new, true = EDITS["tiny-gpt2"]
+    metrics, _, _ = editor.edit(prompts=prompts, subject=subjects, target_new=new, ground_truth=true,
+                                sequential_edit=False)
+    assert float(np.mean(metrics[0]["post"]["rewrite_acc"])) == 1.0
+    assert find_adaptor(editor.model) is None and changed_parameters(editor.model, before) == []
