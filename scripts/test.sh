@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
-# Command 2: set up everything, then run the whole test suite in both environments:
-# the main one (transformers 5.x, no easyeditor) and PyPI easyeditor 0.0.1.dev0 (transformers 4.55).
-set -euo pipefail
+# Command 2: set up everything, then run the whole test suite in three environments (scripts/setup.sh):
+#   .venv            the main suite, newest tested transformers (locks/main.txt), no easyeditor;
+#   .venv-oldest     the model-facing tests at the oldest transformers pyproject.toml allows, building the
+#                    embedded models itself (its own cache);
+#   .venv-easyedit   PyPI easyeditor 0.0.1.dev0 under transformers 4.55.
+# Every environment runs even if an earlier one fails; the exit status is the first failure's.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --easyedit
-export EDIT_PLUGINS_CACHE="${EDIT_PLUGINS_CACHE:-$PWD/.cache/edit_plugins}"
-.venv/bin/python -m pytest -q -m "not easyeditor" "$@"
-.venv-easyedit/bin/python -m pytest -q -m "easyeditor or dev0_compatible" "$@"
+bash scripts/setup.sh --all || exit $?
+CACHE="${EDIT_PLUGINS_CACHE:-$PWD/.cache/edit_plugins}"
+status=0
+run() {
+  local name=$1; shift
+  echo "== $name"
+  "$@" || { rc=$?; [ $status -ne 0 ] || status=$rc; echo "== $name: FAILED (exit $rc)"; }
+}
+run "main suite (.venv)" env EDIT_PLUGINS_CACHE="$CACHE" .venv/bin/python -m pytest -q -m "not easyeditor" "$@"
+run "oldest transformers (.venv-oldest)" env EDIT_PLUGINS_CACHE="$CACHE-oldest" \
+    .venv-oldest/bin/python -m pytest -q -m "dev0_compatible and not easyeditor" "$@"
+run "easyeditor 0.0.1.dev0 (.venv-easyedit)" env EDIT_PLUGINS_CACHE="$CACHE" \
+    .venv-easyedit/bin/python -m pytest -q -m "easyeditor or dev0_compatible" "$@"
+exit $status

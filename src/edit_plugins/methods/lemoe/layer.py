@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...transformers_compat import cache_in_call, cached_length
+
 
 class Expert(nn.Module):
     """E(x) = B·SiLU(A·x). B starts at zero, so a new expert changes nothing until trained."""
@@ -116,22 +118,10 @@ class RoutingContext:
         if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
             mask = args[1]
         self.attention_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-        self.past = cached_length(kwargs.get("past_key_values"))
+        self.past = cached_length(cache_in_call(kwargs))
 
     def valid_and_past(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         return valid_positions(x, self.attention_mask, self.past)
-
-
-def cached_length(past_key_values) -> int:
-    """Tokens already in a KV cache (a Cache object, or the legacy tuple of (key, value) per layer)."""
-    if past_key_values is None:
-        return 0
-    if hasattr(past_key_values, "get_seq_length"):
-        return int(past_key_values.get_seq_length())
-    try:
-        return int(past_key_values[0][0].shape[-2])
-    except (IndexError, TypeError, AttributeError):
-        return 0
 
 
 def valid_positions(x: torch.Tensor, mask, past: int = 0) -> tuple[torch.Tensor, torch.Tensor | int]:
