@@ -81,8 +81,8 @@ def write_result(name: str, data: dict, echo: bool = True, stamp: bool = True):
         data = {"device": torch.cuda.get_device_name() if bench_device() != "cpu" else "cpu", **data}
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    partial = out / f".{name}.json.partial"
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    partial.replace(out / f"{name}.json")  # a killed run never leaves half a file
+    from edit_plugins.files import atomic_write_text
+
+    atomic_write_text(out / f"{name}.json", json.dumps(data, indent=2) + "\n")  # a kill never leaves half a file
     if echo:
         print(json.dumps(data, indent=2))

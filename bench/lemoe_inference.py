@@ -20,8 +20,7 @@ parser.add_argument("--prompts", type=int, default=48)
 args = parser.parse_args()
 setup_threads(2)
 
-from safetensors import safe_open  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+from edit_plugins.files import load_tensors  # noqa: E402
 
 from edit_plugins.lifelong.data import load_records  # noqa: E402
 from edit_plugins.methods.lemoe.model import load_adaptor_state, remove_adaptor  # noqa: E402
@@ -36,9 +35,7 @@ for state in sorted(ROOT.glob(f"runs/bench-lemoe-*-full-*{device_suffix()}/state
     records = (load_records(SHARED / "zsre_mend_eval.json", num_edits=args.prompts) if dataset == "zsre"
                else known_counterfact(model, tok, limit=max(args.prompts, 139)))[: args.prompts]
     batch = tok([r.request["prompt"] for r in records], return_tensors="pt", padding=True).to(model.device)
-    with safe_open(str(state), framework="pt") as f:
-        metadata = f.metadata()
-    tensors = load_file(str(state))
+    tensors, metadata = load_tensors(state)
 
     def forward_seconds():
         start = time.perf_counter()

@@ -9,8 +9,13 @@ import sys
 OPT_OUT_ENV = "EDIT_PLUGINS_NO_AUTOINSTALL"
 
 
+def _opted_out() -> bool:
+    # The rule of edit_plugins.env.flag, which this module may not import at interpreter start.
+    return os.environ.get(OPT_OUT_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def _after_easyeditor_import():
-    if os.environ.get(OPT_OUT_ENV, "").strip() not in ("", "0"):
+    if _opted_out():
         return
     package = sys.modules.get("edit_plugins")
     if package is not None and not hasattr(package, "install"):
@@ -49,7 +54,7 @@ class _EasyEditorFinder:
 
 
 def _install_finder():
-    if os.environ.get(OPT_OUT_ENV, "").strip() not in ("", "0"):
+    if _opted_out():
         return
     if "easyeditor" in sys.modules:
         _after_easyeditor_import()

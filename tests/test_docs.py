@@ -51,6 +51,19 @@ def test_lemoe_tutorial_commands_run():
         shutil.rmtree(ROOT / "runs" / "tutorial-lemoe", ignore_errors=True)
 
 
+def test_each_run_folder_guarantee_names_a_test_that_checks_it():
+    text = (ROOT / "docs" / "lifelong.md").read_text()
+    section = text.split("### Run-folder guarantees", 1)[1].split("\n## ", 1)[0]
+    bullets = [b for b in section.split("\n- ")[1:]]
+    assert len(bullets) >= 5
+    tests = (ROOT / "tests" / "test_run_folder.py").read_text()
+    for bullet in bullets:
+        names = re.findall(r"`(test_[a-z0-9_]+)`", bullet)
+        assert names, bullet
+        for name in names:
+            assert f"def {name}(" in tests, name
+
+
 def readme_adoption_example() -> str:
     (block,) = [b for b in code_blocks(ROOT / "README.md", "python") if "BaseEditor" in b]
     assert len([line for line in block.splitlines() if line.strip()]) == 3

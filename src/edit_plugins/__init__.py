@@ -20,11 +20,10 @@ def install() -> list[str]:
 def _bootstrap() -> None:
     # Where easyeditor is installed, importing it here (before our hparams classes exist) lets
     # those classes subclass its HyperParams; the autoload hook defers to us while we import it.
-    import os
-
     from . import easyedit_compat
+    from .env import flag
 
-    if easyedit_compat.available() and os.environ.get("EDIT_PLUGINS_NO_AUTOINSTALL", "") in ("", "0"):
+    if easyedit_compat.available() and not flag("EDIT_PLUGINS_NO_AUTOINSTALL"):
         install()
 
 

@@ -6,11 +6,65 @@ import sys
 
 import click
 
+from .errors import UserError
 
-@click.group()
+
+class _Commands(click.Group):
+    """Bad input (the project's UserError) is one line on stderr and exit status 2, not a traceback;
+    ``--debug`` shows the traceback too."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as error:
+            if ctx.meta.get("debug"):
+                raise
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="edit-plugins")
-def main():
+@click.option("--debug", is_flag=True, help="Show the traceback of an error, not only its message.")
+@click.pass_context
+def main(ctx, debug):
     """Lifelong knowledge-editing plugins for EasyEdit."""
+    ctx.meta["debug"] = debug
+
+
+def _steps(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        steps = [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated steps such as 10,100,1000, got {value!r}") from None
+    if not steps or min(steps) < 1:
+        raise click.BadParameter(f"steps must be 1 or more, got {value!r}")
+    return steps
+
+
+def _diagnostic_names(ctx, param, value):
+    from .plugins import registry
+
+    names = [d.strip() for d in value.split(",") if d.strip()]
+    known = registry().diagnostics
+    unknown = [d for d in names if d not in known]
+    if unknown:
+        raise click.BadParameter(f"unknown diagnostic(s) {unknown}; known: {sorted(known)}")
+    return names
+
+
+def _layer_list(ctx, param, value):
+    if value == "all":
+        return value
+    try:
+        layers = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected 'all' or comma-separated layer indices such as 3,8,14, got {value!r}") from None
+    if not layers:
+        raise click.BadParameter("no layer given")
+    return layers
 
 
 @main.command()
@@ -92,34 +146,41 @@ def print_summary(summary: dict) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder.")
 @click.option("--resume", "resume", is_flag=False, flag_value="", default=None, metavar="[RUN_DIR]",
               help="Continue a killed or stopped run (RUN_DIR, or the --out folder).")
-@click.option("--num-edits", type=int, default=None)
-@click.option("--start", type=int, default=0, help="Skip this many records first.")
+@click.option("--num-edits", type=click.IntRange(min=1), default=None)
+@click.option("--start", type=click.IntRange(min=0), default=0, help="Skip this many records first.")
 @click.option("--shuffle/--no-shuffle", default=False)
 @click.option("--seed", type=int, default=0)
-@click.option("--batch-size", type=int, default=None,
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Edits per apply call, for methods that batch (default: one LEMoE expert's "
                    "edits_per_expert, else the hparams' batch_size, else 1).")
-@click.option("--checkpoints", default=None, help="Comma-separated steps (default 1,2,4,8,... and the last).")
-@click.option("--save-every", type=int, default=10, help="Save resumable state every K edits.")
+@click.option("--checkpoints", default=None, callback=_steps,
+              help="Comma-separated steps (default 1,2,4,8,... and the last).")
+@click.option("--save-every", type=click.IntRange(min=1), default=10, help="Save resumable state every K edits.")
 @click.option("--probe-data", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Never-edited facts for locality, in ROME's known_1000.json format.")
-@click.option("--num-probes", type=int, default=100)
-@click.option("--diagnostics", default="interference", help="Comma-separated diagnostics to run ('' for none).")
+@click.option("--num-probes", type=click.IntRange(min=0), default=100)
+@click.option("--diagnostics", default="interference", callback=_diagnostic_names,
+              help="Comma-separated diagnostics to run ('' for none).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def lifelong(hparams_path, data, out_dir, resume, num_edits, start, shuffle, seed, batch_size, checkpoints,
+@click.pass_context
+def lifelong(ctx, hparams_path, data, out_dir, resume, num_edits, start, shuffle, seed, batch_size, checkpoints,
              save_every, probe_data, num_probes, diagnostics, quiet):
     """Stream edits with no rollback, re-check old ones at checkpoints; resumable after a kill."""
     from .lifelong.runner import RunOptions, resume_lifelong, run_lifelong
 
     if resume is not None:
+        given = [p.opts[0] for p in ctx.command.params if p.name not in ("out_dir", "resume", "quiet")
+                 and ctx.get_parameter_source(p.name) not in (None, click.core.ParameterSource.DEFAULT)]
+        if given:
+            raise click.UsageError(f"--resume continues with the settings saved in the run folder (config.yaml); "
+                                   f"drop {', '.join(sorted(given))}")
         summary = resume_lifelong(resume or out_dir, progress_bar=not quiet)
     else:
         if not hparams_path or not data:
             raise click.UsageError("--hparams and --data are required (unless --resume)")
         options = RunOptions(num_edits=num_edits, start=start, shuffle=shuffle, seed=seed, batch_size=batch_size,
-                             checkpoints=[int(s) for s in checkpoints.split(",")] if checkpoints else None,
-                             save_every=save_every, probe_data=probe_data, num_probes=num_probes,
-                             diagnostics=[d for d in diagnostics.split(",") if d])
+                             checkpoints=checkpoints, save_every=save_every, probe_data=probe_data,
+                             num_probes=num_probes, diagnostics=diagnostics)
         summary = run_lifelong(hparams_path, data, out_dir, options=options, progress_bar=not quiet)
     click.echo(f"Run folder: {out_dir if resume is None else (resume or out_dir)}")
     print_summary(summary)
@@ -130,12 +191,13 @@ def lifelong(hparams_path, data, out_dir, resume, num_edits, start, shuffle, see
               help="Model name or path (repeat for a scaling fit); 'random-init:NAME' is a random control.")
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Facts with subject and prompt: known_1000.json, CounterFact or ZsRE.")
-@click.option("--layers", default="all", help="'all' or comma-separated layer indices.")
-@click.option("--num-facts", type=int, default=300)
+@click.option("--layers", default="all", callback=_layer_list, help="'all' or comma-separated layer indices.")
+@click.option("--num-facts", type=click.IntRange(min=1), default=300)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--mom2-dataset", default="pydoc", help="Text for C: pydoc (offline), self, a .txt/.jsonl file.")
-@click.option("--mom2-n-samples", type=int, default=400)
-@click.option("--damping", type=float, default=1e-4, help="Relative ridge on C before inverting (0: none).")
+@click.option("--mom2-n-samples", type=click.IntRange(min=1), default=400)
+@click.option("--damping", type=click.FloatRange(min=0), default=1e-4,
+              help="Relative ridge on C before inverting (0: none).")
 @click.option("--stats-dir", default="data/stats")
 @click.option("--heatmap-layers", default=None, help="Layers to plot P for (default: first, middle, last).")
 @click.option("--scaling-statistic", default="whitened_cos:kurtosis", help="MATRIX:STATISTIC for the scaling fit.")
@@ -154,7 +216,7 @@ def superposition(models_, data, layers, num_facts, out_dir, mom2_dataset, mom2_
         from .editing.layers import num_layers
 
         total = num_layers(model)
-        chosen = "all" if layers == "all" else [int(x) for x in layers.split(",")]
+        chosen = layers
         span = list(range(total)) if chosen == "all" else chosen
         heat = [int(x) for x in heatmap_layers.split(",")] if heatmap_layers else sorted({span[0], span[len(span) // 2], span[-1]})
         result = sp.analyze(model, tok, facts, chosen, model_label=name.replace("/", "_").replace(":", "_"),

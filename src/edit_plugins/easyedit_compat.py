@@ -10,8 +10,9 @@ import importlib
 import importlib.util
 import inspect
 import io
-import os
 from dataclasses import dataclass
+
+from .env import flag
 
 # "1" keeps edit-plugins from importing easyeditor at all (it then acts as if it were absent).
 NO_EASYEDIT_ENV = "EDIT_PLUGINS_NO_EASYEDIT"
@@ -19,13 +20,9 @@ NO_EASYEDIT_ENV = "EDIT_PLUGINS_NO_EASYEDIT"
 _base = None
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
-
-
 def easyeditor_module():
     """The imported ``easyeditor`` package, or None where it is absent or does not import."""
-    if _env_true(NO_EASYEDIT_ENV):
+    if flag(NO_EASYEDIT_ENV):
         return None
     try:
         if importlib.util.find_spec("easyeditor") is None:

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from pathlib import Path
 
 import yaml
 
 from .easyedit_compat import hyperparams_base
+from .errors import UserError
 
 
-class HparamsError(ValueError):
+class HparamsError(UserError, ValueError):
     """A hparams file or dict is invalid; the message names the file and the field."""
 
 
@@ -28,6 +30,10 @@ def _type_name(annotation) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
         annotation, getattr(annotation, "__name__", str(annotation))
     )
+
+
+class _NotFinite(TypeError):
+    pass
 
 
 def _coerce(value, annotation):
@@ -65,14 +71,19 @@ def _coerce(value, annotation):
             return value
         raise TypeError
     if annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)  # YAML reads 1e-3 as a string
+                number = float(value)  # YAML reads 1e-3 as a string
             except ValueError:
                 pass
-        raise TypeError
+        if number is None:
+            raise TypeError
+        if not math.isfinite(number):  # NaN or inf would end up in the weights
+            raise _NotFinite
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value
@@ -120,6 +131,8 @@ class EditHyperParams(hyperparams_base()):
                 continue
             try:
                 values[name] = _coerce(config[name], hints[name])
+            except _NotFinite:
+                raise HparamsError(f"{source}: field {name!r} must be a finite number, got {config[name]!r}") from None
             except TypeError:
                 raise HparamsError(
                     f"{source}: field {name!r} must be {_type_name(hints[name])}, got {config[name]!r}"
@@ -148,6 +161,9 @@ class EditHyperParams(hyperparams_base()):
                 or (isinstance(device, str) and device.startswith("cuda:"))):
             raise HparamsError(f"{source}: field 'device' must be cpu, cuda, cuda:N, a GPU index N (as in "
                                f"EasyEdit's files) or auto, got {device!r}")
+
+    def check_model(self, model) -> None:
+        """Checks against the loaded model, before any edit (layers exist, ...); subclasses extend."""
 
     def edits_per_call(self) -> int:
         """How many requests a lifelong run hands the apply function at once (EasyEdit's batch_size)."""
@@ -186,6 +202,23 @@ def read_yaml(path) -> tuple[dict, str]:
     if not isinstance(config, dict):
         raise HparamsError(f"{path}: expected a mapping of hparams fields")
     return config, str(path)
+
+
+def from_dict(config: dict, source: str = "<dict>"):
+    """An hparams mapping (as a run folder stores it) into the class registered for its ``alg_name``."""
+    from . import easyedit_compat
+    from .plugins import registry
+
+    if not isinstance(config, dict) or not isinstance(config.get("alg_name"), str):
+        raise HparamsError(f"{source}: expected a mapping with the field 'alg_name' (a method name)")
+    alg_name = config["alg_name"]
+    methods = registry().methods
+    if alg_name in methods:
+        return methods[alg_name].hparams_class.from_dict(config, source)
+    if alg_name in easyedit_compat.foreign_methods():
+        return easyedit_compat.foreign_hparams_class(alg_name)(**config)
+    known = sorted(set(methods) | set(easyedit_compat.foreign_methods()))
+    raise HparamsError(f"{source}: field 'alg_name': unknown method {alg_name!r}; registered methods: {known}")
 
 
 def load(path):

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import torch
 
+from .env import flag
+from .errors import UserError
+from .transformers_compat import dtype_kwargs
+
 CACHE_ENV = "EDIT_PLUGINS_CACHE"
+# Nothing is downloaded from a model hub unless this is set (and HF_HUB_OFFLINE is not).
+ALLOW_DOWNLOAD_ENV = "EDIT_PLUGINS_ALLOW_DOWNLOAD"
 
 SMOLLM2 = "smollm2-135m"
 TINY_GPT2 = "tiny-gpt2"
@@ -19,7 +25,7 @@ TINY_GPT2 = "tiny-gpt2"
 _CACHE_NAMES = {SMOLLM2: "SmolLM2-135M-Instruct-llama-f32", TINY_GPT2: "tiny-gpt2-random-seed0-init0.3"}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     pass
 
 
@@ -34,13 +40,6 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     if isinstance(device, int) or str(device).isdigit():
         return torch.device(f"cuda:{device}")  # EasyEdit's integer GPU index
     return torch.device(device)
-
-
-def _dtype_kwargs(dtype) -> dict:
-    import transformers
-
-    major = int(transformers.__version__.split(".")[0])
-    return {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
 
 
 def _package_file(dist: str, suffix: str, install_hint: str) -> Path:
@@ -74,11 +73,23 @@ def _build_smollm2(out: Path) -> None:
     except ImportError:
         raise ModelLoadError("reading SmolLM2's GGUF file needs the 'gguf' package: run `pip install gguf`") from None
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **_dtype_kwargs(torch.float32))
+    # SmolLM2's own tokenizer prepends no BOS; the GGUF readers of transformers 4.x turn it on.
+    if getattr(tok, "add_bos_token", False):
+        tok.add_bos_token = False
+    if tok("x").input_ids[:1] == [tok.bos_token_id]:
+        raise ModelLoadError(f"transformers {_transformers_version()} builds a SmolLM2 tokenizer that prepends "
+                             f"{tok.bos_token!r}, unlike SmolLM2's own; upgrade transformers")
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **dtype_kwargs(torch.float32))
     # transformers will not save_pretrained a GGUF-loaded model; write the float32 tensors ourselves.
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    # A GGUF with no output tensor ties the head to the embedding; transformers 4.45 misses that and
+    # leaves the head randomly initialised.
+    from gguf import GGUFReader
+
+    if not any(t.name == "output.weight" for t in GGUFReader(str(gguf), "r").tensors):
+        model.config.tie_word_embeddings = True
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -88,6 +99,12 @@ def _build_smollm2(out: Path) -> None:
     model.generation_config.save_pretrained(out)
     tok.save_pretrained(out)
     _portable_tokenizer_class(out)
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def _portable_tokenizer_class(folder: Path) -> None:
@@ -162,10 +179,22 @@ def _random_init(base: str, device):
     trained, tok = load_model(base, "cpu")
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(trained.config, **_dtype_kwargs(torch.float32))
+        model = AutoModelForCausalLM.from_config(trained.config, **dtype_kwargs(torch.float32))
     del trained
     model.to(resolve_device(device)).eval()
     return model, tok
+
+
+def downloads_allowed() -> bool:
+    return flag(ALLOW_DOWNLOAD_ENV) and not flag("HF_HUB_OFFLINE")
+
+
+def _not_found(name: str, error) -> str:
+    if Path(name).exists() or downloads_allowed():
+        return f"could not load model {name!r}: {error}"
+    return (f"could not load model {name!r}: it is neither an embedded alias ({', '.join(sorted(_BUILDERS))}) nor a local model "
+            "directory, and it is not in the Hugging Face cache. Nothing is downloaded from a model hub unless "
+            f"you set {ALLOW_DOWNLOAD_ENV}=1 (and HF_HUB_OFFLINE is unset).")
 
 
 def load_model(name: str, device: str | None = "auto", model_parallel: bool = False):
@@ -179,22 +208,20 @@ def load_model(name: str, device: str | None = "auto", model_parallel: bool = Fa
     if name.startswith(RANDOM_INIT_PREFIX):
         return _random_init(name[len(RANDOM_INIT_PREFIX):], device)
     source = str(materialize(name)) if is_embedded(name) else name
-    kwargs = _dtype_kwargs(torch.float32)
+    local = {"local_files_only": not downloads_allowed()}
+    kwargs = {**dtype_kwargs(torch.float32), **local}
     if model_parallel:
         kwargs["device_map"] = "auto"
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         try:
-            tok = AutoTokenizer.from_pretrained(source)
+            tok = AutoTokenizer.from_pretrained(source, **local)
         except ValueError:  # a folder written by the other major version of transformers
             from transformers import PreTrainedTokenizerFast
 
-            tok = PreTrainedTokenizerFast.from_pretrained(source)
+            tok = PreTrainedTokenizerFast.from_pretrained(source, **local)
     except OSError as error:
-        raise ModelLoadError(
-            f"could not load model {name!r}: {error}. Use an embedded alias ({sorted(_BUILDERS)}), "
-            "a local model directory, or a name that is in the Hugging Face cache."
-        ) from None
+        raise ModelLoadError(_not_found(name, error)) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not model_parallel:

@@ -8,6 +8,7 @@ from typing import Callable
 import pluggy
 
 from . import hookspecs
+from .env import flag
 
 ENTRY_POINT_GROUP = "edit_plugins"
 # "1" turns entry-point loading off; plugins can still be registered with pm.register().
@@ -47,17 +48,13 @@ class Registry:
     diagnostics: dict = field(default_factory=dict)
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
-
-
 def load_plugins() -> None:
     """Load plugins from the ``edit_plugins`` entry-point group (once)."""
     global _loaded
     if _loaded:
         return
     _loaded = True
-    if _env_true(NO_ENTRY_POINTS_ENV):
+    if flag(NO_ENTRY_POINTS_ENV):
         return
     wanted = os.environ.get(LOAD_PLUGINS_ENV)
     if wanted is None:
@@ -106,6 +103,11 @@ def registry() -> Registry:
                                        load_state)
 
         impl.function(register=register_method)
+    for method in reg.methods.values():  # the name is written once: the hparams class's ALG_NAME
+        alg_name = getattr(method.hparams_class, "ALG_NAME", "") or method.name
+        if alg_name != method.name:
+            raise ValueError(f"method {method.name!r} from {method.plugin}: its hparams class "
+                             f"{method.hparams_class.__name__} is for alg_name {alg_name!r}; register it under that name")
     for impl in pm.hook.register_diagnostics.get_hookimpls():
         source = _plugin_name(impl.plugin)
 

@@ -41,7 +41,7 @@ def describe(values) -> dict:
 class _ModuleHistory:
     def __init__(self, weight0: torch.Tensor):
         self.weight0 = weight0  # W before the first edit at this module, (out, in)
-        self.keys, self.c_inv_keys, self.values, self.interference = [], [], [], []
+        self.keys, self.values, self.interference = [], [], []
         self.case_ids = []
 
     def stacked(self):
@@ -115,7 +115,6 @@ class InterferenceLog:
             out["probe_drift_rel"] = describe(drift.cpu())
         # The new edit itself: W_t k_t = v_t exactly, so its own interference starts at 0.
         history.keys.append(key)
-        history.c_inv_keys.append(c_inv_key)
         history.values.append(W @ key)
         history.interference.append(torch.zeros_like(residual))
         history.case_ids.append(case_id)
@@ -191,7 +190,7 @@ class InterferenceLog:
         return out
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "output_history": self.output_history, "history": {m: {"weight0": h.weight0, "keys": h.keys, "c_inv_keys": h.c_inv_keys,
+        return {"step": self.step, "output_history": self.output_history, "history": {m: {"weight0": h.weight0, "keys": h.keys,
                                                    "values": h.values, "interference": h.interference,
                                                    "case_ids": h.case_ids}
                                                for m, h in self.history.items()}}
@@ -202,7 +201,7 @@ class InterferenceLog:
         self.history = {}
         for m, h in state["history"].items():
             history = _ModuleHistory(h["weight0"])
-            history.keys, history.c_inv_keys = h["keys"], h["c_inv_keys"]
+            history.keys = h["keys"]
             history.values, history.interference = h["values"], h["interference"]
             history.case_ids = h["case_ids"]
             self.history[m] = history

@@ -20,9 +20,11 @@ import numpy as np
 import scipy.stats
 import torch
 
+from ..errors import UserError
+from ..files import read_json
 from ..editing.covariance import safe_inverse, second_moments
 from ..editing.keys import compute_keys
-from ..editing.layers import LayerError, ffn_output_template, num_layers
+from ..editing.layers import check_layer_index, ffn_output_template, num_layers
 from ..editing.requests import EditRequest
 
 MATRICES = ("P", "Q", "whitened_cos", "raw_cos")
@@ -30,7 +32,7 @@ GAUSSIAN_TAIL_3SIGMA = 0.0027
 MIN_FACTS = 3
 
 
-class SuperpositionError(ValueError):
+class SuperpositionError(UserError, ValueError):
     pass
 
 
@@ -79,13 +81,15 @@ class SuperpositionResult:
 
 def facts_from_file(path, limit: int) -> list[EditRequest]:
     """(subject, prompt) facts from known_1000.json, a CounterFact or a ZsRE file."""
-    raw = json.loads(Path(path).read_text())
+    raw = read_json(path)
+    if not isinstance(raw, list):
+        raise SuperpositionError(f"{path}: expected a JSON list of facts (known_1000.json, CounterFact or ZsRE)")
     facts = []
     for record in raw:
-        rewrite = record.get("requested_rewrite", record)
-        subject = rewrite.get("subject")
-        prompt = rewrite.get("prompt") or rewrite.get("src")
-        if not subject or not prompt:
+        rewrite = record.get("requested_rewrite", record) if isinstance(record, dict) else None
+        subject = rewrite.get("subject") if isinstance(rewrite, dict) else None
+        prompt = (rewrite.get("prompt") or rewrite.get("src")) if isinstance(rewrite, dict) else None
+        if not isinstance(subject, str) or not isinstance(prompt, str) or not subject or not prompt:
             continue
         template = prompt if "{}" in prompt else prompt.replace(subject, "{}", 1)
         if "{}" not in template:
@@ -100,11 +104,9 @@ def analyze(model, tok, facts: list[EditRequest], layers="all", *, model_label="
             mom2_dataset="pydoc", mom2_n_samples=400, damping=1e-4, stats_dir="data/stats", keep_matrices=()) -> SuperpositionResult:
     if len(facts) < MIN_FACTS:
         raise SuperpositionError(f"superposition needs at least {MIN_FACTS} facts, got {len(facts)}")
-    total = num_layers(model)
-    layers = list(range(total)) if layers == "all" else list(layers)
+    layers = list(range(num_layers(model))) if layers == "all" else list(layers)
     for layer in layers:
-        if not isinstance(layer, int) or not 0 <= layer < total:
-            raise LayerError(f"layer {layer!r} does not exist: the model has layers 0..{total - 1}")
+        check_layer_index(model, layer)
     template = module_template or ffn_output_template(model)
     modules = [template.format(l) for l in layers]
     keys = compute_keys(model, tok, facts, modules, templates=("{}",))  # one pass per batch serves all layers

@@ -6,23 +6,26 @@ holding ``mom2.count`` and ``mom2.mom2`` (the *sum* of k kᵀ).
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import UserError
+from ..files import atomic_write_bytes
 from ..models import embedded_alias
 from .keys import capture_inputs, run_until_captured
 from .layers import get_module, input_device, weight_out_in
+from .tokens import pad_id
 
 SELF_SOURCE = "self"  # offline: text the model samples itself (slow: autoregressive sampling)
 PYDOC_SOURCE = "pydoc"  # offline default: the English documentation text bundled with CPython
 
 
-class StatisticsError(ValueError):
+class StatisticsError(UserError, ValueError):
     pass
 
 
@@ -105,7 +108,7 @@ def self_generated_texts(model, tok, n_samples: int, length: int = 64, batch: in
             ids = tok([start] * count, return_tensors="pt", add_special_tokens=False).input_ids.to(device)
             gen = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0,
                                  max_new_tokens=length, min_new_tokens=length,
-                                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+                                 pad_token_id=pad_id(tok))
             out.extend(row.tolist() for row in gen)
     return out
 
@@ -138,11 +141,10 @@ def second_moments(model, tok, modules: list[str], *, source: str = PYDOC_SOURCE
         sequences = [tok(t, truncation=True, max_length=max_tokens).input_ids for t in read_texts(source, n_samples)]
     sums = {m: None for m in missing}
     count = 0
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     for first in tqdm(range(0, len(sequences), batch_size), desc=f"second moments ({len(missing)} layers)", leave=False):
         chunk = [s[:max_tokens] for s in sequences[first : first + batch_size] if s]
         width = max(len(s) for s in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        ids = torch.full((len(chunk), width), pad_id(tok), dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, seq in enumerate(chunk):
             ids[row, : len(seq)] = torch.tensor(seq)
@@ -158,10 +160,10 @@ def second_moments(model, tok, modules: list[str], *, source: str = PYDOC_SOURCE
     for m in missing:
         path = cache_path(stats_dir, model_key, source, m, n_samples)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **{"mom2.constructor": np.array("edit_plugins.SecondMoment()"),
-                         "mom2.count": np.array(count), "mom2.mom2": sums[m].float().cpu().numpy()})
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        np.savez(buffer, **{"mom2.constructor": np.array("edit_plugins.SecondMoment()"),
+                            "mom2.count": np.array(count), "mom2.mom2": sums[m].float().cpu().numpy()})
+        atomic_write_bytes(path, buffer.getvalue())
         result[m] = (sums[m] / count).float().cpu()
     return result
 

@@ -54,7 +54,7 @@ def compute_keys(model, tok, requests: list[EditRequest], module_names: list[str
     device = input_device(model)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        seqs = [encode(tok, t.format(requests[i].prompt).format(requests[i].subject)) for i, t in chunk]
+        seqs = [encode(tok, requests[i].in_template(t)) for i, t in chunk]
         positions = torch.tensor([subject_last_index(tok, t, requests[i]) for i, t in chunk], device=device)
         ids, mask = pad_batch(tok, seqs, device)
         with capture_inputs(model, module_names, stop_early=True) as captured:

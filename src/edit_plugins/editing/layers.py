@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
 
-class LayerError(ValueError):
+
+class LayerError(UserError, ValueError):
     pass
 
 
@@ -19,12 +21,16 @@ def num_layers(model) -> int:
     return model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") else model.config.n_layer
 
 
+def check_layer_index(model, layer) -> None:
+    total = num_layers(model)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < total:
+        raise LayerError(f"layer {layer!r} does not exist: the model has layers 0..{total - 1}")
+
+
 def check_layers(model, template: str, layers) -> None:
     """Fail before any weight is touched if a layer index or the module template is wrong."""
-    total = num_layers(model)
     for layer in layers:
-        if not isinstance(layer, int) or not 0 <= layer < total:
-            raise LayerError(f"layer {layer!r} does not exist: the model has layers 0..{total - 1}")
+        check_layer_index(model, layer)
         module = get_module(model, template.format(layer))
         if getattr(module, "weight", None) is None or module.weight.dim() != 2:
             raise LayerError(f"module {template.format(layer)!r} has no 2-D weight to edit")
@@ -41,6 +47,8 @@ def weight_out_in(module) -> torch.Tensor:
 
 
 def add_to_weight(module, delta_out_in: torch.Tensor) -> None:
+    if not bool(torch.isfinite(delta_out_in).all()):
+        raise ArithmeticError("the weight update is not finite (NaN or inf); no weight was written")
     with torch.no_grad():
         delta = delta_out_in.to(module.weight.device, module.weight.dtype)
         module.weight.add_(delta.t() if is_transposed(module) else delta)

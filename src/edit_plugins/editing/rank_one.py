@@ -4,6 +4,16 @@ from __future__ import annotations
 import torch
 
 
+class NonFiniteError(ArithmeticError):
+    """v* or ΔW holds NaN or inf: the update is refused before any weight is written."""
+
+
+def require_finite(tensor: torch.Tensor, what: str) -> torch.Tensor:
+    if not bool(torch.isfinite(tensor).all()):
+        raise NonFiniteError(f"{what} is not finite (NaN or inf); no weight was written")
+    return tensor
+
+
 def update_direction(direction_key: torch.Tensor, c_inv: torch.Tensor | None) -> torch.Tensor:
     """u = C⁻¹k̄, the direction of the update's input side (k̄ itself when C = I)."""
     d = direction_key.float()
@@ -21,8 +31,8 @@ def rank_one_update(weight_out_in: torch.Tensor, key: torch.Tensor, target_value
     W = weight_out_in.detach().float()
     k = key.to(W.device).float()
     u = update_direction(k if direction_key is None else direction_key.to(W.device), c_inv)
-    residual = target_value.to(W.device).float() - W @ k
-    return torch.outer(residual, u) / torch.dot(k, u)
+    residual = require_finite(target_value.to(W.device).float(), "the target value v*") - W @ k
+    return require_finite(torch.outer(residual, u) / torch.dot(k, u), "the rank-one update ΔW")
 
 
 def relative_size(delta: torch.Tensor, weight_out_in: torch.Tensor) -> float:

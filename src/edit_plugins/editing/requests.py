@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import UserError
 
-class RequestError(ValueError):
+
+class RequestError(UserError, ValueError):
     pass
 
 
@@ -19,7 +21,17 @@ class EditRequest:
 
     @property
     def text(self) -> str:
-        return self.prompt.format(self.subject)
+        return fill(self.prompt, self.subject)
+
+    def in_template(self, template: str) -> str:
+        """The prompt, subject filled in, placed in a context template's ``{}``."""
+        return fill(fill(template, self.prompt), self.subject)
+
+
+def fill(template: str, text: str) -> str:
+    """``template`` with its first ``{}`` replaced by ``text``; any other brace is literal text
+    (``str.format`` would take ``{`` in a prompt for a field)."""
+    return template.replace("{}", text, 1)
 
 
 def with_leading_space(target: str) -> str:

@@ -6,8 +6,10 @@ import json
 
 import torch
 
+from ..files import atomic_write_text
 from ..models import cache_root
 from .layers import input_device
+from .tokens import pad_id
 
 
 def _cache_file(model, length_params):
@@ -35,13 +37,11 @@ def context_templates(model, tok, length_params, seed: int = 0) -> list[str]:
             ids = tok([start] * count, return_tensors="pt", add_special_tokens=False).input_ids.to(device)
             out = model.generate(
                 ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=5, max_new_tokens=length,
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                pad_token_id=pad_id(tok),
             )
             for row in out[:, ids.shape[1]:]:
                 text = tok.decode(row, skip_special_tokens=True).replace("{", " ").replace("}", " ")
                 templates.append(text.strip() + ". {}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(templates))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(templates))
     return templates

@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import torch
 
-from .requests import EditRequest
+from .requests import EditRequest, fill
 
 
 def encode(tok, text: str) -> list[int]:
     return tok(text).input_ids
 
 
+def pad_id(tok) -> int:
+    """The padding token, or end-of-text where the tokenizer has none (GPT-2)."""
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
 def pad_batch(tok, sequences: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    padding = pad_id(tok)
     width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(sequences), width), padding, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
         ids[row, : len(seq)] = torch.tensor(seq)
@@ -22,8 +27,8 @@ def pad_batch(tok, sequences: list[list[int]], device) -> tuple[torch.Tensor, to
 
 
 def subject_last_index(tok, template: str, request: EditRequest) -> int:
-    """Token index of the subject's last token in ``template.format(request.prompt)``."""
-    text = template.format(request.prompt)
+    """Token index of the subject's last token in the prompt placed in ``template``."""
+    text = fill(template, request.prompt)
     prefix = text[: text.index("{}")] + request.subject
     return len(encode(tok, prefix)) - 1
 

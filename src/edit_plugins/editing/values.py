@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..transformers_compat import cache_kwargs, output_cache, repeat_cache
 from .layers import decoder_layers, get_module, input_device
 from .output_head import OutputHead
-from .requests import EditRequest
-from .tokens import encode, pad_batch, subject_last_index, target_ids
+from .requests import EditRequest, fill
+from .tokens import encode, pad_batch, pad_id, subject_last_index, target_ids
 
 ESSENCE_PROMPTS = ("{} is a",)
 
@@ -28,7 +29,6 @@ ESSENCE_PROMPTS = ("{} is a",)
 @dataclass
 class ValueResult:
     delta: torch.Tensor  # δ, the change of the FFN output at the subject's last token
-    v0_norm: float
     steps: int
     nll: float
     initial_nll: float
@@ -64,7 +64,7 @@ def build_batch(tok, request: EditRequest, templates, device) -> _Batch:
     target = target_ids(tok, request.target_new)
     seqs, lookup, rows, pos, labels = [], [], [], [], []
     for row, template in enumerate(templates):
-        prompt_ids = encode(tok, template.format(request.prompt).format(request.subject))
+        prompt_ids = encode(tok, request.in_template(template))
         seqs.append(prompt_ids + target[:-1])
         lookup.append(subject_last_index(tok, template, request))
         for j, label in enumerate(target):
@@ -74,7 +74,7 @@ def build_batch(tok, request: EditRequest, templates, device) -> _Batch:
     kl_rows, kl_pos = [], []
     for essence in ESSENCE_PROMPTS:
         essence_request = EditRequest(prompt=essence, subject=request.subject, target_new=request.target_new)
-        ids = encode(tok, essence.format(request.subject))
+        ids = encode(tok, fill(essence, request.subject))
         kl_rows.append(len(seqs))
         kl_pos.append(len(ids) - 1)
         seqs.append(ids)
@@ -101,14 +101,13 @@ def split_batch(tok, batch: _Batch, device) -> _SplitBatch | None:
     lookups = batch.lookup.tolist()
     if min(lookups) < 1:
         return None
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     width_p = max(lookups)
     width_s = max(len(s) - l for s, l in zip(batch.seqs, lookups))
     n = len(batch.seqs)
-    prefix_ids = torch.full((n, width_p), pad_id, dtype=torch.long)
+    prefix_ids = torch.full((n, width_p), pad_id(tok), dtype=torch.long)
     prefix_mask = torch.zeros((n, width_p), dtype=torch.long)
     prefix_pos = torch.zeros((n, width_p), dtype=torch.long)
-    suffix_ids = torch.full((n, width_s), pad_id, dtype=torch.long)
+    suffix_ids = torch.full((n, width_s), pad_id(tok), dtype=torch.long)
     suffix_mask = torch.zeros((n, width_s), dtype=torch.long)
     suffix_pos = torch.zeros((n, width_s), dtype=torch.long)
     for row, (seq, split) in enumerate(zip(batch.seqs, lookups)):
@@ -170,15 +169,6 @@ def replay_lower_layers(model, layer: int, run):
             del blocks[j].forward  # back to the class's forward
 
 
-def _repeat_cache(cache, groups: int):
-    """Each row of a KV cache ``groups`` times over: a Cache object, or the legacy tuple per layer."""
-    if hasattr(cache, "batch_repeat_interleave"):
-        cache = copy.deepcopy(cache)
-        cache.batch_repeat_interleave(groups)
-        return cache
-    return tuple(tuple(t.repeat_interleave(groups, dim=0) for t in layer) for layer in cache)
-
-
 class SuffixRunner:
     """Runs the edited part of the batch: the suffix after a cached prefix, or the whole batch.
 
@@ -200,8 +190,9 @@ class SuffixRunner:
         self.cache = None
         if self.split is not None:
             with torch.no_grad():
-                self.cache = model.base_model(input_ids=self.split.prefix_ids, attention_mask=self.split.prefix_mask,
-                                              position_ids=self.split.prefix_pos, use_cache=True).past_key_values
+                self.cache = output_cache(model.base_model(
+                    input_ids=self.split.prefix_ids, attention_mask=self.split.prefix_mask,
+                    position_ids=self.split.prefix_pos, use_cache=True))
 
     def repeated(self, groups: int) -> "SuffixRunner":
         """This (single-copy) batch ``groups`` times over, to optimise one δ per copy in a single pass.
@@ -216,7 +207,7 @@ class SuffixRunner:
         twin.row_lookup, twin.ids, twin.mask = tile(self.row_lookup), tile(self.ids), tile(self.mask)
         if self.split is not None:
             twin.split = _SplitBatch(*(tile(getattr(self.split, f.name)) for f in dataclasses.fields(_SplitBatch)))
-            twin.cache = _repeat_cache(self.cache, groups)
+            twin.cache = repeat_cache(self.cache, groups)
         return twin
 
     def group_rows(self, rows: torch.Tensor, group: int) -> torch.Tensor:
@@ -232,8 +223,8 @@ class SuffixRunner:
         if self.split is None:
             return self.model.base_model(input_ids=self.ids, attention_mask=self.mask, use_cache=False).last_hidden_state
         return self.model.base_model(input_ids=self.split.suffix_ids, attention_mask=self.split.full_mask,
-                                     position_ids=self.split.suffix_pos, past_key_values=copy.deepcopy(self.cache),
-                                     use_cache=True).last_hidden_state
+                                     position_ids=self.split.suffix_pos, use_cache=True,
+                                     **cache_kwargs(self.model.base_model, copy.deepcopy(self.cache))).last_hidden_state
 
     def hidden_at(self, rows, positions):
         """The last hidden state only at the (row, full-sequence position) pairs the loss reads."""
@@ -338,4 +329,4 @@ def optimise_deltas(model, runner: SuffixRunner, candidates: list[Candidate], hp
                     norm = delta.norm()
                     if active[g] and norm > max_norm:
                         delta.mul_(max_norm / norm)
-    return [ValueResult(d.detach(), n, s, v, i) for d, n, s, v, i in zip(deltas, v0_norms, steps, nll_values, initial_nlls)]
+    return [ValueResult(d.detach(), s, v, i) for d, s, v, i in zip(deltas, steps, nll_values, initial_nlls)]

@@ -9,17 +9,18 @@ Formats (detected per file):
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from ..errors import UserError
+from ..files import FileContentError, read_json
 from .. import easyedit_compat
-from ..editing.requests import RequestError, normalize_request
+from ..editing.requests import RequestError, fill, normalize_request
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     pass
 
 
@@ -33,7 +34,7 @@ class EditRecord:
     kind: str = "zsre"  # zsre | counterfact
 
 
-def detect_format(record: dict) -> str:
+def detect_format(record: dict, source: str = "data") -> str:
     if "requested_rewrite" in record:
         return "counterfact_rome"
     if {"src", "alt"} <= set(record):
@@ -42,48 +43,100 @@ def detect_format(record: dict) -> str:
         return "counterfact_easyedit"
     if {"subject", "attribute", "prompt"} <= set(record):
         return "known_facts"
-    raise DataError(f"unrecognised record format with fields {sorted(record)}")
+    raise DataError(f"{source}: unrecognised record format with fields {sorted(record)} (expected ZsRE's src/alt, "
+                    "CounterFact's prompt/target_new or requested_rewrite, or known facts' subject/attribute/prompt)")
 
 
-def _need(record, name, index, source):
-    value = record.get(name)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise DataError(f"{source}: record {index}: missing or empty field {name!r}")
-    return value
+class _Fields:
+    """Typed reads of one record's fields; every error names the file, record index, field and type."""
+
+    def __init__(self, record, index: int, source: str, prefix: str = ""):
+        self.record, self.index, self.source, self.prefix = record, index, source, prefix
+
+    def fail(self, name: str, expected: str, value=None):
+        where = f"{self.source}: record {self.index}"
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DataError(f"{where}: missing or empty field {self.prefix + name!r} (expected {expected})")
+        raise DataError(f"{where}: field {self.prefix + name!r} must be {expected}, "
+                        f"got {type(value).__name__} {_short(value)}")
+
+    def text(self, name: str, required: bool = True) -> str | None:
+        value = self.record.get(name)
+        if value is None and not required:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            if value == "" and not required:
+                return None
+            self.fail(name, "a non-empty string", value)
+        return value
+
+    def texts(self, name: str) -> list[str]:
+        """A list of strings (absent: empty); a lone string counts as a list of one."""
+        value = self.record.get(name)
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(name, "a string or a list of strings", value)
+        return [v for v in value if v.strip()]
+
+    def mapping(self, name: str, required: bool = True) -> "_Fields":
+        value = self.record.get(name)
+        if value is None and not required:
+            value = {}
+        if not isinstance(value, dict):
+            self.fail(name, "a JSON object", value)
+        return _Fields(value, self.index, self.source, f"{self.prefix}{name}.")
+
+    def case_id(self):
+        value = self.record.get("case_id", self.index)
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            self.fail("case_id", "an integer or a string", value)
+        return value
 
 
-def _to_record(record: dict, fmt: str, index: int, source: str) -> EditRecord:
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _first_text(fields: _Fields, name: str) -> str | None:
+    """A field EasyEdit gives either as a string or as a list whose first string counts."""
+    values = fields.texts(name)
+    return values[0] if values else None
+
+
+def _to_record(record, fmt: str, index: int, source: str) -> EditRecord:
+    if not isinstance(record, dict):
+        raise DataError(f"{source}: record {index}: expected a JSON object, got {type(record).__name__} {_short(record)}")
+    f = _Fields(record, index, source)
     if fmt == "zsre":
-        answers = record.get("answers") or []
-        request = {"prompt": _need(record, "src", index, source), "subject": _need(record, "subject", index, source),
-                   "target_new": _need(record, "alt", index, source),
-                   "ground_truth": answers[0] if answers else None, "case_id": record.get("case_id", index)}
-        rephrase = [record["rephrase"]] if record.get("rephrase") else []
-        locality = [(record["loc"], record["loc_ans"])] if record.get("loc") and record.get("loc_ans") else []
-        port = record.get("portability") or {}
-        portability = [(port["New Question"], port["New Answer"])] if port.get("New Question") and port.get("New Answer") else []
+        request = {"prompt": f.text("src"), "subject": f.text("subject"), "target_new": f.text("alt"),
+                   "ground_truth": _first_text(f, "answers"), "case_id": f.case_id()}
+        rephrase = f.texts("rephrase")
+        loc, loc_ans = f.text("loc", required=False), _first_text(f, "loc_ans")
+        locality = [(loc, loc_ans)] if loc and loc_ans else []
+        port = f.mapping("portability", required=False)
+        question, answer = port.text("New Question", required=False), port.text("New Answer", required=False)
+        portability = [(question, answer)] if question and answer else []
         edit = EditRecord(request["case_id"], request, rephrase, locality, portability, "zsre")
     elif fmt == "counterfact_easyedit":
-        request = {"prompt": _need(record, "prompt", index, source), "subject": _need(record, "subject", index, source),
-                   "target_new": _need(record, "target_new", index, source),
-                   "ground_truth": _need(record, "ground_truth", index, source), "case_id": record.get("case_id", index)}
-        rephrase = [record["rephrase_prompt"]] if record.get("rephrase_prompt") else []
-        locality = ([(record["locality_prompt"], record["locality_ground_truth"])]
-                    if record.get("locality_prompt") and record.get("locality_ground_truth") else [])
+        request = {"prompt": f.text("prompt"), "subject": f.text("subject"), "target_new": f.text("target_new"),
+                   "ground_truth": f.text("ground_truth"), "case_id": f.case_id()}
+        rephrase = f.texts("rephrase_prompt")
+        loc, loc_ans = f.text("locality_prompt", required=False), f.text("locality_ground_truth", required=False)
+        locality = [(loc, loc_ans)] if loc and loc_ans else []
         edit = EditRecord(request["case_id"], request, rephrase, locality, [], "counterfact")
     elif fmt == "counterfact_rome":
-        rewrite = record["requested_rewrite"]
-        subject = _need(rewrite, "subject", index, source)
-        template = _need(rewrite, "prompt", index, source)
-        target_true = (rewrite.get("target_true") or {}).get("str")
-        request = {"prompt": template.format(subject) if "{}" in template else template, "subject": subject,
-                   "target_new": (rewrite.get("target_new") or {}).get("str"), "ground_truth": target_true,
-                   "case_id": record.get("case_id", index)}
-        if not isinstance(request["target_new"], str) or not request["target_new"].strip():
-            raise DataError(f"{source}: record {index}: missing or empty field 'requested_rewrite.target_new.str'")
-        locality = [(p, target_true) for p in record.get("neighborhood_prompts", [])] if target_true else []
-        edit = EditRecord(request["case_id"], request, list(record.get("paraphrase_prompts", [])), locality, [],
-                          "counterfact")
+        rewrite = f.mapping("requested_rewrite")
+        subject, template = rewrite.text("subject"), rewrite.text("prompt")
+        target_new = rewrite.mapping("target_new").text("str")
+        target_true = rewrite.mapping("target_true", required=False).text("str", required=False)
+        request = {"prompt": fill(template, subject), "subject": subject, "target_new": target_new,
+                   "ground_truth": target_true, "case_id": f.case_id()}
+        locality = [(p, target_true) for p in f.texts("neighborhood_prompts")] if target_true else []
+        edit = EditRecord(request["case_id"], request, f.texts("paraphrase_prompts"), locality, [], "counterfact")
     else:
         raise DataError(f"{source}: record {index}: {fmt} records are probe facts, not edits")
     try:
@@ -93,17 +146,25 @@ def _to_record(record: dict, fmt: str, index: int, source: str) -> EditRecord:
     return edit
 
 
+def read_json_file(path, what: str = "data file"):
+    try:
+        return read_json(path, what)
+    except FileContentError as error:
+        raise DataError(str(error)) from None
+
+
 def load_records(path, num_edits: int | None = None, start: int = 0, shuffle: bool = False, seed: int = 0) -> list[EditRecord]:
     """Read and validate the selected records; any malformed one fails the whole load, naming its index."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: data file not found")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON: {error}") from None
+    raw = read_json_file(path)
     if not isinstance(raw, list) or not raw:
-        raise DataError(f"{path}: expected a non-empty JSON list of records")
+        raise DataError(f"{path}: expected a non-empty JSON list of records, got {_short(raw)}")
+    if num_edits is not None and num_edits < 1:
+        raise DataError(f"--num-edits must be at least 1, got {num_edits}")
+    if start < 0:
+        raise DataError(f"--start must be 0 or more, got {start}")
+    if start >= len(raw):
+        raise DataError(f"{path}: --start {start} is past the end of its {len(raw)} records")
     indices = list(range(len(raw)))
     if shuffle:
         random.Random(seed).shuffle(indices)
@@ -112,7 +173,10 @@ def load_records(path, num_edits: int | None = None, start: int = 0, shuffle: bo
         if num_edits > len(indices):
             raise DataError(f"{path}: --num-edits {num_edits} asks for more records than the {len(indices)} available from --start {start}")
         indices = indices[:num_edits]
-    fmt = detect_format(raw[indices[0]])
+    first = raw[indices[0]]
+    if not isinstance(first, dict):
+        raise DataError(f"{path}: record {indices[0]}: expected a JSON object, got {type(first).__name__} {_short(first)}")
+    fmt = detect_format(first, str(path))
     records = [_to_record(raw[i], fmt, i, str(path)) for i in indices]  # validation, before anything is edited
     items = easyedit_compat.dataset_items(path, fmt)
     if items is not None:
@@ -139,6 +203,38 @@ def _with_easyedit_fields(record: EditRecord, item: dict | None, fmt: str, sourc
     return record  # CounterFactDataset yields the file's own dicts: nothing to translate
 
 
+# Room left for the context templates that editing puts before a prompt.
+TEMPLATE_TOKENS = 32
+
+
+def context_length(model) -> int | None:
+    config = model.config
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def check_lengths(records: list[EditRecord], probes, tok, model) -> None:
+    """Every prompt with its answer must fit the model's context, with room for a context template."""
+    limit = context_length(model)
+    if not limit:
+        return
+    for index, record in enumerate(records):
+        target = record.request["target_new"]
+        texts = [("prompt and target_new", record.request["prompt"], target)]
+        texts += [("rephrase prompt and target_new", p, target) for p in record.rephrase_prompts]
+        texts += [("locality prompt and answer", p, a) for p, a in record.locality]
+        texts += [("portability prompt and answer", p, a) for p, a in record.portability]
+        for what, prompt, answer in texts:
+            n = len(tok(prompt + " " + answer, add_special_tokens=True).input_ids)
+            if n + TEMPLATE_TOKENS > limit:
+                raise DataError(f"record {index} (case_id {record.case_id!r}): its {what} are {n} tokens; with "
+                                f"{TEMPLATE_TOKENS} for a context template that exceeds the model's context "
+                                f"length of {limit} tokens")
+    for index, fact in enumerate(probes):
+        n = len(tok(fact.prompt + " " + fact.answer).input_ids)
+        if n > limit:
+            raise DataError(f"probe fact {index}: {n} tokens exceed the model's context length of {limit} tokens")
+
+
 class ProbeFact(NamedTuple):
     prompt: str
     answer: str
@@ -147,9 +243,17 @@ class ProbeFact(NamedTuple):
 
 def load_probe_facts(path, count: int, seed: int = 0) -> list[ProbeFact]:
     """Never-edited facts for locality, e.g. ROME's known_1000.json (``prompt, attribute, subject``)."""
-    raw = json.loads(Path(path).read_text())
-    facts = [ProbeFact(r["prompt"], r["attribute"], r.get("subject")) for r in raw
-             if r.get("prompt") and r.get("attribute")]
+    raw = read_json_file(path, "probe data file")
+    if not isinstance(raw, list):
+        raise DataError(f"{path}: expected a JSON list of facts (prompt, attribute, subject)")
+    facts = []
+    for index, record in enumerate(raw):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: fact {index}: expected a JSON object, got {type(record).__name__}")
+        f = _Fields(record, index, str(path))
+        prompt, answer = f.text("prompt", required=False), f.text("attribute", required=False)
+        if prompt and answer:
+            facts.append(ProbeFact(prompt, answer, f.text("subject", required=False)))
     random.Random(seed).shuffle(facts)
     return facts[:count]
 

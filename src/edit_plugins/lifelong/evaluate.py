@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..editing.layers import input_device
 from ..editing.requests import with_leading_space
-from ..editing.tokens import encode, pad_batch, target_ids
+from ..editing.tokens import encode, pad_batch, pad_id, target_ids
 
 
 @dataclass
@@ -95,6 +95,33 @@ def score_answers(model, tok, pairs, batch_size: int = 64, max_tokens: int = 204
             pred, gold = predicted[start : start + n].tolist(), labels[start : start + n]
             results[index] = TargetScore(pred, sum(p == g for p, g in zip(pred, gold)), n,
                                          float(token_lp[start : start + n].mean()))
+    return results
+
+
+@torch.no_grad()
+def generated_answers(model, tok, pairs, batch_size: int = 32) -> list[bool]:
+    """Generation exact match of each ``(prompt, answer)``: greedy decoding with the KV cache on (as
+    ``generate()`` runs by default) produces the answer's tokens first, all of them.
+
+    Teacher forcing feeds the gold prefix and so overstates success; this scores what a user sees.
+    Prompts are batched by token length, so no row is padded.
+    """
+    device = input_device(model)
+    encoded = [(encode(tok, prompt), target_ids(tok, with_leading_space(answer))) for prompt, answer in pairs]
+    by_length: dict[int, list[int]] = {}
+    for index, (prompt_ids, _) in enumerate(encoded):
+        by_length.setdefault(len(prompt_ids), []).append(index)
+    results = [False] * len(pairs)
+    for length, indices in sorted(by_length.items()):
+        for start in range(0, len(indices), batch_size):
+            batch = indices[start : start + batch_size]
+            ids = torch.tensor([encoded[i][0] for i in batch], device=device)
+            new_tokens = max(len(encoded[i][1]) for i in batch)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                 do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad_id(tok))
+            for row, i in enumerate(batch):
+                answer = encoded[i][1]
+                results[i] = out[row, length : length + len(answer)].tolist() == answer
     return results
 
 

@@ -16,19 +16,22 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from .. import easyedit_compat
 from ..events import EditEvent, collect_events, emit_after_edit
 from ..plugins import pm, registry
 from . import evaluate
-from .data import EditRecord, file_hash, load_probe_facts, load_records
+from ..files import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from .data import EditRecord, check_lengths, file_hash, load_probe_facts, load_records
 from .plots import write_plots
-from .state import atomic_write_json, atomic_write_jsonl, atomic_write_text, load_state, save_state, set_rng_state
+from .run_folder import RunFolder
+from .state import has_state, load_state, save_state, set_rng_state
 
 SUMMARY_METRICS = ("rewrite_acc", "rephrase_acc", "locality_acc", "portability_acc", "efficacy", "paraphrase",
                    "neighbourhood")
 
 
-class LifelongError(ValueError):
+class LifelongError(UserError, ValueError):
     pass
 
 
@@ -44,6 +47,20 @@ class RunOptions:
     probe_data: str | None = None  # never-edited facts (ROME's known_1000.json format)
     num_probes: int = 100
     diagnostics: list = dataclasses.field(default_factory=lambda: ["interference"])
+
+    def check(self) -> None:
+        """Refuse values that would silently run something else than asked."""
+        for name, least in (("num_edits", 1), ("start", 0), ("batch_size", 1), ("save_every", 1), ("num_probes", 0)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise LifelongError(f"{name.replace('_', '-')} must be an integer of at least {least}, got {value!r}")
+        if self.checkpoints is not None and not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
+                                                    for s in self.checkpoints):
+            raise LifelongError(f"checkpoints must be steps of at least 1, got {self.checkpoints!r}")
+        known = registry().diagnostics
+        unknown = [d for d in self.diagnostics if d not in known]
+        if unknown:
+            raise LifelongError(f"unknown diagnostic(s) {unknown}; known: {sorted(known)}")
 
 
 def checkpoint_steps(total: int, explicit=None) -> list[int]:
@@ -102,6 +119,7 @@ class _Run:
         self.changed_params: set = set()
         self.position = 0
         self.stop_requested = False
+        self.saved = False  # whether a state has been saved (before that, a failed new run leaves no folder)
         self.diagnostics = []
         self.loop_seconds = 0.0  # all of the loop, state saving included (for the overhead figure)
 
@@ -169,6 +187,7 @@ class _Run:
             "timings": self.timings, "changed_params": sorted(self.changed_params), "loop_seconds": self.loop_seconds,
             "locality_reference": self.locality_reference, "probe_reference": self.probe_reference,
             "diagnostics": [d.state_dict() for d in self.diagnostics if hasattr(d, "state_dict")]})
+        self.saved = True
 
     def restore(self, progress: dict):
         self.position = progress["position"]
@@ -292,8 +311,12 @@ def _stop_diagnostics(run: _Run):
         pm.unregister(diagnostic)
 
 
-def _execute(run: _Run, progress_bar: bool, progress: dict | None = None) -> dict:
-    """Run (or, given saved ``progress``, continue) the loop with diagnostics and Ctrl-C handling."""
+def _execute(run: _Run, progress_bar: bool, progress: dict | None = None, on_early_failure=None) -> dict:
+    """Run (or, given saved ``progress``, continue) the loop with diagnostics and Ctrl-C handling.
+
+    ``on_early_failure`` is called if the run fails before its first saved state (a new run removes
+    what it wrote).
+    """
     previous = signal.getsignal(signal.SIGINT)
 
     def request_stop(signum, frame):  # Ctrl-C: finish the current edit, save, then stop
@@ -314,22 +337,25 @@ def _execute(run: _Run, progress_bar: bool, progress: dict | None = None) -> dic
         summary = run.finish()
         pm.hook.after_sequence(run=run, summary=summary)
         return summary
+    except BaseException:
+        if on_early_failure is not None and not run.saved:
+            on_early_failure()
+        raise
     finally:
         _stop_diagnostics(run)
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
 
 
-def _prepare(hparams, options: RunOptions, model, tok, apply_fn=None):
-    """What a new and a resumed run both need: probe facts, the method, its quirks, the model."""
+def _prepare(hparams, model, tok, apply_fn=None):
+    """What a new and a resumed run both need: the method, its quirks, the model."""
     from ..models import load_model
 
-    probes = load_probe_facts(options.probe_data, options.num_probes, options.seed) if options.probe_data else []
     apply_fn = apply_fn or _resolve_method(hparams.alg_name)
     easyedit_compat.prepare_for_sequential_use(hparams.alg_name, hparams)
     if model is None:
         model, tok = load_model(hparams.model_name, hparams.device, hparams.model_parallel)
-    return probes, apply_fn, model, tok
+    return apply_fn, model, tok
 
 
 def _planned_order(records: list[EditRecord], hparams, model, tok) -> list[EditRecord]:
@@ -345,62 +371,100 @@ def _planned_order(records: list[EditRecord], hparams, model, tok) -> list[EditR
 
 def run_lifelong(hparams, data, out_dir, *, model=None, tok=None, options: RunOptions | None = None,
                  progress_bar: bool = True, apply_fn=None) -> dict:
-    """Run a lifelong sequence and return its summary. ``hparams`` is an object or a YAML path."""
+    """Run a lifelong sequence and return its summary. ``hparams`` is an object or a YAML path.
+
+    Everything is checked before the first edit; a run that fails before its first saved state leaves
+    no trace in ``out_dir``. The folder is locked for the run's whole life.
+    """
     from .. import hparams as hparams_module
 
     options = options or RunOptions()
-    hparams_path = None
+    options.check()
     if isinstance(hparams, (str, Path)):
-        hparams_path, hparams = str(hparams), hparams_module.load(hparams)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise LifelongError(f"{out_dir}: the output folder is not empty; choose a new one, or pass --resume to continue it")
+        hparams = hparams_module.load(hparams)
     records = data if isinstance(data, list) else load_records(data, options.num_edits, options.start,
                                                                  options.shuffle, options.seed)
-    probes, apply_fn, model, tok = _prepare(hparams, options, model, tok, apply_fn)
-    records = _planned_order(records, hparams, model, tok)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump({
-        "hparams": _hparams_dict(hparams), "hparams_path": hparams_path, "options": dataclasses.asdict(options),
-        "data": {"path": str(data) if not isinstance(data, list) else None,
-                 "sha256": file_hash(data) if not isinstance(data, list) else None,
-                 "records": len(records), "order": [str(r.case_id) for r in records]},
-        "probe_data": {"path": options.probe_data, "sha256": file_hash(options.probe_data) if options.probe_data else None},
-        "versions": _versions()}, sort_keys=False))
-    torch.manual_seed(options.seed)
-    run = _Run(out_dir, hparams, model, tok, records, probes, options, apply_fn)
-    run.compute_references()
-    return _execute(run, progress_bar)
+    probes = load_probe_facts(options.probe_data, options.num_probes, options.seed) if options.probe_data else []
+    folder = RunFolder.create(out_dir)
+    try:
+        apply_fn, model, tok = _prepare(hparams, model, tok, apply_fn)
+        _check_before_editing(hparams, model, tok, records, probes)
+        records = _planned_order(records, hparams, model, tok)
+        atomic_write_text(folder.path / "config.yaml", yaml.safe_dump(
+            _run_config(hparams, options, data, records), sort_keys=False))
+        torch.manual_seed(options.seed)
+        run = _Run(folder.path, hparams, model, tok, records, probes, options, apply_fn)
+        run.compute_references()
+    except BaseException:
+        folder.discard()
+        raise
+    try:
+        return _execute(run, progress_bar, on_early_failure=folder.discard)
+    finally:
+        folder.release()
+
+
+def _run_config(hparams, options: RunOptions, data, records: list[EditRecord]) -> dict:
+    """What resuming needs, inside the folder: the resolved hparams, the data by absolute path and hash."""
+    def located(path):
+        return {"path": str(Path(path).resolve()), "sha256": file_hash(path)} if path else {"path": None, "sha256": None}
+
+    in_memory = isinstance(data, list)
+    return {"hparams": _hparams_dict(hparams),
+            "options": {**dataclasses.asdict(options),
+                        "probe_data": str(Path(options.probe_data).resolve()) if options.probe_data else None},
+            "data": {**(located(None) if in_memory else located(data)), "records": len(records),
+                     "order": [str(r.case_id) for r in records]},
+            "probe_data": located(options.probe_data),
+            "versions": _versions()}
+
+
+def _check_before_editing(hparams, model, tok, records, probes) -> None:
+    """Checks that need the model: the method's own (layers exist, ...) and that every text fits."""
+    check = getattr(hparams, "check_model", None)
+    if check is not None:
+        check(model)
+    check_lengths(records, probes, tok, model)
 
 
 def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True) -> dict:
-    """Continue a run from its last saved state, with the arguments it was started with."""
+    """Continue a run from its last saved state (from step 0 if it was killed before one), with the
+    settings saved in the run folder."""
     from .. import hparams as hparams_module
 
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
+    if not (run_dir / "config.yaml").is_file():
         raise LifelongError(f"{run_dir}: not a lifelong run folder (no config.yaml)")
-    config = yaml.safe_load(config_path.read_text())
-    options = RunOptions(**config["options"])
-    if config["hparams_path"]:
-        hparams = hparams_module.load(config["hparams_path"])
-        hparams.__dict__.update({k: v for k, v in config["hparams"].items() if k in hparams.__dict__})
-    else:
-        raise LifelongError(f"{run_dir}: this run was started from Python with an hparams object; resume it from "
-                            "Python with the same object")
-    if config["data"]["path"] is None:
-        raise LifelongError(f"{run_dir}: this run was started from in-memory records; resume it from Python")
-    if file_hash(config["data"]["path"]) != config["data"]["sha256"]:
-        raise LifelongError(f"{config['data']['path']}: the data file changed since the run started")
-    records = load_records(config["data"]["path"], options.num_edits, options.start, options.shuffle, options.seed)
-    probes, apply_fn, model, tok = _prepare(hparams, options, model, tok)
-    records = _planned_order(records, hparams, model, tok)
-    if "order" in config["data"] and [str(r.case_id) for r in records] != config["data"]["order"]:
-        raise LifelongError(f"{run_dir}: the edits would run in a different order than when the run started")
-    run = _Run(run_dir, hparams, model, tok, records, probes, options, apply_fn)
-    load_adaptor = run.method.load_state if run.method else None
-    return _execute(run, progress_bar, progress=load_state(run_dir, model, load_adaptor))
+    folder = RunFolder.open_existing(run_dir)
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        if not isinstance(config, dict) or not {"hparams", "options", "data"} <= set(config):
+            raise LifelongError(f"{run_dir}/config.yaml: not a run configuration (expected hparams, options, data)")
+        if config["data"].get("path") is None:
+            raise LifelongError(f"{run_dir}: this run was started from in-memory records; resume it from Python")
+        hparams = hparams_module.from_dict(config["hparams"], f"{run_dir}/config.yaml: hparams")
+        options = RunOptions(**config["options"])
+        data_path = config["data"]["path"]
+        for what, located in (("data", config["data"]), ("probe data", config.get("probe_data") or {})):
+            if located.get("path") and (not Path(located["path"]).is_file()
+                                        or file_hash(located["path"]) != located["sha256"]):
+                raise LifelongError(f"{located['path']}: the {what} file is missing or changed since the run started")
+        records = load_records(data_path, options.num_edits, options.start, options.shuffle, options.seed)
+        probes = load_probe_facts(options.probe_data, options.num_probes, options.seed) if options.probe_data else []
+        apply_fn, model, tok = _prepare(hparams, model, tok)
+        records = _planned_order(records, hparams, model, tok)
+        if [str(r.case_id) for r in records] != config["data"].get("order"):
+            raise LifelongError(f"{run_dir}: the edits would run in a different order than when the run started")
+        if not has_state(run_dir):  # killed before its first save: start over, as the run began
+            torch.manual_seed(options.seed)
+            run = _Run(run_dir, hparams, model, tok, records, probes, options, apply_fn)
+            run.compute_references()
+            return _execute(run, progress_bar)
+        run = _Run(run_dir, hparams, model, tok, records, probes, options, apply_fn)
+        load_adaptor = run.method.load_state if run.method else None
+        return _execute(run, progress_bar, progress=load_state(run_dir, model, load_adaptor))
+    finally:
+        folder.release()
 
 
 def records_from_requests(requests: list[dict]) -> list[EditRecord]:

@@ -1,9 +1,13 @@
-"""Atomic files and the resumable run state (edited parameters, stream position, RNG, logs)."""
+"""The resumable run state, with no pickle anywhere: JSON for the stream position, options, logs and
+RNG states, safetensors for tensors (edited parameters, an adaptor, diagnostics' tensors).
+
+A state is a folder, ``state/``. Saving writes a complete new one (``progress.json`` last, so a folder
+that has it is complete) and swaps it in with two renames; ``recover_state`` finds the newest complete
+state after a kill at any moment of that swap.
+"""
 from __future__ import annotations
 
 import json
-import os
-import pickle
 import random
 import shutil
 import tempfile
@@ -11,81 +15,154 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+
+from ..errors import UserError
+from ..files import TMP_SUFFIX, atomic_write_json, fsync_file, load_tensors, save_tensors
+
+STATE = "state"
+OLD_STATE = ".state.old"
+PROGRESS = "progress.json"
+FORMAT = 2  # 1: progress.pkl (refused: it would have to be unpickled)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename: a crash never leaves a truncated file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class StateError(UserError, ValueError):
+    pass
 
 
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def atomic_write_jsonl(path: Path, rows) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-
-
+# -- RNG states as JSON and a tensor ------------------------------------------------------------------
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss],
+            "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+# -- nested values <-> JSON + tensors --------------------------------------------------------------------
+_MARKERS = ("__tensor__", "__tuple__", "__items__")
+
+
+def encode(value, tensors: dict):
+    """``value`` as JSON, its tensors moved into ``tensors`` (referenced by key)."""
+    if isinstance(value, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = value.detach().cpu().contiguous().clone()
+        return {"__tensor__": key}
+    if isinstance(value, np.ndarray):
+        return encode(torch.from_numpy(np.ascontiguousarray(value)), tensors)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value) and not any(k in _MARKERS for k in value):
+            return {k: encode(v, tensors) for k, v in value.items()}
+        return {"__items__": [[encode(k, tensors), encode(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [encode(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [encode(v, tensors) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise StateError(f"cannot save a {type(value).__name__} in a run's state (tensors, numbers, strings, "
+                     "lists, tuples and dicts only)")
+
+
+def decode(value, tensors: dict):
+    if isinstance(value, list):
+        return [decode(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            return tensors[value["__tensor__"]]
+        if "__tuple__" in value:
+            return tuple(decode(v, tensors) for v in value["__tuple__"])
+        if "__items__" in value:
+            return {_hashable(decode(k, tensors)): decode(v, tensors) for k, v in value["__items__"]}
+        return {k: decode(v, tensors) for k, v in value.items()}
+    return value
+
+
+def _hashable(key):
+    return tuple(key) if isinstance(key, list) else key
+
+
+# -- saving and loading -----------------------------------------------------------------------------------
 def save_state(run_dir: Path, model, changed_params, progress: dict, adaptor=None) -> None:
     """Everything needed to resume, written to a fresh folder that replaces the old one whole."""
     run_dir = Path(run_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=".state.", dir=run_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=".state.", suffix=TMP_SUFFIX, dir=run_dir))
     try:
         tensors = {name: model.get_parameter(name).detach().cpu().contiguous() for name in sorted(changed_params)}
-        save_file(tensors, str(tmp / "edited_parameters.safetensors"))
+        save_tensors(tmp / "edited_parameters.safetensors", tensors)
         if adaptor is not None:  # (tensors, metadata) of a method whose edits live outside the parameters
-            save_file(adaptor[0], str(tmp / "adaptor.safetensors"), metadata=adaptor[1])
-        with open(tmp / "progress.pkl", "wb") as f:
-            pickle.dump({**progress, "rng": rng_state()}, f)
-        old = run_dir / "state"
-        if old.exists():
-            trash = run_dir / ".state.old"
-            shutil.rmtree(trash, ignore_errors=True)
-            old.rename(trash)
-            tmp.rename(old)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(old)
+            save_tensors(tmp / "adaptor.safetensors", adaptor[0], adaptor[1])
+        progress_tensors: dict = {}
+        encoded = encode({**progress, "rng": rng_state()}, progress_tensors)
+        save_tensors(tmp / "progress.safetensors", progress_tensors)
+        atomic_write_json(tmp / PROGRESS, {"format": FORMAT, "position": progress["position"], "progress": encoded})
+        for f in tmp.iterdir():
+            fsync_file(f)
+        current, old = run_dir / STATE, run_dir / OLD_STATE
+        shutil.rmtree(old, ignore_errors=True)
+        if current.exists():
+            current.rename(old)
+        tmp.rename(current)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def _position(folder: Path) -> int | None:
+    """The stream position of a complete state folder, else None."""
+    try:
+        return int(json.loads((folder / PROGRESS).read_text())["position"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def recover_state(run_dir: Path) -> None:
+    """Make ``state/`` the newest complete state the folder holds, whatever moment a kill interrupted a
+    save at, and remove temporary files and incomplete states. The caller holds the folder's lock."""
+    run_dir = Path(run_dir)
+    if (run_dir / STATE / "progress.pkl").is_file():
+        raise StateError(f"{run_dir}: this run folder was saved by an older edit-plugins in pickle format, which "
+                         "is never loaded (unpickling a file can run code); start the run again in a new folder")
+    candidates = [p for p in run_dir.iterdir() if p.is_dir() and (p.name == STATE or p.name.startswith(".state."))]
+    complete = [(pos, p) for p in candidates if (pos := _position(p)) is not None]
+    if complete:
+        newest = max(complete, key=lambda item: (item[0], item[1].name == STATE))[1]
+        if newest.name != STATE:
+            shutil.rmtree(run_dir / STATE, ignore_errors=True)
+            newest.rename(run_dir / STATE)
+    for p in run_dir.iterdir():
+        if p.name.startswith(".") and p.name != ".lock":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    state = run_dir / STATE
+    if state.exists() and _position(state) is None:
+        shutil.rmtree(state)
+
+
+def has_state(run_dir: Path) -> bool:
+    return _position(Path(run_dir) / STATE) is not None
+
+
 def load_state(run_dir: Path, model, load_adaptor=None) -> dict:
-    state_dir = Path(run_dir) / "state"
-    if not (state_dir / "progress.pkl").is_file():
-        raise FileNotFoundError(f"{run_dir}: no saved state to resume from (expected {state_dir}/progress.pkl)")
+    state_dir = Path(run_dir) / STATE
+    header = json.loads((state_dir / PROGRESS).read_text())
+    if header.get("format") != FORMAT:
+        raise StateError(f"{state_dir / PROGRESS}: unknown state format {header.get('format')!r} (expected {FORMAT})")
     with torch.no_grad():
-        for name, value in load_file(str(state_dir / "edited_parameters.safetensors")).items():
+        for name, value in load_tensors(state_dir / "edited_parameters.safetensors")[0].items():
             model.get_parameter(name).copy_(value)
     adaptor_file = state_dir / "adaptor.safetensors"
     if adaptor_file.is_file():
         if load_adaptor is None:
-            raise ValueError(f"{adaptor_file}: the run saved an adaptor, but its method registers no load_state")
-        with safe_open(str(adaptor_file), framework="pt") as f:
-            metadata = f.metadata() or {}
-        load_adaptor(model, load_file(str(adaptor_file)), metadata)
-    with open(state_dir / "progress.pkl", "rb") as f:
-        return pickle.load(f)
+            raise StateError(f"{adaptor_file}: the run saved an adaptor, but its method registers no load_state")
+        load_adaptor(model, *load_tensors(adaptor_file))
+    return decode(header["progress"], load_tensors(state_dir / "progress.safetensors")[0])

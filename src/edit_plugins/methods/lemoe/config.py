@@ -44,6 +44,11 @@ class LEMoEHyperParams(EditHyperParams):
         """A lifelong run hands over a whole expert's edits per call (more if batch_size asks)."""
         return max(self.batch_size, self.edits_per_expert)
 
+    def check_model(self, model) -> None:
+        from .model import find_ffn  # the adaptor's own check of the FFN it wraps
+
+        find_ffn(model, self)
+
     def validate(self, source: str) -> None:
         super().validate(source)
         if "{}" not in self.ffn_module_tmp:

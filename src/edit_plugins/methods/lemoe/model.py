@@ -9,18 +9,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 from ... import easyedit_compat
+from ...errors import UserError
 from ...editing.covariance import read_texts
 from ...editing.keys import capture_inputs, module_input_sequences, run_until_captured
-from ...editing.layers import LayerError, get_module, input_device, num_layers
+from ...editing.layers import LayerError, check_layer_index, get_module, input_device
 from ...editing.output_head import OutputHead
 from ...editing.requests import EditRequest, normalize_requests
 from ...editing.templates import context_templates
 from ...editing.tokens import encode, pad_batch, subject_last_index, target_ids
 from ...editing.values import frozen_parameters, replay_lower_layers
 from ...events import EditEvent, OutputEdit, emit_after_edit
+from ...files import load_tensors, save_tensors
 from .config import LEMoEHyperParams
 from .layer import LEMoELayer
 from .order_planning import plan_order
@@ -29,7 +30,7 @@ LOG = logging.getLogger(__name__)
 STATE_FORMAT = "edit-plugins LEMoE adaptor v1"
 
 
-class AdaptorError(ValueError):
+class AdaptorError(UserError, ValueError):
     pass
 
 
@@ -47,10 +48,9 @@ def _hidden_size(model) -> int:
     return getattr(config, "hidden_size", None) or getattr(config, "n_embd")
 
 
-def _check_ffn(model, hp: LEMoEHyperParams) -> str:
-    total = num_layers(model)
-    if not 0 <= hp.layer < total:
-        raise LayerError(f"layer {hp.layer!r} does not exist: the model has layers 0..{total - 1}")
+def find_ffn(model, hp: LEMoEHyperParams) -> str:
+    """The name of the FFN module the adaptor wraps; LayerError if the hparams do not name one."""
+    check_layer_index(model, hp.layer)
     name = hp.ffn_module_tmp.format(hp.layer)
     module = get_module(model, name)
     if not isinstance(module, LEMoELayer) and not any(True for _ in module.parameters()):
@@ -96,7 +96,7 @@ def _new_adaptor(model, name: str, *, rank: int, scale: float, routing: str, thr
 
 def insert_adaptor(model, tok, hp: LEMoEHyperParams) -> LEMoELayer:
     """The model's adaptor, created (with its routing statistics) on first use."""
-    name = _check_ffn(model, hp)
+    name = find_ffn(model, hp)
     found = find_adaptor(model)
     if found is not None:
         if found[0] != name:
@@ -155,7 +155,7 @@ def template_anchor_features(model, tok, requests, adaptor, hp) -> torch.Tensor:
     texts, positions = [], []
     for r in requests:
         for t in templates:
-            texts.append(t.format(r.prompt).format(r.subject))
+            texts.append(r.in_template(t))
             positions.append(subject_last_index(tok, t, r))
     if not texts:
         return torch.zeros(0, adaptor.hidden)
@@ -170,7 +170,7 @@ def _training_batch(tok, requests: list[EditRequest], templates, device):
     for i, request in enumerate(requests):
         target = target_ids(tok, request.target_new)
         for template in templates:
-            prompt = encode(tok, template.format(request.prompt).format(request.subject))
+            prompt = encode(tok, request.in_template(template))
             for j, label in enumerate(target):
                 rows.append(len(seqs))
                 pos.append(len(prompt) - 1 + j)
@@ -246,7 +246,7 @@ def edit_order(model, tok, requests: list[EditRequest], hp: LEMoEHyperParams) ->
     """Order planning over a known pool of requests (identity when ``order_planning`` is off)."""
     if not hp.order_planning or len(requests) <= hp.edits_per_expert:
         return list(range(len(requests)))
-    name = _check_ffn(model, hp)
+    name = find_ffn(model, hp)
     found = find_adaptor(model)
     raw = []
     for start in range(0, len(requests), 64):
@@ -270,7 +270,7 @@ def apply_lemoe_to_model(model, tok, requests, hparams: LEMoEHyperParams, copy=F
                          keep_original_weight=False, **kwargs):
     """Add one frozen expert per ``edits_per_expert`` requests. Returns a callable that undoes this call."""
     normalized = normalize_requests(requests)  # bad requests fail before anything is changed
-    _check_ffn(model, hparams)
+    find_ffn(model, hparams)
     if copy:
         model = deepcopy(model)
     found = find_adaptor(model)
@@ -355,21 +355,16 @@ def save_adaptor(model, path) -> Path:
     path = Path(path)
     tensors, metadata = adaptor_state(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    save_tensors(path, tensors, metadata)
     return path
 
 
 def load_adaptor(model, path) -> LEMoELayer:
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no adaptor file at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    return load_adaptor_state(model, load_file(str(path)), metadata, source=str(path))
+    tensors, metadata = load_tensors(path)
+    return load_adaptor_state(model, tensors, metadata, source=str(path))
 
 
 def adaptor_size(model) -> dict:

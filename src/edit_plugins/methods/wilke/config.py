@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, List, Optional
 
+from ...editing.layers import check_layers
 from ...hparams import EditHyperParams, HparamsError
 
 
@@ -34,6 +35,9 @@ class WilKEHyperParams(EditHyperParams):
     # batch each. Same result as one at a time (1); larger passes run closer to the CPU's speed but cost memory.
     scan_layers_per_pass: int = 5
     batch_size: int = 1
+
+    def check_model(self, model) -> None:
+        check_layers(model, self.rewrite_module_tmp, self.layers)
 
     def validate(self, source: str) -> None:
         super().validate(source)

@@ -1,0 +1,403 @@
+"""Run folders that cannot be hijacked, stranded or mixed, and bad input stopped before the first edit.
+
+The kill tests kill for real (SIGKILL): at a polled moment, or at an exact rename inside a save.
+"""
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import HPARAMS, ROOT, SHARED_DATA, changed_parameters, snapshot
+from edit_plugins.cli import main
+from edit_plugins.hparams import HparamsError
+from edit_plugins.hparams import load as load_hparams
+from edit_plugins.lifelong.data import DataError
+from edit_plugins.lifelong.run_folder import RunFolder, RunFolderError
+from edit_plugins.lifelong.runner import RunOptions, run_lifelong
+from edit_plugins.lifelong.state import StateError
+
+ZSRE = SHARED_DATA / "zsre_mend_eval.json"
+CF_EASYEDIT = SHARED_DATA / "counterfact_easyedit.json"
+
+
+def tiny_hparams(stats_dir, tmp_path, **changes):
+    text = (HPARAMS / "WilKE" / "tiny-gpt2.yaml").read_text().replace("./data/stats", stats_dir)
+    text = text.replace("layers: [0, 1, 2, 3]", "layers: [1, 2]")
+    for key, value in changes.items():
+        text = re.sub(rf"^{key}:.*$", f"{key}: {value}", text, flags=re.M)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
+def cli(*args):
+    return [sys.executable, "-m", "edit_plugins.cli", *map(str, args)]
+
+
+def run_cli(*args, cwd=None, timeout=300):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cli(*args), capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+
+
+def summary(folder: Path) -> str:
+    return (folder / "summary.json").read_text()
+
+
+def wait_for(predicate, seconds=300):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, stats_dir):
+    """An uninterrupted six-edit CLI run: the reference every interrupted one must match."""
+    folder = tmp_path_factory.mktemp("straight")
+    hp = tiny_hparams(stats_dir, folder)
+    common = ["lifelong", "--hparams", hp, "--data", ZSRE, "--num-edits", 6, "--save-every", 2, "--quiet"]
+    out = run_cli(*common, "--out", folder / "run")
+    assert out.returncode == 0, out.stderr
+    return common, folder / "run"
+
+
+# -- 1. no code runs on --resume ------------------------------------------------------------------------
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickled_state_is_refused_and_never_unpickled(tmp_path, straight_run):
+    common, straight = straight_run
+    folder = tmp_path / "shared-run"
+    folder.mkdir()
+    (folder / "config.yaml").write_text((straight / "config.yaml").read_text())
+    (folder / "state").mkdir()
+    marker = tmp_path / "pwned"
+    (folder / "state" / "progress.pkl").write_bytes(pickle.dumps(_Exploit(marker)))
+    out = run_cli("lifelong", "--out", folder, "--resume")
+    assert out.returncode == 2 and "pickle" in out.stderr and "Traceback" not in out.stderr
+    assert not marker.exists()
+
+
+def test_the_source_has_no_unpickling():
+    offenders = []
+    for path in (ROOT / "src").rglob("*.py"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            if (re.search(r"^\s*(import|from)\s+(pickle|_pickle|cPickle|dill|joblib)\b|\bpickle\.(load|loads|Unpickler)"
+                          r"|\b(dill|joblib)\.load", code) or "allow_pickle=True" in code
+                    or ("torch.load(" in code and "weights_only=True" not in code)):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == []
+
+
+def test_saved_state_is_json_and_safetensors_only(tmp_path, straight_run):
+    _, straight = straight_run
+    names = {p.name for p in (straight / "state").iterdir()}
+    assert names == {"progress.json", "progress.safetensors", "edited_parameters.safetensors"}
+    assert json.loads((straight / "state" / "progress.json").read_text())["position"] == 6
+
+
+# -- 2. a kill or a failure never strands a folder ------------------------------------------------------
+def test_killed_before_the_first_save_resumes_from_step_0(tmp_path, stats_dir, straight_run):
+    common, straight = straight_run
+    folder = tmp_path / "early"
+    args = [a if a != 2 else 100 for a in common]  # no save before the end
+    victim = subprocess.Popen(cli(*args, "--out", folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: (folder / "config.yaml").is_file())
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (folder / "state").exists()
+    out = run_cli("lifelong", "--out", folder, "--resume")
+    assert out.returncode == 0, out.stderr
+    # Same edits and checkpoints; the save interval differs only in the stored options.
+    ref, got = json.loads(summary(straight)), json.loads(summary(folder))
+    assert got == ref
+
+
+@pytest.mark.parametrize("break_it", ["layers", "long_target"])
+def test_a_run_that_fails_before_its_first_edit_leaves_no_folder(tmp_path, tiny_gpt2, stats_dir, break_it):
+    model, tok = tiny_gpt2
+    before = snapshot(model)
+    if break_it == "layers":
+        hp, data, error = tiny_hparams(stats_dir, tmp_path, layers="[999]"), ZSRE, "layer 999 does not exist"
+    else:
+        records = json.loads(ZSRE.read_text())[:3]
+        records[1]["alt"] = " ".join(["word"] * 20000)
+        data = tmp_path / "long.json"
+        data.write_text(json.dumps(records))
+        hp, error = tiny_hparams(stats_dir, tmp_path), r"record 1 .* context length of 256 tokens"
+    with pytest.raises(ValueError, match=error):
+        run_lifelong(hp, data, tmp_path / "run", model=model, tok=tok, options=RunOptions(num_edits=3),
+                     progress_bar=False)
+    assert not (tmp_path / "run").exists()
+    assert changed_parameters(model, before) == []
+
+
+@pytest.mark.parametrize("kill_at_rename", [1, 2])
+def test_a_kill_between_the_renames_of_a_save_resumes(tmp_path, stats_dir, straight_run, kill_at_rename):
+    """SIGKILL at the first or second rename of the second save (state -> .state.old, temp -> state)."""
+    common, straight = straight_run
+    folder = tmp_path / "swap"
+    script = f"""
+import os, signal, sys
+from pathlib import Path
+from edit_plugins.lifelong import state
+renames = []
+original = Path.rename
+def rename(self, target):
+    if self.name.startswith(".state.") or self.name == "state":
+        renames.append(self.name)
+        if len(renames) == 1 + {kill_at_rename}:  # the first save makes one rename
+            os.kill(os.getpid(), signal.SIGKILL)
+    return original(self, target)
+Path.rename = rename
+from edit_plugins.cli import main
+sys.argv = ["edit-plugins"] + {[str(a) for a in common] + ["--out", str(folder)]!r}
+main()
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    leftovers = {p.name.split(".")[1] for p in folder.iterdir() if p.name.startswith(".state")}
+    assert leftovers  # a temporary or old state is what remains to recover from
+    (folder / ".edits.jsonl.stale123.tmp").write_text("half")
+    (folder / ".checkpoints.jsonl.abc").write_text("half")
+    out = run_cli("lifelong", "--out", folder, "--resume")
+    assert out.returncode == 0, out.stderr
+    assert summary(folder) == summary(straight)
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == [".lock"]
+
+
+# -- 3. one run per folder --------------------------------------------------------------------------------
+def test_a_second_run_or_resume_into_a_busy_folder_is_refused(tmp_path, stats_dir):
+    hp = tiny_hparams(stats_dir, tmp_path)
+    folder = tmp_path / "busy"
+    first = subprocess.Popen(cli("lifelong", "--hparams", hp, "--data", ZSRE, "--num-edits", 200, "--save-every", 1,
+                                 "--quiet", "--out", folder), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert wait_for(lambda: (folder / ".lock").is_file())
+        second = run_cli("lifelong", "--hparams", hp, "--data", ZSRE, "--num-edits", 2, "--out", folder)
+        assert second.returncode == 2 and "another process" in second.stderr, second.stderr
+        assert wait_for(lambda: (folder / "config.yaml").is_file())
+        resumed = run_cli("lifelong", "--out", folder, "--resume")
+        assert resumed.returncode == 2 and "another process" in resumed.stderr, resumed.stderr
+    finally:
+        first.kill()
+        first.wait()
+    config = (folder / "config.yaml").read_text()
+    assert "num_edits: 200" in config  # the first run's own settings, not the refused one's
+
+
+def test_the_lock_is_per_folder_and_released(tmp_path):
+    folder = RunFolder.create(tmp_path / "a")
+    with pytest.raises(RunFolderError, match="another process"):
+        RunFolder.open_existing(tmp_path / "a")
+    folder.release()
+    RunFolder.open_existing(tmp_path / "a").release()
+
+
+# -- 4. every field checked, with its type, before anything is edited ------------------------------------
+def _zsre(tmp_path, change):
+    records = json.loads(ZSRE.read_text())[:3]
+    change(records)
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def _counterfact(tmp_path, change):
+    records = json.loads(CF_EASYEDIT.read_text())[:3]
+    change(records)
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+BAD_DATA = {
+    "numeric ground_truth": (_counterfact, lambda r: r[1].update(ground_truth=7), r"record 1: field 'ground_truth'"),
+    "numeric locality_ground_truth": (_counterfact, lambda r: r[1].update(locality_ground_truth=3.5),
+                                      r"record 1: field 'locality_ground_truth' must be a non-empty string"),
+    "numeric loc_ans": (_zsre, lambda r: r[2].update(loc_ans=12), r"record 2: field 'loc_ans' must be a string or"),
+    "list of numbers as rephrase_prompt": (_counterfact, lambda r: r[0].update(rephrase_prompt=[1, 2]),
+                                           r"record 0: field 'rephrase_prompt' must be a string or a list of strings"),
+    "dict case_id": (_zsre, lambda r: r[1].update(case_id={"a": 1}), r"record 1: field 'case_id' must be an integer"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_DATA))
+def test_a_record_with_a_wrong_field_type_is_refused_before_any_edit(tmp_path, tiny_gpt2, stats_dir, name):
+    make, change, message = BAD_DATA[name]
+    model, tok = tiny_gpt2
+    before = snapshot(model)
+    with pytest.raises(DataError, match=message):
+        run_lifelong(tiny_hparams(stats_dir, tmp_path), make(tmp_path, change), tmp_path / "run", model=model,
+                     tok=tok, progress_bar=False)
+    assert changed_parameters(model, before) == [] and not (tmp_path / "run").exists()
+
+
+def test_a_list_of_rephrase_prompts_is_read_as_such(tmp_path):
+    from edit_plugins.lifelong.data import load_records
+
+    path = _counterfact(tmp_path, lambda r: r[0].update(rephrase_prompt=["One way to ask", "Another way"]))
+    assert load_records(path)[0].rephrase_prompts == ["One way to ask", "Another way"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[1, 2, 3]", r"record 0: expected a JSON object, got int"),
+    ('[{"src": "Caf\u00e9 {x} is in", "alt": "Rome", "subject": "Caf\u00e9"}]'.encode("latin-1"), "not UTF-8 text"),
+    (b"{}", "expected a non-empty JSON list of records"),
+])
+def test_a_malformed_file_is_refused_with_its_reason(tmp_path, content, message):
+    from edit_plugins.lifelong.data import load_records
+
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_records(path)
+
+
+def test_braces_in_a_prompt_are_literal_text(tmp_path, tiny_gpt2, stats_dir):
+    records = json.loads(ZSRE.read_text())[:2]
+    for r in records:
+        r["src"] = "{key} and { " + r["src"]
+        r["rephrase"] = "{0} " + r["rephrase"]
+    data = tmp_path / "braces.json"
+    data.write_text(json.dumps(records))
+    model, tok = tiny_gpt2
+    before = snapshot(model)
+    try:
+        result = run_lifelong(tiny_hparams(stats_dir, tmp_path), data, tmp_path / "run", model=model, tok=tok,
+                              options=RunOptions(save_every=1), progress_bar=False)
+    finally:
+        from conftest import restore
+
+        restore(model, before)
+    assert result["complete"] and result["edits_done"] == 2
+
+
+# -- 5. no silent wrong results ----------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "nan"])
+def test_a_non_finite_hparam_is_refused(tmp_path, stats_dir, value):
+    with pytest.raises(HparamsError, match="field 'kl_factor' must be a finite number"):
+        load_hparams(tiny_hparams(stats_dir, tmp_path, kl_factor=value))
+
+
+def test_a_non_finite_update_writes_no_weight():
+    import torch
+
+    from edit_plugins.editing.rank_one import NonFiniteError, rank_one_update
+
+    W = torch.randn(4, 3)
+    with pytest.raises(NonFiniteError, match="v\\*"):
+        rank_one_update(W, torch.ones(3), torch.full((4,), float("nan")), None)
+    with pytest.raises(NonFiniteError, match="ΔW"):
+        rank_one_update(W, torch.zeros(3), torch.ones(4), None)  # kᵀu = 0
+
+
+CLI_ERRORS = {
+    "negative num-edits": (["--num-edits", "-1"], "--num-edits"),
+    "zero num-edits": (["--num-edits", "0"], "--num-edits"),
+    "negative start": (["--start", "-1"], "--start"),
+    "start past the end": (["--start", "100000"], "past the end"),
+    "checkpoints abc": (["--checkpoints", "abc"], "--checkpoints"),
+    "unknown diagnostic": (["--diagnostics", "bogus"], "known: ['interference']"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLI_ERRORS))
+def test_bad_lifelong_arguments_are_one_clear_line(tmp_path, stats_dir, name):
+    extra, message = CLI_ERRORS[name]
+    args = ["lifelong", "--hparams", str(tiny_hparams(stats_dir, tmp_path)), "--data", str(ZSRE),
+            "--out", str(tmp_path / "run"), *extra]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_settings_it_would_ignore(tmp_path, stats_dir):
+    result = CliRunner().invoke(main, ["lifelong", "--out", str(tmp_path), "--resume", "--num-edits", "5",
+                                       "--hparams", str(tiny_hparams(stats_dir, tmp_path))])
+    assert result.exit_code == 2 and "drop --hparams, --num-edits" in result.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--damping", "-1"], "--damping"), (["--num-facts", "0"], "--num-facts"),
+    (["--mom2-n-samples", "0"], "--mom2-n-samples"), (["--layers", "abc"], "--layers"),
+])
+def test_bad_superposition_arguments_are_one_clear_line(tmp_path, extra, message):
+    result = CliRunner().invoke(main, ["superposition", "--model", "tiny-gpt2", "--data", str(ZSRE),
+                                       "--out", str(tmp_path / "sp"), *extra])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_superposition_data_that_is_not_a_list_is_a_clear_error(tmp_path):
+    data = tmp_path / "empty.json"
+    data.write_text("{}")
+    result = CliRunner().invoke(main, ["superposition", "--model", "tiny-gpt2", "--data", str(data),
+                                       "--out", str(tmp_path / "sp")])
+    assert result.exit_code == 2 and "expected a JSON list of facts" in result.output, result.output
+
+
+def test_a_run_folder_resumes_from_another_directory(tmp_path, stats_dir, straight_run):
+    common, straight = straight_run
+    start_dir, other_dir = tmp_path / "here", tmp_path / "elsewhere"
+    start_dir.mkdir()
+    other_dir.mkdir()
+    hp = tiny_hparams(stats_dir, tmp_path)
+    (start_dir / "h.yaml").write_text(hp.read_text())
+    (start_dir / "d.json").write_text(ZSRE.read_text())
+    args = ["lifelong", "--hparams", "h.yaml", "--data", "d.json", "--num-edits", 6, "--save-every", 2, "--quiet"]
+    victim = subprocess.Popen(cli(*args, "--out", "run"), cwd=start_dir, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    assert wait_for(lambda: (start_dir / "run" / "state" / "progress.json").is_file())
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    (start_dir / "h.yaml").unlink()  # the folder carries its resolved hparams
+    out = run_cli("lifelong", "--out", start_dir / "run", "--resume", cwd=other_dir)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(summary(start_dir / "run")) == json.loads(summary(straight))
+
+
+# -- 6 and 7: one line for a user error; no network unless asked ------------------------------------------
+def test_a_user_error_is_one_line_without_traceback_and_debug_shows_it(tmp_path, stats_dir):
+    hp = tiny_hparams(stats_dir, tmp_path, kl_factor=".nan")
+    out = run_cli("edit", "--hparams", hp, "--prompt", "The capital of France is", "--subject", "France",
+                  "--target", "Rome")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"Error: {hp}: field 'kl_factor' must be a finite number, got nan"]
+    debug = run_cli("--debug", "edit", "--hparams", hp, "--prompt", "The capital of France is", "--subject",
+                    "France", "--target", "Rome")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_a_hub_name_fails_at_once_without_network_unless_allowed(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("EDIT_PLUGINS_ALLOW_DOWNLOAD", "HF_HUB_OFFLINE")}
+    started = time.time()
+    out = subprocess.run(cli("superposition", "--model", "no-such-org/no-such-model", "--data", ZSRE,
+                             "--out", tmp_path / "sp"), capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2 and "EDIT_PLUGINS_ALLOW_DOWNLOAD=1" in out.stderr, out.stderr
+    assert time.time() - started < 60
+
+
+def test_an_old_pickled_folder_is_refused_by_the_library_too(tmp_path):
+    from edit_plugins.lifelong.state import recover_state
+
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "progress.pkl").write_bytes(b"not even read")
+    with pytest.raises(StateError, match="never loaded"):
+        recover_state(tmp_path)
