@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import sys
 from pathlib import Path
 
 import torch
@@ -12,13 +11,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared beside the checkout; EDIT_PLUGINS_SHARED names another copy (on a lent GPU machine, say)
 SHARED = Path(os.environ.get("EDIT_PLUGINS_SHARED", ROOT.parent / "shared")) / "data"
-os.environ.setdefault("EDIT_PLUGINS_CACHE", str(ROOT / ".cache" / "edit_plugins"))
-sys.path.insert(0, str(ROOT / "src"))
 
 
-def setup_threads(n: int = 2):
-    """2 threads, as the targets specify; BENCH_THREADS=1 when two quality-only runs share the machine."""
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", n)))
+def setup(threads: int = 2):
+    """Call first: 2 threads, as the targets specify (BENCH_THREADS=1 when two quality-only runs share the
+    machine), and the checkout's model cache unless EDIT_PLUGINS_CACHE names another."""
+    os.environ.setdefault("EDIT_PLUGINS_CACHE", str(ROOT / ".cache" / "edit_plugins"))
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", threads)))
 
 
 def bench_device() -> str:
@@ -70,7 +69,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# Stamped into WilKE results, so that the docs table can tell them from runs of an older fast_scan estimate.
+# Stamped into WilKE results: the docs table labels results by the fast_scan estimate that made them.
 FAST_SCAN_ESTIMATE = "v0-norm"
 
 

@@ -1,6 +1,6 @@
 """How far the unedited SmolLM2 carries the CounterFact facts it knows into their paraphrase prompts.
 
-    python bench/known_fact_generality.py --edits 300
+    python -m bench.known_fact_generality --edits 300
 
 The scale for LEMoE's CounterFact generality target: the same token accuracy (EasyEdit's generality
 metric), scored for each record's true object on the same paraphrase prompts, before any edit. The
@@ -9,15 +9,14 @@ rewrite prompt). Writes bench/results/known_fact_generality_<edits>.json.
 """
 import argparse
 
-from common import bench_device, known_counterfact, setup_threads, write_result
+from bench.common import bench_device, known_counterfact, setup, write_result
+from edit_plugins.lifelong import evaluate
+from edit_plugins.models import load_model
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--edits", type=int, default=300, help="the first N known facts, as lemoe_lifelong.py takes them")
 args = parser.parse_args()
-setup_threads(2)
-
-from edit_plugins.lifelong import evaluate  # noqa: E402
-from edit_plugins.models import load_model  # noqa: E402
+setup(2)
 
 model, tok = load_model("smollm2-135m", bench_device())
 records = known_counterfact(model, tok, limit=args.edits)

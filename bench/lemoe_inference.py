@@ -1,6 +1,6 @@
 """LEMoE's inference overhead, measured on the adaptors that finished lifelong runs saved.
 
-    python bench/lemoe_inference.py      # the saved adaptor of every full-method run in the table
+    python -m bench.lemoe_inference      # the saved adaptor of every full-method run in the table
 
 A forward pass on the run's first 48 edit prompts (one padded batch), with and without the adaptor. The
 two are timed alternately, so that load on the machine slows both alike; each figure is the median of
@@ -12,19 +12,17 @@ import time
 
 import torch
 
-from common import bench_device, device_suffix, ROOT, SHARED, known_counterfact, setup_threads, write_result
+from bench.common import bench_device, device_suffix, ROOT, SHARED, known_counterfact, setup, write_result
+from edit_plugins.files import load_tensors
+from edit_plugins.lifelong.data import load_records
+from edit_plugins.methods.lemoe import load_adaptor_state, remove_adaptor
+from edit_plugins.models import load_model
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--repeats", type=int, default=15)
 parser.add_argument("--prompts", type=int, default=48)
 args = parser.parse_args()
-setup_threads(2)
-
-from edit_plugins.files import load_tensors  # noqa: E402
-
-from edit_plugins.lifelong.data import load_records  # noqa: E402
-from edit_plugins.methods.lemoe.model import load_adaptor_state, remove_adaptor  # noqa: E402
-from edit_plugins.models import load_model  # noqa: E402
+setup(2)
 
 model, tok = load_model("smollm2-135m", bench_device())
 rows = []

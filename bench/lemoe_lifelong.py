@@ -1,6 +1,6 @@
 """LEMoE lifelong benchmark on SmolLM2-135M: one variant, one dataset, one fresh process.
 
-    python bench/lemoe_lifelong.py --dataset zsre --edits 300 --variant full
+    python -m bench.lemoe_lifelong --dataset zsre --edits 300 --variant full
     variants: full | templates | token_span | token_span_templates | token_span_templates_longer | softmax_router | no_order_planning | unfrozen | wilke | rome
 
 Writes bench/results/lemoe_<dataset>_<variant>_<edits>.json: the run's summary, wall time, peak RSS,
@@ -15,12 +15,14 @@ import shutil
 import statistics
 import time
 
-from common import bench_device, device_suffix, FAST_SCAN_ESTIMATE, ROOT, SHARED, known_counterfact, peak_rss_mb, setup_threads, write_result
-
+from bench.common import bench_device, device_suffix, FAST_SCAN_ESTIMATE, ROOT, SHARED, known_counterfact, peak_rss_mb, setup, write_result
 from edit_plugins import hparams
 from edit_plugins.lifelong.data import load_records
 from edit_plugins.lifelong.runner import RunOptions, run_lifelong
 from edit_plugins.models import load_model
+
+
+setup()
 
 VARIANTS = {
     "full": ("LEMoE/smollm2-135m.yaml", {}),
@@ -43,7 +45,6 @@ parser.add_argument("--dataset", choices=["zsre", "counterfact"], required=True)
 parser.add_argument("--edits", type=int, default=300)
 parser.add_argument("--variant", choices=sorted(VARIANTS), default="full")
 args = parser.parse_args()
-setup_threads()
 
 model, tok = load_model("smollm2-135m", bench_device())
 if args.dataset == "zsre":
@@ -71,7 +72,7 @@ result = {"dataset": args.dataset, "variant": args.variant, "edits": len(records
           "timing": json.loads((folder / "timing.json").read_text())}
 
 if hp.alg_name == "LEMoE":
-    from edit_plugins.methods.lemoe.model import adaptor_size
+    from edit_plugins.methods.lemoe import adaptor_size
 
     edits = [json.loads(l) for l in (folder / "edits.jsonl").read_text().splitlines()]
     per_expert = {e["info"]["expert"]: e["info"]["train_seconds"] for e in edits if "expert" in e.get("info", {})}

@@ -1,9 +1,8 @@
 """What LEMoE's routing threshold trades: paraphrases that reach their own edit's expert against
 neighbourhood prompts that reach any expert, on the adaptor a finished lifelong run saved. Also the
-final locality on the records' locality prompts, split by whether a prompt names an edited subject
-(for runs made before checkpoints reported that split themselves).
+final locality on the records' locality prompts, split by whether a prompt names an edited subject.
 
-    python bench/lemoe_routing.py --dataset counterfact --edits 300 --variant full
+    python -m bench.lemoe_routing --dataset counterfact --edits 300 --variant full
 
 Reads runs/bench-lemoe-<dataset>-<variant>-<edits>/state/adaptor.safetensors (from lemoe_lifelong.py);
 no training. Writes bench/results/lemoe_routing_<dataset>_<variant>_<edits>.json.
@@ -12,20 +11,19 @@ import argparse
 
 import torch
 
-from common import bench_device, device_suffix, ROOT, SHARED, known_counterfact, setup_threads, write_result
+from bench.common import bench_device, device_suffix, ROOT, SHARED, known_counterfact, setup, write_result
+from edit_plugins.lifelong import evaluate
+from edit_plugins.lifelong.data import load_records
+from edit_plugins.methods.lemoe import find_adaptor, load_adaptor
+from edit_plugins.methods.lemoe.layer import valid_positions
+from edit_plugins.models import load_model
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--dataset", choices=["zsre", "counterfact"], default="counterfact")
 parser.add_argument("--edits", type=int, default=300)
 parser.add_argument("--variant", default="full")
 args = parser.parse_args()
-setup_threads(2)
-
-from edit_plugins.lifelong import evaluate  # noqa: E402
-from edit_plugins.lifelong.data import load_records  # noqa: E402
-from edit_plugins.methods.lemoe.layer import valid_positions  # noqa: E402
-from edit_plugins.methods.lemoe.model import find_adaptor, load_adaptor  # noqa: E402
-from edit_plugins.models import load_model  # noqa: E402
+setup(2)
 
 THRESHOLDS = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 
@@ -35,16 +33,7 @@ records = (known_counterfact(model, tok, limit=args.edits) if args.dataset == "c
 locality_pairs = [pair for r in records for pair in r.locality]
 unedited_scores = evaluate.score_answers(model, tok, locality_pairs)
 unedited_predictions = [s.predicted for s in unedited_scores]
-# CounterFact's own neighbourhood score: P(true) > P(new) on a neighbour prompt (mean token log-likelihood)
-new_on_neighbours = [(p, r.request["target_new"]) for r in records for p, _ in r.locality]
-
-
-def neighbourhood_success(true_scores):
-    new_scores = evaluate.score_answers(model, tok, new_on_neighbours)
-    return evaluate.mean(float(t.mean_logprob > n.mean_logprob) for t, n in zip(true_scores, new_scores))
-
-
-unedited_neighbourhood = neighbourhood_success(unedited_scores) if args.dataset == "counterfact" else None
+unedited_neighbourhood = evaluate.neighbourhood_success(model, tok, records) if args.dataset == "counterfact" else None
 load_adaptor(model, ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}{device_suffix()}" / "state" /
              "adaptor.safetensors")
 _, adaptor = find_adaptor(model)
@@ -90,7 +79,8 @@ final_scores = evaluate.score_answers(model, tok, locality_pairs)
 locality = evaluate.locality_by_edited_subjects(evaluate.agreement(final_scores, unedited_predictions),
                                                 [p for p, _ in locality_pairs], {r.request.get("subject") for r in records})
 if unedited_neighbourhood is not None:
-    locality["neighbourhood_success"] = {"unedited": unedited_neighbourhood, "final": neighbourhood_success(final_scores)}
+    locality["neighbourhood_success"] = {"unedited": unedited_neighbourhood,
+                                         "final": evaluate.neighbourhood_success(model, tok, records)}
 print(locality)
 write_result(f"lemoe_routing_{args.dataset}_{args.variant}_{args.edits}",
              {"dataset": args.dataset, "variant": args.variant, "edits": args.edits,

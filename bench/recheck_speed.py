@@ -1,6 +1,6 @@
 """How long one checkpoint takes: re-checking every past edit (retention) plus locality, on SmolLM2.
 
-    python bench/recheck_speed.py      # all 700 ZsRE records, 1,000 CounterFact records
+    python -m bench.recheck_speed      # all 700 ZsRE records, 1,000 CounterFact records
 
 Times what the lifelong runner does at a checkpoint, on the unedited model (the cost does not
 depend on the edits): every record's prompt and rephrasings against target_new (and, for
@@ -9,13 +9,13 @@ bench/results/recheck_speed.json.
 """
 import time
 
-from common import SHARED, peak_rss_mb, setup_threads, write_result
+from bench.common import SHARED, peak_rss_mb, setup, write_result
+from edit_plugins.lifelong import evaluate
+from edit_plugins.lifelong.data import load_records
+from edit_plugins.models import load_model
 
-setup_threads(2)
 
-from edit_plugins.lifelong import evaluate  # noqa: E402
-from edit_plugins.lifelong.data import load_records  # noqa: E402
-from edit_plugins.models import load_model  # noqa: E402
+setup(2)
 
 model, tok = load_model("smollm2-135m", "cpu")
 SOURCES = {  # (file, past edits): ZsRE has 700 records here; the EasyEdit CounterFact file has 10,000

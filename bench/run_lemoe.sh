@@ -2,9 +2,9 @@
 # Every CPU row of the LEMoE benchmark table, one after another (each a fresh process), then the table.
 # Rows marked GPU in the table were run with BENCH_DEVICE=cuda on a lent GPU (docs/benchmarks.md).
 set -euo pipefail
-cd "$(dirname "$0")"
-PY=../.venv/bin/python
-row() { $PY lemoe_lifelong.py --dataset "$1" --edits "$2" --variant "$3"; }
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+row() { $PY -m bench.lemoe_lifelong --dataset "$1" --edits "$2" --variant "$3"; }
 # ZsRE, 300 edits: the method, two ablations, and WilKE and ROME on the same stream
 for v in full no_order_planning unfrozen wilke rome; do row zsre 300 "$v"; done
 # ZsRE, 20 edits: every ablation, and ROME
@@ -13,7 +13,7 @@ for v in full softmax_router no_order_planning unfrozen token_span rome; do row 
 row counterfact 300 full
 for v in full token_span_templates token_span_templates_longer wilke rome; do row counterfact 50 "$v"; done
 # inference overhead, on the adaptors the full-method runs saved
-$PY lemoe_inference.py
+$PY -m bench.lemoe_inference
 # the scale for CounterFact generality: the unedited model on the paraphrases of facts it knows
-for n in 50 300; do $PY known_fact_generality.py --edits "$n"; done
-$PY make_table.py
+for n in 50 300; do $PY -m bench.known_fact_generality --edits "$n"; done
+$PY -m bench.make_table

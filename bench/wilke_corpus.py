@@ -1,6 +1,6 @@
 """How the size of the covariance corpus changes a single-layer edit (ROME, layer 4) on SmolLM2.
 
-    python bench/wilke_corpus.py --edits 30
+    python -m bench.wilke_corpus --edits 30
 
 C = E[kkᵀ] is estimated from the first n documents of the offline default corpus (pydoc, 395
 documents of ~1,000 characters), for several n, and compared with no C at all (identity,
@@ -9,18 +9,18 @@ bench/results/wilke_corpus.json.
 """
 import argparse
 
-from common import ROOT, known_counterfact, setup_threads, write_result
+from bench.common import ROOT, known_counterfact, setup, write_result
+from edit_plugins import hparams
+from edit_plugins.lifelong import evaluate
+from edit_plugins.methods.wilke import apply_wilke_to_model
+from edit_plugins.models import load_model
+from edit_plugins.plugins import get_method
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--edits", type=int, default=30)
 parser.add_argument("--sizes", type=int, nargs="+", default=[10, 40, 100, 400])
 args = parser.parse_args()
-setup_threads(2)
-
-from edit_plugins import hparams  # noqa: E402
-from edit_plugins.lifelong import evaluate  # noqa: E402
-from edit_plugins.methods.wilke import apply_wilke_to_model  # noqa: E402
-from edit_plugins.models import load_model  # noqa: E402
+setup(2)
 
 model, tok = load_model("smollm2-135m", "cpu")
 records = known_counterfact(model, tok, limit=args.edits)
@@ -35,8 +35,7 @@ for label, n in settings:
     for record in records:
         _, weights_copy = apply_wilke_to_model(model, tok, [record.request], hp, return_orig_weights=True)
         rows.append(evaluate.edit_metrics(model, tok, record, [[-1]] * len(record.locality)))
-        for param, value in weights_copy.items():
-            model.get_parameter(param).data.copy_(value)
+        get_method("WilKE").undo(model, weights_copy)
     row = {"corpus": label, "documents": n, **{m: evaluate.mean(r.get(m) for r in rows)
                                                  for m in ("efficacy", "paraphrase", "neighbourhood", "rewrite_acc")}}
     result["rows"].append(row)

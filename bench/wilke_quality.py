@@ -1,11 +1,11 @@
 """WilKE quality on SmolLM2-135M over the ../shared/data CounterFact facts that the model knows.
 
-    python bench/wilke_quality.py independent --edits 40     # each edit from the unedited model
-    python bench/wilke_quality.py agreement --edits 50       # fast_scan vs the faithful 30-layer scan
-    python bench/wilke_quality.py agreement --edits 50 --fast-candidates 4   # the 4 best estimates optimised
-    python bench/wilke_quality.py sequential --edits 300 --method smollm2-135m-rome   # no rollback
-    python bench/wilke_quality.py sequential --edits 300 --method smollm2-135m-fast   # (WilKE, fast_scan)
-    python bench/wilke_quality.py sequential --edits 100 --mom2-samples 0             # ROME with no C
+    python -m bench.wilke_quality independent --edits 40     # each edit from the unedited model
+    python -m bench.wilke_quality agreement --edits 50       # fast_scan vs the faithful 30-layer scan
+    python -m bench.wilke_quality agreement --edits 50 --fast-candidates 4   # the 4 best estimates optimised
+    python -m bench.wilke_quality sequential --edits 300 --method smollm2-135m-rome   # no rollback
+    python -m bench.wilke_quality sequential --edits 300 --method smollm2-135m-fast   # (WilKE, fast_scan)
+    python -m bench.wilke_quality sequential --edits 100 --mom2-samples 0             # ROME with no C
 
 Writes bench/results/wilke_<mode>.json, or wilke_sequential_<method>_<edits>.json (sequential runs also
 leave full lifelong run folders under runs/, and record peak RSS and the interference hook's cost).
@@ -18,7 +18,15 @@ import resource
 import shutil
 import time
 
-from common import bench_device, device_suffix, FAST_SCAN_ESTIMATE, ROOT, SHARED, known_counterfact, setup_threads, write_result
+from bench.common import bench_device, device_suffix, FAST_SCAN_ESTIMATE, ROOT, SHARED, known_counterfact, setup, write_result
+from edit_plugins import hparams
+from edit_plugins.events import collect_events
+from edit_plugins.hookspecs import hookimpl
+from edit_plugins.lifelong import evaluate
+from edit_plugins.lifelong.runner import RunOptions, run_lifelong
+from edit_plugins.methods.wilke import apply_wilke_to_model
+from edit_plugins.models import load_model
+from edit_plugins.plugins import get_method, pm
 
 parser = argparse.ArgumentParser()
 parser.add_argument("mode", choices=["independent", "agreement", "sequential"])
@@ -29,16 +37,7 @@ parser.add_argument("--fast-candidates", type=int, default=1,
 parser.add_argument("--mom2-samples", type=int, default=None,
                     help="sequential mode: pydoc documents for C (0: no C, the identity); default: the hparams'")
 args = parser.parse_args()
-setup_threads(2)
-
-from edit_plugins import hparams  # noqa: E402
-from edit_plugins.events import collect_events  # noqa: E402
-from edit_plugins.lifelong import evaluate  # noqa: E402
-from edit_plugins.lifelong.runner import RunOptions, run_lifelong  # noqa: E402
-from edit_plugins.methods.wilke import apply_wilke_to_model  # noqa: E402
-from edit_plugins.hookspecs import hookimpl  # noqa: E402
-from edit_plugins.models import load_model  # noqa: E402
-from edit_plugins.plugins import pm  # noqa: E402
+setup(2)
 
 
 class PeakRss:
@@ -68,8 +67,7 @@ def edit_and_measure(hp, record):
         _, weights_copy = apply_wilke_to_model(model, tok, [record.request], hp, return_orig_weights=True)
     metrics = evaluate.edit_metrics(model, tok, record, [[-1]] * len(record.locality))
     # neighbourhood success needs no reference; locality_acc (vs unedited) is not used here
-    for param, value in weights_copy.items():
-        model.get_parameter(param).data.copy_(value)
+    get_method("WilKE").undo(model, weights_copy)
     return events[0][0].info, metrics
 
 
@@ -90,9 +88,9 @@ if args.mode == "independent":
 elif args.mode == "agreement":
     HP["smollm2-135m-fast"].fast_scan_candidates = args.fast_candidates
     agreement_name = "wilke_agreement" + (f"_k{args.fast_candidates}" if args.fast_candidates > 1 else "")
-    # The faithful scan costs about 40 s per edit (2 minutes before passes) and does not depend on the estimate, so
-    # its results (every candidate's LA) are kept in wilke_faithful_scans.json and reused: changing the
-    # estimate re-runs only the fast side.
+    # The faithful scan is the slow side and does not depend on the estimate, so its results (every
+    # candidate's LA) are kept in wilke_faithful_scans.json and reused: changing the estimate re-runs only
+    # the fast side.
     faithful_file = ROOT / "bench" / "results" / f"wilke_faithful_scans{device_suffix()}.json"
     faithful_runs = json.loads(faithful_file.read_text()) if faithful_file.is_file() else {}
     rows = []

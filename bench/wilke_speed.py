@@ -1,6 +1,6 @@
 """WilKE speed on SmolLM2-135M, CPU, 2 threads: single-layer vs faithful 30-layer scan vs fast_scan.
 
-    python bench/wilke_speed.py --edits 5
+    python -m bench.wilke_speed --edits 5
 
 Each edit starts from the unedited model. One-time statistics and templates are computed first and
 excluded. Writes bench/results/wilke_speed.json.
@@ -9,19 +9,19 @@ import argparse
 import statistics
 import time
 
-from common import FAST_SCAN_ESTIMATE, known_counterfact, peak_rss_mb, setup_threads, write_result
+from bench.common import FAST_SCAN_ESTIMATE, known_counterfact, peak_rss_mb, setup, write_result
+from edit_plugins import hparams
+from edit_plugins.events import collect_events
+from edit_plugins.methods.wilke import apply_wilke_to_model
+from edit_plugins.models import load_model
+from edit_plugins.plugins import get_method
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--edits", type=int, default=5)
 parser.add_argument("--memory-edits", type=int, default=0, help="sequential edits for the memory-flatness check")
 parser.add_argument("--fast-candidates", default="1,2,3,4", help="fast_scan_candidates values to time")
 args = parser.parse_args()
-setup_threads(2)
-
-from edit_plugins import hparams  # noqa: E402
-from edit_plugins.events import collect_events  # noqa: E402
-from edit_plugins.methods.wilke import apply_wilke_to_model  # noqa: E402
-from edit_plugins.models import load_model  # noqa: E402
+setup(2)
 
 model, tok = load_model("smollm2-135m", "cpu")
 records = known_counterfact(model, tok, limit=args.edits + 1)
@@ -40,8 +40,7 @@ for file, candidates in configs + [("smollm2-135m", 1)]:
             times.append(time.perf_counter() - start)
         layers.append(events[0][0].info["layer"])
         steps.append(events[0][0].info["v_steps"])
-        for param, value in weights_copy.items():
-            model.get_parameter(param).data.copy_(value)
+        get_method("WilKE").undo(model, weights_copy)
     result["configs"][name] = {"median_seconds": statistics.median(times), "seconds": times, "layers": layers,
                                "v_steps": steps}
     print(name, result["configs"][name], flush=True)

@@ -10,8 +10,8 @@ from conftest import HPARAMS, changed_parameters, restore, snapshot
 from edit_plugins import hparams
 from edit_plugins.editing.requests import normalize_requests
 from edit_plugins.editing.templates import context_templates
-from edit_plugins.editing.values import SuffixRunner
-from edit_plugins.methods.lemoe.model import apply_lemoe_to_model
+from edit_plugins.editing.runtime import SuffixRunner
+from edit_plugins.methods.lemoe import apply_lemoe_to_model
 from edit_plugins.methods.wilke import apply_wilke_to_model
 
 REQUEST = {"prompt": "The capital city of France", "subject": "France", "target_new": "Tokyo"}

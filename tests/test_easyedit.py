@@ -130,7 +130,7 @@ def test_lifelong_edit_takes_an_existing_base_editor(tiny_gpt2, stats_dir, tmp_p
     from easyeditor import BaseEditor
 
     from edit_plugins import hparams
-    from edit_plugins.lifelong.runner import RunOptions, lifelong_edit
+    from edit_plugins.lifelong import RunOptions, lifelong_edit
 
     model, tok = tiny_gpt2
     hp = hparams.load(ROOT / "hparams" / "WilKE" / "tiny-gpt2.yaml")
@@ -154,7 +154,7 @@ def test_lemoe_restore_callable_follows_each_versions_convention(tiny_gpt2):
     from easyeditor import BaseEditor
 
     from edit_plugins import easyedit_compat, hparams
-    from edit_plugins.methods.lemoe.model import find_adaptor, remove_adaptor
+    from edit_plugins.methods.lemoe import find_adaptor, remove_adaptor
 
     model, tok = tiny_gpt2
     hp = hparams.load(ROOT / "hparams" / "LEMoE" / "tiny-gpt2.yaml")
@@ -253,7 +253,7 @@ EDITS = {  # model: (prompts, subjects, new targets, true targets)
 def test_head_editor_edit_runs_the_shipped_hparams_as_they_are(method, name, model, stats_dir):
     """BaseEditor loads the model from model_name and device itself, and edit() needs batch_size 1."""
     from edit_plugins import easyedit_compat, hparams
-    from edit_plugins.methods.lemoe.model import find_adaptor
+    from edit_plugins.methods.lemoe import find_adaptor
 
     if not easyedit_compat.is_head():
         pytest.skip("0.0.1.dev0's BaseEditor cannot load a model on CPU")
@@ -275,7 +275,7 @@ def test_head_editor_edit_runs_the_shipped_hparams_as_they_are(method, name, mod
 def test_head_editor_edit_without_sequential_edit_leaves_the_model_as_it_was(method, stats_dir):
     """Non-sequential edit() evaluates each edit, then undoes it through what the apply function returned."""
     from edit_plugins import easyedit_compat, hparams
-    from edit_plugins.methods.lemoe.model import find_adaptor
+    from edit_plugins.methods.lemoe import find_adaptor
 
     if not easyedit_compat.is_head():
         pytest.skip("0.0.1.dev0's BaseEditor cannot load a model on CPU")

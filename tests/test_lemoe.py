@@ -11,9 +11,10 @@ from edit_plugins.editing.layers import LayerError
 from edit_plugins.editing.requests import RequestError
 from edit_plugins.hparams import HparamsError
 from edit_plugins.lifelong.evaluate import score_answers
-from edit_plugins.methods.lemoe import model as lemoe
+from edit_plugins.methods import lemoe
+from edit_plugins.methods.lemoe import model as lemoe_model
 from edit_plugins.methods.lemoe.layer import LEMoELayer
-from edit_plugins.methods.lemoe.order_planning import plan_order
+from edit_plugins.methods.lemoe.order_planning import cluster_order as plan_order
 
 TINY_REQUESTS = [
     {"prompt": "The capital city of France is", "subject": "France", "target_new": "Tokyo", "case_id": 0},
@@ -190,7 +191,7 @@ def test_failure_while_training_leaves_no_adaptor_behind(tiny_gpt2, monkeypatch)
         def explode(*args, **kwargs):
             raise RuntimeError("out of memory (simulated)")
 
-        monkeypatch.setattr(lemoe, "train_expert", explode)
+        monkeypatch.setattr(lemoe_model, "train_expert", explode)  # where the apply function looks it up
         with pytest.raises(RuntimeError, match="simulated"):
             apply(model, tok, TINY_REQUESTS[2:], tiny_hp())
         adaptor = lemoe.find_adaptor(model)[1]

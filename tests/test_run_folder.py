@@ -211,20 +211,20 @@ def test_the_lock_is_per_folder_and_released(tmp_path):
 
 
 # -- 4. every field checked, with its type, before anything is edited ------------------------------------
-def _zsre(tmp_path, change):
-    records = json.loads(ZSRE.read_text())[:3]
+def _changed_copy(source, tmp_path, change):
+    records = json.loads(source.read_text())[:3]
     change(records)
     path = tmp_path / "data.json"
     path.write_text(json.dumps(records))
     return path
+
+
+def _zsre(tmp_path, change):
+    return _changed_copy(ZSRE, tmp_path, change)
 
 
 def _counterfact(tmp_path, change):
-    records = json.loads(CF_EASYEDIT.read_text())[:3]
-    change(records)
-    path = tmp_path / "data.json"
-    path.write_text(json.dumps(records))
-    return path
+    return _changed_copy(CF_EASYEDIT, tmp_path, change)
 
 
 BAD_DATA = {

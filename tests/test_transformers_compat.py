@@ -42,7 +42,10 @@ def test_our_calls_trigger_no_transformers_deprecation_message(stats_dir):
     out = subprocess.run([sys.executable, "-c", SCRIPT.replace("STATS_DIR", repr(stats_dir))], cwd=root, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and "ran" in out.stdout, out.stderr[-3000:]
-    lines = [line for line in out.stderr.splitlines() if "deprecat" in line.lower()]
+    # transformers' messages: its logger's lines, and warnings raised in its files (not the source line a
+    # warning echoes, nor other packages' warnings, such as torch.jit's or timm's under easyeditor 0.0.1.dev0)
+    lines = [line for line in out.stderr.splitlines() if "deprecat" in line.lower() and not line[:1].isspace()
+             and ("site-packages/" not in line or "/transformers/" in line)]
     assert lines == [], "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ from edit_plugins.editing.output_head import OutputHead
 from edit_plugins.editing.requests import RequestError
 from edit_plugins.events import collect_events
 from edit_plugins.methods.wilke import apply_wilke_to_model
-from edit_plugins.methods.wilke.wilke_main import FAST_SCAN_TRIES
+from edit_plugins.methods.wilke.model import FAST_SCAN_TRIES
 
 # The random tiny GPT-2 attends weakly, so its test prompt ends with the subject.
 TINY_REQUEST = {"prompt": "The capital city of France", "subject": "France", "target_new": "Tokyo"}
@@ -143,7 +143,7 @@ def test_unknown_layer_fails_before_any_weight_is_touched(tiny_gpt2, tiny_hparam
 
 
 def test_failure_mid_batch_leaves_the_model_unedited(tiny_gpt2, tiny_hparams, monkeypatch):
-    from edit_plugins.methods.wilke import wilke_main
+    from edit_plugins.methods.wilke import model as wilke_main
 
     model, tok = tiny_gpt2
     before = snapshot(model)
@@ -208,7 +208,7 @@ def test_rome_form_maps_the_prompt_key_exactly_along_the_mean_key_direction():
 @pytest.mark.parametrize("model_fixture", ["tiny_gpt2", pytest.param("smollm2", marks=pytest.mark.slow)])
 def test_prefix_cache_gives_the_same_log_probs_as_a_full_pass(model_fixture, request):
     from edit_plugins.editing.requests import normalize_request
-    from edit_plugins.editing.values import SuffixRunner
+    from edit_plugins.editing.runtime import SuffixRunner
 
     model, tok = request.getfixturevalue(model_fixture)
     edit = normalize_request({"prompt": "The mother tongue of Danielle Darrieux is", "subject": "Danielle Darrieux",
@@ -234,7 +234,8 @@ def test_prefix_cache_gives_the_same_log_probs_as_a_full_pass(model_fixture, req
 def test_delta_optimised_beside_other_layers_is_the_delta_optimised_alone(model_fixture, layers, template, prompt,
                                                                           subject, request, tiny_hparams):
     from edit_plugins.editing.requests import normalize_request
-    from edit_plugins.editing.values import Candidate, SuffixRunner, optimise_deltas
+    from edit_plugins.editing.runtime import SuffixRunner
+    from edit_plugins.editing.values import Candidate, optimise_deltas
 
     model, tok = request.getfixturevalue(model_fixture)
     edit = normalize_request({"prompt": prompt, "subject": subject, "target_new": "English"})

@@ -42,7 +42,9 @@ class EditEvent:
     weight_deltas: dict | None = None  # {parameter name: ΔW as stored}, where the method has one
     linear_edits: list = field(default_factory=list)  # LinearEdit per module, for linear methods
     output_edits: list = field(default_factory=list)  # OutputEdit per module, for adaptor methods
-    info: dict = field(default_factory=dict)  # method-specific report (WilKE: layer, layer_scores)
+    # The method's own report. "layer" (the decoder layer edited, where there is one) is read by lifelong
+    # runs for their layer histogram; the rest is logged as it is (WilKE: layer_scores, ...).
+    info: dict = field(default_factory=dict)
     step: int | None = None
 
 
@@ -74,21 +76,18 @@ def requested_diagnostics(hparams) -> list[str]:
 
 
 def _activate_requested_diagnostics(event: EditEvent) -> None:
-    from .plugins import registry
+    from .plugins import start_diagnostic
 
     names = [] if _collectors else requested_diagnostics(event.hparams)
-    if not names:
-        return
-    available = registry().diagnostics
     for name in names:
-        if name not in available:
-            raise ValueError(f"diagnostics: no diagnostic named {name!r} is registered; known: {sorted(available)}")
         key = (name, id(event.model))
         if key not in _requested_diagnostics:
             log_path = getattr(event.hparams, "diagnostics_log", None) or os.environ.get(LOG_ENV) or f"{name}.jsonl"
-            diagnostic = available[name].factory(model=event.model, hparams=event.hparams, log_path=log_path)
-            pm.register(diagnostic, name=f"diagnostic:{name}:{id(event.model)}")
-            _requested_diagnostics[key] = diagnostic
+            try:
+                _requested_diagnostics[key] = start_diagnostic(name, id(event.model), model=event.model,
+                                                               hparams=event.hparams, log_path=log_path)
+            except KeyError as error:
+                raise ValueError(f"diagnostics: {error.args[0]}") from None
 
 
 def emit_after_edit(event: EditEvent) -> dict:

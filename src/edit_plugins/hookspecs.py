@@ -13,11 +13,12 @@ def register_methods(register):
     ``apply_fn`` follows EasyEdit's contract
     ``apply_fn(model, tok, requests, hparams, copy=False, return_orig_weights=False,
     keep_original_weight=False, **kwargs) -> (model, weights_copy)``.
+    ``name`` must be the ``ALG_NAME`` of ``hparams_class``.
     ``restore="callable"`` says that ``weights_copy`` is a callable that undoes the edit.
     Methods whose edits live outside the parameters (adaptors) also pass
     ``save_state(model) -> (tensors, metadata)`` and ``load_state(model, tensors, metadata)``
     so lifelong runs can resume, and may pass ``plan_order(model, tok, requests, hparams) -> order``
-    to reorder a pool of edits known in advance.
+    to reorder a pool of edits known in advance (the identity where its hparams ask for no planning).
     """
 
 
@@ -25,14 +26,19 @@ def register_methods(register):
 def register_diagnostics(register):
     """Register diagnostics: ``register(name, factory)``.
 
-    ``factory(**options)`` returns an object that is registered as a plugin for the
-    length of a run, so its ``after_edit`` etc. hook implementations are called.
+    ``factory(model=, tok=, hparams=, probes=, log_path=)`` returns an object that is registered as a
+    plugin for the length of a run, so its ``after_edit`` etc. hook implementations are called
+    (``tok``, ``probes`` (never-edited facts) and ``log_path`` (a JSONL file) may be None or empty).
+    In lifelong runs it may also have ``progress_postfix() -> dict`` (shown on the progress bar),
+    ``summarize(lost_case_ids) -> dict`` (in the summary) and ``state_dict()`` / ``load_state_dict()``
+    (saved with the run: tensors, numbers, strings, lists and dicts).
     """
 
 
 @hookspec
 def before_sequence(run):
-    """Called once before a sequence of edits starts (a lifelong run, or the first edit)."""
+    """Called once before a lifelong run's first edit, with its ``RunContext`` (out_dir, hparams,
+    model, tok, records, options)."""
 
 
 @hookspec
@@ -45,4 +51,4 @@ def after_edit(event):
 
 @hookspec
 def after_sequence(run, summary):
-    """Called once after a sequence of edits ends, with the run's summary dict."""
+    """Called once after a lifelong run ends, with its ``RunContext`` and its summary dict."""

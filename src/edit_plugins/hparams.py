@@ -206,19 +206,21 @@ def read_yaml(path) -> tuple[dict, str]:
 
 def from_dict(config: dict, source: str = "<dict>"):
     """An hparams mapping (as a run folder stores it) into the class registered for its ``alg_name``."""
-    from . import easyedit_compat
-    from .plugins import registry
-
     if not isinstance(config, dict) or not isinstance(config.get("alg_name"), str):
         raise HparamsError(f"{source}: expected a mapping with the field 'alg_name' (a method name)")
-    alg_name = config["alg_name"]
-    methods = registry().methods
-    if alg_name in methods:
-        return methods[alg_name].hparams_class.from_dict(config, source)
-    if alg_name in easyedit_compat.foreign_methods():
-        return easyedit_compat.foreign_hparams_class(alg_name)(**config)
-    known = sorted(set(methods) | set(easyedit_compat.foreign_methods()))
-    raise HparamsError(f"{source}: field 'alg_name': unknown method {alg_name!r}; registered methods: {known}")
+    resolved = _resolve(config["alg_name"], source)
+    if resolved.method is not None:
+        return resolved.hparams_class.from_dict(config, source)
+    return resolved.hparams_class(**config)
+
+
+def _resolve(alg_name: str, source: str):
+    from .plugins import UnknownMethodError, resolve
+
+    try:
+        return resolve(alg_name)
+    except UnknownMethodError as error:
+        raise HparamsError(f"{source}: field 'alg_name': {error}") from None
 
 
 def load(path):
@@ -226,17 +228,11 @@ def load(path):
 
     Works for edit-plugins methods and, where easyeditor is importable, for EasyEdit's own.
     """
-    from . import easyedit_compat
-    from .plugins import registry
-
     config, source = read_yaml(path)
     alg_name = config.get("alg_name")
     if not isinstance(alg_name, str):
         raise HparamsError(f"{source}: missing required field 'alg_name' (expected a method name)")
-    methods = registry().methods
-    if alg_name in methods:
-        return methods[alg_name].hparams_class.from_dict(config, source)
-    if alg_name in easyedit_compat.foreign_methods():
-        return easyedit_compat.foreign_hparams_class(alg_name).from_hparams(source)
-    known = sorted(set(methods) | set(easyedit_compat.foreign_methods()))
-    raise HparamsError(f"{source}: field 'alg_name': unknown method {alg_name!r}; registered methods: {known}")
+    resolved = _resolve(alg_name, source)
+    if resolved.method is not None:
+        return resolved.hparams_class.from_dict(config, source)
+    return resolved.hparams_class.from_hparams(source)

@@ -12,6 +12,7 @@ import torch
 
 from .env import flag
 from .errors import UserError
+from .files import atomic_write_text
 from .transformers_compat import dtype_kwargs
 
 CACHE_ENV = "EDIT_PLUGINS_CACHE"
@@ -108,12 +109,15 @@ def _transformers_version() -> str:
 
 
 def _portable_tokenizer_class(folder: Path) -> None:
-    """transformers 5 writes tokenizer_class "TokenizersBackend", unknown to 4.x; both read this one."""
+    """transformers 5 writes tokenizer_class "TokenizersBackend", unknown to 4.x; both read this one.
+    Without model_input_names, 4.x's PreTrainedTokenizerFast also returns token_type_ids, which a Llama's
+    generate() refuses."""
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     if config.get("tokenizer_class") == "TokenizersBackend":
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
-        config_path.write_text(json.dumps(config, indent=2))
+    config.setdefault("model_input_names", ["input_ids", "attention_mask"])
+    atomic_write_text(config_path, json.dumps(config, indent=2))
 
 
 def _build_tiny_gpt2(out: Path) -> None:

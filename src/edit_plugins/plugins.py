@@ -9,6 +9,7 @@ import pluggy
 
 from . import hookspecs
 from .env import flag
+from .errors import UserError
 
 ENTRY_POINT_GROUP = "edit_plugins"
 # "1" turns entry-point loading off; plugins can still be registered with pm.register().
@@ -27,12 +28,24 @@ class Method:
     name: str
     apply: Callable
     hparams_class: type
-    restore: str = "weights"  # or "callable": weights_copy undoes the edit when called
+    restore: str = "weights"  # how weights_copy undoes an edit: original "weights", or a "callable"
     plugin: str = ""
     # Optional, for methods that keep their edits outside the model's parameters (adaptors):
     plan_order: Callable | None = None  # (model, tok, requests, hparams) -> permutation of a known pool
     save_state: Callable | None = None  # (model) -> (tensors, metadata)
     load_state: Callable | None = None  # (model, tensors, metadata) -> None
+
+    def undo(self, model, weights_copy) -> None:
+        """Take back an edit made with ``return_orig_weights=True``: call ``weights_copy``, or write its
+        original weights back."""
+        if self.restore == "callable":
+            weights_copy()
+            return
+        import torch
+
+        with torch.no_grad():
+            for name, value in weights_copy.items():
+                model.get_parameter(name).copy_(value)
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,46 @@ def registry() -> Registry:
 
         impl.function(register=register_diagnostic)
     return reg
+
+
+class UnknownMethodError(UserError, KeyError):
+    def __str__(self):
+        return self.args[0]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """An ``alg_name`` resolved: a registered method, or (where easyeditor imports) one of EasyEdit's own."""
+    name: str
+    apply: Callable
+    hparams_class: type
+    method: Method | None  # None for EasyEdit's own methods
+
+
+def resolve(alg_name: str) -> Resolved:
+    """The one lookup of an ``alg_name``, for hparams files and lifelong runs alike."""
+    from . import easyedit_compat
+
+    methods = registry().methods
+    if alg_name in methods:
+        method = methods[alg_name]
+        return Resolved(alg_name, method.apply, method.hparams_class, method)
+    foreign = easyedit_compat.foreign_methods()
+    if alg_name in foreign:
+        return Resolved(alg_name, foreign[alg_name], easyedit_compat.foreign_hparams_class(alg_name), None)
+    raise UnknownMethodError(f"unknown method {alg_name!r}; registered methods: {sorted(set(methods) | set(foreign))}"
+                             + ("" if foreign else " (easyeditor is not installed)"))
+
+
+def start_diagnostic(name: str, key, *, model, hparams, tok=None, probes=(), log_path=None):
+    """Create diagnostic ``name`` with the arguments every factory receives (see the hookspec) and
+    register it for ``after_edit`` under ``key``. The caller unregisters it when its run ends."""
+    available = registry().diagnostics
+    if name not in available:
+        raise KeyError(f"no diagnostic named {name!r} is registered; known: {sorted(available)}")
+    diagnostic = available[name].factory(model=model, tok=tok, hparams=hparams, probes=probes, log_path=log_path)
+    pm.register(diagnostic, name=f"diagnostic:{name}:{key}")
+    return diagnostic
 
 
 def get_method(name: str) -> Method:

@@ -45,10 +45,16 @@ def cache_kwargs(module: torch.nn.Module, cache) -> dict:
 
 def output_cache(outputs):
     """The KV cache a forward returned (``outputs.cache`` from 5.24 on, else ``past_key_values``),
-    read without touching the deprecated attribute."""
+    read without touching the deprecated attribute, as a Cache object: some 4.x models return the
+    legacy tuple, which they then warn about when it is passed back."""
     for key in _CACHE_KEYWORDS:
         value = outputs.get(key) if hasattr(outputs, "get") else getattr(outputs, key, None)
         if value is not None:
+            if isinstance(value, tuple):
+                from transformers import DynamicCache
+
+                if hasattr(DynamicCache, "from_legacy_cache"):
+                    value = DynamicCache.from_legacy_cache(value)
             return value
     return None
 

@@ -165,6 +165,10 @@ class InterferenceLog:
                     ((probes @ d.T).norm(dim=1) / (probes @ (W - d).T).norm(dim=1).clamp_min(1e-12)).cpu())}
         return {"interference": out} if out else None
 
+    def progress_postfix(self) -> dict:
+        """What a lifelong run's progress bar shows for this diagnostic: the edits at risk so far."""
+        return {"at_risk": sum(v > RISK_THRESHOLD for v in self.accumulated_interference().values())}
+
     def accumulated_interference(self) -> dict:
         """{case_id: ‖I_j‖/‖v_j‖}: how far later edits have pushed each edit's value, per the closed form."""
         out = {}

@@ -171,6 +171,19 @@ def harmonic_mean(values) -> float | None:
     return len(values) / sum(1 / v for v in values)
 
 
+def prefers(first: list[TargetScore], second: list[TargetScore]) -> float | None:
+    """How often the first answer is the likelier one (mean token log-likelihood): ROME's comparisons."""
+    return mean(float(a.mean_logprob > b.mean_logprob) for a, b in zip(first, second))
+
+
+def neighbourhood_success(model, tok, records) -> float | None:
+    """CounterFact's neighbourhood score over the records' neighbour prompts: P(true) > P(new)."""
+    scores = score_groups(model, tok, {
+        "true": [(p, a) for r in records for p, a in r.locality],
+        "new": [(p, r.request["target_new"]) for r in records for p, _ in r.locality]})
+    return prefers(scores["true"], scores["new"])
+
+
 def edit_metrics(model, tok, record, locality_reference) -> dict:
     """One record's metrics right after its edit (also used for retention of all metrics)."""
     request = record.request
@@ -195,10 +208,9 @@ def edit_metrics(model, tok, record, locality_reference) -> dict:
     }
     if true:
         out["efficacy"] = float(rewrite.mean_logprob > scores["true_rewrite"][0].mean_logprob)
-        out["paraphrase"] = mean(float(a.mean_logprob > b.mean_logprob) for a, b in zip(rephrase, scores["true_rephrase"]))
+        out["paraphrase"] = prefers(rephrase, scores["true_rephrase"])
         if record.kind == "counterfact" and locality:
-            out["neighbourhood"] = mean(float(t.mean_logprob > n.mean_logprob)
-                                        for t, n in zip(locality, scores["new_on_neighbours"]))
+            out["neighbourhood"] = prefers(locality, scores["new_on_neighbours"])
     return out
 
 
@@ -229,6 +241,58 @@ def retention(model, tok, records) -> dict:
                                          for i, t in zip(ranked, scores["true_on_prompt"]))
         new_ranked = [s for (i, _), s in zip(rephrase_at, scores["new_on_rephrase"]) if i in ranked_set]
         if new_ranked:
-            out["retention_paraphrase"] = mean(float(n.mean_logprob > t.mean_logprob)
-                                               for n, t in zip(new_ranked, scores["true_on_rephrase"]))
+            out["retention_paraphrase"] = prefers(new_ranked, scores["true_on_rephrase"])
     return out
+
+
+def checkpoint(model, tok, step: int, past, locality_reference, probe_pairs, probe_reference) -> dict:
+    """A checkpoint row: retention of every past edit, locality on never-edited probe facts, and locality
+    on the past edits' own locality prompts (also without those naming a subject edited so far)."""
+    row = {"step": step, **retention(model, tok, past)}
+    pairs = [(pair, ref) for r, refs in zip(past, locality_reference) for pair, ref in zip(r.locality, refs)]
+    scores = score_groups(model, tok, {"probes": probe_pairs, "locality": [p for p, _ in pairs]})
+    if scores["probes"]:
+        row["probe_locality"] = mean(agreement(scores["probes"], probe_reference))
+    if pairs:
+        # Prompts about a subject that some edit so far changed are expected to change.
+        split = locality_by_edited_subjects(agreement(scores["locality"], [r for _, r in pairs]),
+                                            [p for (p, _), _ in pairs], {r.request.get("subject") for r in past})
+        row["locality_acc"] = split["all"]
+        row["locality_acc_unedited_subjects"] = split["unedited_subjects"]
+        row["locality_prompts_naming_edited_subjects"] = split["prompts_naming_edited_subjects"]
+    return row
+
+
+SUMMARY_METRICS = ("rewrite_acc", "rephrase_acc", "locality_acc", "portability_acc", "efficacy", "paraphrase",
+                   "neighbourhood")
+
+
+def run_summary(method: str, records, position: int, edits: list[dict], checkpoint_rows: list[dict],
+                diagnostics=()) -> dict:
+    """A lifelong run's summary: mean immediate metrics, the last checkpoint, and WilKE's score S, the
+    harmonic mean of edit success, generalisation, locality, and retention of edits and of probe facts."""
+    immediate = {m: mean(e["metrics"].get(m) for e in edits) for m in SUMMARY_METRICS}
+    final = checkpoint_rows[-1] if checkpoint_rows else {}
+    es = immediate["efficacy"] if immediate["efficacy"] is not None else immediate["rewrite_acc"]
+    gs = immediate["paraphrase"] if immediate["paraphrase"] is not None else immediate["rephrase_acc"]
+    ls = immediate["neighbourhood"] if immediate["neighbourhood"] is not None else immediate["locality_acc"]
+    components = {"ES": es, "GS": gs, "LS": ls, "ERS": final.get("retention_exact"), "ORS": final.get("probe_locality")}
+    return {
+        "method": method, "edits_done": len(records[:position]), "edits_planned": len(records),
+        "complete": position == len(records),
+        "immediate": immediate, "final_checkpoint": {k: v for k, v in final.items() if k != "lost_case_ids"},
+        "lost_edits_at_end": len(final.get("lost_case_ids", [])),
+        "S": harmonic_mean(components.values()), "S_components": components,
+        "layer_histogram": layer_histogram(edits),
+        "diagnostics": {type(d).__name__: d.summarize(final.get("lost_case_ids", []))
+                        for d in diagnostics if hasattr(d, "summarize")},
+    }
+
+
+def layer_histogram(edits) -> dict:
+    """How often each layer was edited (from each log line's ``layer``, where the method reports one)."""
+    hist = {}
+    for e in edits:
+        if e.get("layer") is not None:
+            hist[str(e["layer"])] = hist.get(str(e["layer"]), 0) + 1
+    return dict(sorted(hist.items(), key=lambda kv: int(kv[0])))

@@ -1,5 +1,10 @@
 """The lifelong runner: any registered (or EasyEdit) method, edits accumulating with no rollback.
 
+The loop, checkpoints, saving and resuming, Ctrl-C, and the diagnostics' lifetime. What a method or
+diagnostic contributes comes through the registry (``Method``, ``Diagnostic``) and hook results;
+metrics and the summary are ``evaluate``'s, run folders ``run_folder``'s, EasyEdit's editors enter
+through ``easyedit_adapter``.
+
 After each edit: that edit's metrics. At checkpoints (1, 2, 4, 8, ... and the last): every past edit
 again (retention) and never-edited probe facts (locality). State is saved every ``save_every`` edits,
 so a killed run resumes to the same ``summary.json``.
@@ -16,19 +21,17 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ..errors import UserError
 from .. import easyedit_compat
+from ..errors import UserError
 from ..events import EditEvent, collect_events, emit_after_edit
-from ..plugins import pm, registry
-from . import evaluate
 from ..files import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from ..plugins import pm, registry, resolve, start_diagnostic
+from . import evaluate
 from .data import EditRecord, check_lengths, file_hash, load_probe_facts, load_records
 from .plots import write_plots
 from .run_folder import RunFolder
 from .state import has_state, load_state, save_state, set_rng_state
 
-SUMMARY_METRICS = ("rewrite_acc", "rephrase_acc", "locality_acc", "portability_acc", "efficacy", "paraphrase",
-                   "neighbourhood")
 
 
 class LifelongError(UserError, ValueError):
@@ -73,18 +76,6 @@ def checkpoint_steps(total: int, explicit=None) -> list[int]:
     return sorted(steps | {total})
 
 
-def _resolve_method(alg_name: str):
-    """The apply function of a plugin method or, where easyeditor is importable, of one of its own."""
-    methods = registry().methods
-    if alg_name in methods:
-        return methods[alg_name].apply
-    foreign = easyedit_compat.foreign_methods()
-    if alg_name in foreign:
-        return foreign[alg_name]
-    raise LifelongError(f"no method named {alg_name!r}: registered {sorted(methods)}"
-                        + (f", EasyEdit {sorted(foreign)}" if foreign else " (easyeditor is not installed)"))
-
-
 def _versions() -> dict:
     out = {}
     for dist in ("edit-plugins", "torch", "transformers", "easyeditor"):
@@ -102,6 +93,17 @@ def _hparams_dict(hp) -> dict:
     if embedded_alias(raw.get("model_name")):  # the alias, not this machine's cache path: the run folder moves
         raw["model_name"] = embedded_alias(raw["model_name"])
     return {k: (v if isinstance(v, (str, int, float, bool, list, dict, type(None))) else repr(v)) for k, v in raw.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """What ``before_sequence`` and ``after_sequence`` hooks receive about a lifelong run."""
+    out_dir: Path
+    hparams: object
+    model: object
+    tok: object
+    records: list
+    options: RunOptions
 
 
 class _Run:
@@ -124,6 +126,9 @@ class _Run:
         self.loop_seconds = 0.0  # all of the loop, state saving included (for the overhead figure)
 
     # -- references from the unedited model ------------------------------------------------------
+    def context(self) -> RunContext:
+        return RunContext(self.dir, self.hp, self.model, self.tok, self.records, self.options)
+
     def compute_references(self):
         pairs = [pair for r in self.records for pair in r.locality]
         preds = [s.predicted for s in evaluate.score_answers(self.model, self.tok, pairs)] if pairs else []
@@ -142,13 +147,14 @@ class _Run:
             _, weights_copy = self.apply_fn(self.model, self.tok, requests, self.hp,
                                             **easyedit_compat.sequential_apply_kwargs())
         seconds = time.perf_counter() - started
-        if callable(weights_copy):
+        restores_by_call = self.method.restore == "callable" if self.method else callable(weights_copy)
+        if restores_by_call:
             if self.method is None or self.method.save_state is None:
                 raise LifelongError(f"{self.hp.alg_name} returns a restore callable but registers no save_state: "
                                     "a lifelong run could not save or resume its edits")
         else:
             self.changed_params.update(weights_copy or {})
-        if not events and not callable(weights_copy):  # a method that does not fire the hook itself (EasyEdit's)
+        if not events and not restores_by_call:  # a method that does not fire the hook itself (EasyEdit's)
             deltas = {n: (self.model.get_parameter(n).detach() - w.to(self.model.get_parameter(n).device))
                       for n, w in (weights_copy or {}).items()}
             for request in requests:
@@ -160,22 +166,8 @@ class _Run:
         return events, seconds
 
     def evaluate_checkpoint(self, step: int) -> dict:
-        past = self.records[:step]
-        row = {"step": step, **evaluate.retention(self.model, self.tok, past)}
-        pairs = [(pair, ref) for r, refs in zip(past, self.locality_reference) for pair, ref in zip(r.locality, refs)]
-        scores = evaluate.score_groups(self.model, self.tok, {"probes": self.probe_pairs if self.probes else [],
-                                                              "locality": [p for p, _ in pairs]})
-        if scores["probes"]:
-            row["probe_locality"] = evaluate.mean(evaluate.agreement(scores["probes"], self.probe_reference))
-        if pairs:
-            # Prompts about a subject that some edit so far changed are expected to change.
-            split = evaluate.locality_by_edited_subjects(evaluate.agreement(scores["locality"], [r for _, r in pairs]),
-                                                         [p for (p, _), _ in pairs],
-                                                         {r.request.get("subject") for r in past})
-            row["locality_acc"] = split["all"]
-            row["locality_acc_unedited_subjects"] = split["unedited_subjects"]
-            row["locality_prompts_naming_edited_subjects"] = split["prompts_naming_edited_subjects"]
-        return row
+        return evaluate.checkpoint(self.model, self.tok, step, self.records[:step], self.locality_reference,
+                                   self.probe_pairs, self.probe_reference)
 
     # -- saving -----------------------------------------------------------------------------------
     def save(self):
@@ -189,7 +181,7 @@ class _Run:
             "diagnostics": [d.state_dict() for d in self.diagnostics if hasattr(d, "state_dict")]})
         self.saved = True
 
-    def restore(self, progress: dict):
+    def load_progress(self, progress: dict):
         self.position = progress["position"]
         self.edits, self.checkpoint_rows = progress["edits"], progress["checkpoints"]
         self.timings, self.changed_params = progress["timings"], set(progress["changed_params"])
@@ -200,34 +192,17 @@ class _Run:
             diagnostic.load_state_dict(state)
         set_rng_state(progress["rng"])
 
-    def _edits_at_risk(self):
-        """Early warning from the interference diagnostic, for the progress bar."""
+    def _diagnostics_postfix(self) -> dict:
+        """What the diagnostics show on the progress bar (``progress_postfix()``, where they have it)."""
+        postfix = {}
         for d in self.diagnostics:
-            if hasattr(d, "accumulated_interference"):
-                from ..diagnostics.interference import RISK_THRESHOLD
-
-                return sum(v > RISK_THRESHOLD for v in d.accumulated_interference().values())
-        return None
+            if hasattr(d, "progress_postfix"):
+                postfix.update(d.progress_postfix())
+        return postfix
 
     def summary(self) -> dict:
-        done = self.records[: self.position]
-        immediate = {m: evaluate.mean(e["metrics"].get(m) for e in self.edits) for m in SUMMARY_METRICS}
-        final = self.checkpoint_rows[-1] if self.checkpoint_rows else {}
-        es = immediate["efficacy"] if immediate["efficacy"] is not None else immediate["rewrite_acc"]
-        gs = immediate["paraphrase"] if immediate["paraphrase"] is not None else immediate["rephrase_acc"]
-        ls = immediate["neighbourhood"] if immediate["neighbourhood"] is not None else immediate["locality_acc"]
-        components = {"ES": es, "GS": gs, "LS": ls, "ERS": final.get("retention_exact"),
-                      "ORS": final.get("probe_locality")}
-        return {
-            "method": self.hp.alg_name, "edits_done": len(done), "edits_planned": len(self.records),
-            "complete": self.position == len(self.records),
-            "immediate": immediate, "final_checkpoint": {k: v for k, v in final.items() if k != "lost_case_ids"},
-            "lost_edits_at_end": len(final.get("lost_case_ids", [])),
-            "S": evaluate.harmonic_mean(components.values()), "S_components": components,
-            "layer_histogram": _layer_histogram(self.edits),
-            "diagnostics": {type(d).__name__: d.summarize(final.get("lost_case_ids", []))
-                            for d in self.diagnostics if hasattr(d, "summarize")},
-        }
+        return evaluate.run_summary(self.hp.alg_name, self.records, self.position, self.edits, self.checkpoint_rows,
+                                    self.diagnostics)
 
     def finish(self) -> dict:
         self.save()
@@ -279,31 +254,17 @@ class _Run:
             self.edits[-1]["seconds"] = round(edit_seconds, 4)
             bar.update(len(batch))
             postfix = {"retention": f"{self.checkpoint_rows[-1]['retention_exact']:.3f}"} if self.checkpoint_rows else {}
-            at_risk = self._edits_at_risk()
-            if at_risk is not None:
-                postfix["at_risk"] = at_risk
-            bar.set_postfix(postfix)
+            bar.set_postfix({**postfix, **self._diagnostics_postfix()})
             if self.position >= next_save:
                 self.save()
                 next_save = self.position + self.options.save_every
         bar.close()
 
 
-def _layer_histogram(edits) -> dict:
-    hist = {}
-    for e in edits:
-        if e.get("layer") is not None:
-            hist[str(e["layer"])] = hist.get(str(e["layer"]), 0) + 1
-    return dict(sorted(hist.items(), key=lambda kv: int(kv[0])))
-
-
 def _start_diagnostics(run: _Run):
-    available = registry().diagnostics
     for name in run.options.diagnostics:
-        if name in available:
-            diagnostic = available[name].factory(model=run.model, tok=run.tok, hparams=run.hp, probes=run.probes)
-            pm.register(diagnostic, name=f"diagnostic:{name}:{id(run)}")
-            run.diagnostics.append(diagnostic)
+        run.diagnostics.append(start_diagnostic(name, id(run), model=run.model, tok=run.tok, hparams=run.hp,
+                                                probes=run.probes))
 
 
 def _stop_diagnostics(run: _Run):
@@ -330,12 +291,12 @@ def _execute(run: _Run, progress_bar: bool, progress: dict | None = None, on_ear
     _start_diagnostics(run)
     try:
         if progress is None:
-            pm.hook.before_sequence(run=run)
+            pm.hook.before_sequence(run=run.context())
         else:
-            run.restore(progress)
+            run.load_progress(progress)
         run.loop(progress_bar)
         summary = run.finish()
-        pm.hook.after_sequence(run=run, summary=summary)
+        pm.hook.after_sequence(run=run.context(), summary=summary)
         return summary
     except BaseException:
         if on_early_failure is not None and not run.saved:
@@ -351,17 +312,17 @@ def _prepare(hparams, model, tok, apply_fn=None):
     """What a new and a resumed run both need: the method, its quirks, the model."""
     from ..models import load_model
 
-    apply_fn = apply_fn or _resolve_method(hparams.alg_name)
+    apply_fn = apply_fn or resolve(hparams.alg_name).apply
     easyedit_compat.prepare_for_sequential_use(hparams.alg_name, hparams)
     if model is None:
         model, tok = load_model(hparams.model_name, hparams.device, hparams.model_parallel)
     return apply_fn, model, tok
 
 
-def _planned_order(records: list[EditRecord], hparams, model, tok) -> list[EditRecord]:
+def _in_planned_order(records: list[EditRecord], hparams, model, tok) -> list[EditRecord]:
     """The whole stream is known in advance: let a method that plans its order (LEMoE) reorder it."""
     method = registry().methods.get(hparams.alg_name)
-    if method is None or method.plan_order is None or not getattr(hparams, "order_planning", False):
+    if method is None or method.plan_order is None:
         return records
     order = method.plan_order(model, tok, [r.request for r in records], hparams)
     if sorted(order) != list(range(len(records))):
@@ -389,7 +350,7 @@ def run_lifelong(hparams, data, out_dir, *, model=None, tok=None, options: RunOp
     try:
         apply_fn, model, tok = _prepare(hparams, model, tok, apply_fn)
         _check_before_editing(hparams, model, tok, records, probes)
-        records = _planned_order(records, hparams, model, tok)
+        records = _in_planned_order(records, hparams, model, tok)
         atomic_write_text(folder.path / "config.yaml", yaml.safe_dump(
             _run_config(hparams, options, data, records), sort_keys=False))
         torch.manual_seed(options.seed)
@@ -452,7 +413,7 @@ def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True)
         records = load_records(data_path, options.num_edits, options.start, options.shuffle, options.seed)
         probes = load_probe_facts(options.probe_data, options.num_probes, options.seed) if options.probe_data else []
         apply_fn, model, tok = _prepare(hparams, model, tok)
-        records = _planned_order(records, hparams, model, tok)
+        records = _in_planned_order(records, hparams, model, tok)
         if [str(r.case_id) for r in records] != config["data"].get("order"):
             raise LifelongError(f"{run_dir}: the edits would run in a different order than when the run started")
         if not has_state(run_dir):  # killed before its first save: start over, as the run began
@@ -465,30 +426,3 @@ def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True)
         return _execute(run, progress_bar, progress=load_state(run_dir, model, load_adaptor))
     finally:
         folder.release()
-
-
-def records_from_requests(requests: list[dict]) -> list[EditRecord]:
-    """EasyEdit request dicts (as ``BaseEditor.edit`` builds them) as lifelong records."""
-    from ..editing.requests import normalize_request
-
-    records = []
-    for i, request in enumerate(requests):
-        normalize_request(request, i)
-        rephrase = request.get("rephrase_prompt")
-        locality = [(v["prompt"], v["ground_truth"]) for v in (request.get("locality") or {}).values()
-                    if isinstance(v, dict) and v.get("prompt")]
-        portability = [(v["prompt"], v["ground_truth"]) for v in (request.get("portability") or {}).values()
-                       if isinstance(v, dict) and v.get("prompt")]
-        flat = lambda x: x[0] if isinstance(x, list) else x  # noqa: E731
-        locality = [(flat(p), flat(a)) for p, a in locality]
-        portability = [(flat(p), flat(a)) for p, a in portability]
-        records.append(EditRecord(request.get("case_id", i), {**request, "case_id": request.get("case_id", i)},
-                                  [rephrase] if isinstance(rephrase, str) else list(rephrase or []),
-                                  locality, portability, "counterfact" if request.get("ground_truth") else "zsre"))
-    return records
-
-
-def lifelong_edit(editor, requests: list[dict], out_dir, options: RunOptions | None = None, progress_bar=True) -> dict:
-    """EasyEdit entry point: run an existing ``BaseEditor``'s method as a lifelong sequence."""
-    return run_lifelong(editor.hparams, records_from_requests(requests), out_dir, model=editor.model, tok=editor.tok,
-                        options=options, progress_bar=progress_bar, apply_fn=editor.apply_algo)

@@ -45,7 +45,7 @@ class LEMoEHyperParams(EditHyperParams):
         return max(self.batch_size, self.edits_per_expert)
 
     def check_model(self, model) -> None:
-        from .model import find_ffn  # the adaptor's own check of the FFN it wraps
+        from .injection import find_ffn  # the adaptor's own check of the FFN it wraps
 
         find_ffn(model, self)
 

@@ -153,6 +153,10 @@ class LEMoELayer(nn.Module):
                        else SoftmaxRouter(hidden, temperature))
         self.context = RoutingContext()
         self.last_routes = None  # the latest forward's per-position routes, for reports and tests
+        # Set by injection.insert_adaptor: where the adaptor sits, and the base model's pre-hook that
+        # feeds ``context`` (removed with the adaptor).
+        self.module_name: str | None = None
+        self.context_hook = None
 
     @property
     def config(self) -> dict:

@@ -7,10 +7,17 @@ nearest-centroid chain, and the sequence is cut into batches. Deterministic for 
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy.cluster.vq import kmeans2
 
+from ...editing.requests import EditRequest, normalize_requests
+from .anchors import ffn_inputs, subject_inputs
+from .config import LEMoEHyperParams
+from .injection import find_adaptor, find_ffn
 
-def plan_order(features: np.ndarray, edits_per_expert: int, seed: int = 0) -> list[int]:
+
+def cluster_order(features: np.ndarray, edits_per_expert: int, seed: int = 0) -> list[int]:
     """A permutation of range(len(features)) whose consecutive chunks are semantically coherent."""
     n = len(features)
     k = max(1, -(-n // edits_per_expert))
@@ -32,3 +39,24 @@ def plan_order(features: np.ndarray, edits_per_expert: int, seed: int = 0) -> li
         current = min(left, key=lambda c: (np.linalg.norm(centroids[c] - centroids[current]), c))
         left.remove(current)
     return order
+
+
+def plan_order(model, tok, requests: list, hp: LEMoEHyperParams) -> list[int]:
+    """The order to edit a known pool of requests (EditRequests or EasyEdit dicts) in, by their subjects'
+    features: the registered ``plan_order`` of LEMoE. The identity when ``order_planning`` is off."""
+    if not hp.order_planning or len(requests) <= hp.edits_per_expert:
+        return list(range(len(requests)))
+    requests = [r if isinstance(r, EditRequest) else normalize_requests([r])[0] for r in requests]
+    name = find_ffn(model, hp)
+    found = find_adaptor(model)
+    raw = []
+    for start in range(0, len(requests), 64):
+        chunk = requests[start : start + 64]
+        inputs = ffn_inputs(model, tok, chunk, name)
+        raw.append(subject_inputs(tok, chunk, inputs))
+    raw = torch.cat(raw).float()
+    if found is not None and hp.routing == "anchor":
+        features = found[1].router.features(raw)
+    else:
+        features = F.normalize((raw - raw.mean(0)) / raw.std(0).clamp_min(1e-6), dim=-1)
+    return cluster_order(features.cpu().numpy(), hp.edits_per_expert, hp.order_planning_seed)

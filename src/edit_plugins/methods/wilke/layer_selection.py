@@ -8,7 +8,8 @@ import torch
 from ...editing.layers import get_module, input_device, weight_out_in
 from ...editing.output_head import OutputHead
 from ...editing.rank_one import update_direction
-from ...editing.values import SuffixRunner, add_at_positions, frozen_parameters, rewrite_nll
+from ...editing.runtime import SuffixRunner, add_at_positions, frozen_parameters
+from ...editing.values import rewrite_nll
 
 
 def reachable_layers(model, runner: SuffixRunner, module_names) -> set[str]:

@@ -1,7 +1,7 @@
 """Registers WilKE, exactly as a third-party plugin would."""
 from ...hookspecs import hookimpl
 from .config import WilKEHyperParams
-from .wilke_main import apply_wilke_to_model
+from .model import apply_wilke_to_model
 
 
 @hookimpl

@@ -15,8 +15,9 @@ from ...editing.keys import compute_keys
 from ...editing.layers import add_to_weight, check_layers, get_module, is_transposed, weight_out_in
 from ...editing.rank_one import rank_one_update, relative_size, update_direction
 from ...editing.requests import EditRequest, normalize_requests
+from ...editing.runtime import SuffixRunner
 from ...editing.templates import context_templates
-from ...editing.values import Candidate, SuffixRunner, optimise_deltas
+from ...editing.values import Candidate, optimise_deltas
 from ...events import EditEvent, LinearEdit, emit_after_edit
 from .config import WilKEHyperParams
 from .layer_selection import estimate_layer_scores

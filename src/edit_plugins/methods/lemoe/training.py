@@ -1,0 +1,74 @@
+"""Training one expert on its batch of edits, every earlier expert frozen."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ...editing.layers import input_device
+from ...editing.output_head import OutputHead
+from ...editing.requests import EditRequest
+from ...editing.runtime import frozen_parameters, replay_lower_layers
+from ...editing.templates import context_templates
+from ...editing.tokens import encode, pad_batch, target_ids
+from .config import LEMoEHyperParams
+from .layer import LEMoELayer
+
+LOG = logging.getLogger(__name__)
+
+
+def _training_batch(tok, requests: list[EditRequest], templates, device):
+    seqs, rows, pos, labels, owners = [], [], [], [], []
+    for i, request in enumerate(requests):
+        target = target_ids(tok, request.target_new)
+        for template in templates:
+            prompt = encode(tok, request.in_template(template))
+            for j, label in enumerate(target):
+                rows.append(len(seqs))
+                pos.append(len(prompt) - 1 + j)
+                labels.append(label)
+                owners.append(i)
+            seqs.append(prompt + target[:-1])
+    ids, mask = pad_batch(tok, seqs, device)
+    t = lambda xs: torch.tensor(xs, device=device)  # noqa: E731
+    return ids, mask, t(rows), t(pos), t(labels), t(owners)
+
+
+def train_expert(model, tok, adaptor: LEMoELayer, requests: list[EditRequest], hp: LEMoEHyperParams) -> dict:
+    """Train the newest expert (and, for the softmax router, its row) on the requests' targets."""
+    device = input_device(model)
+    templates = context_templates(model, tok, hp.context_template_length_params)
+    ids, mask, rows, pos, labels, owners = _training_batch(tok, requests, templates, device)
+    newest = len(adaptor.experts) - 1
+    trainable = list(adaptor.experts[newest].parameters())
+    if not hp.freeze_previous_experts:
+        trainable = list(adaptor.experts.parameters())
+    if hp.routing == "softmax":
+        trainable += [adaptor.router.rows[newest]] if hp.freeze_previous_experts else list(adaptor.router.rows)
+    head = OutputHead(model)
+    counts = torch.bincount(owners, minlength=len(requests)).float()
+    report = {"steps": 0}
+    with frozen_parameters(model):
+        for p in trainable:
+            p.requires_grad_(True)
+        optimiser = torch.optim.Adam(trainable, lr=hp.lr, weight_decay=hp.weight_decay)
+        run = lambda: model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)  # noqa: E731
+        # Blocks below the adaptor do not change while the expert trains: run them once.
+        with replay_lower_layers(model, hp.layer, run):
+            for step in range(hp.steps):
+                hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+                nll = -head.token_log_probs(hidden[rows, pos], labels)
+                per_edit = torch.zeros(len(requests), device=device).index_add_(0, owners, nll.detach()) / counts
+                if step == 0:
+                    report["initial_nll"] = float(per_edit.mean())
+                report.update(steps=step, nll=float(per_edit.mean()), max_edit_nll=float(per_edit.max()))
+                if float(per_edit.max()) < hp.early_stop_loss:
+                    break
+                optimiser.zero_grad()
+                nll.mean().backward()
+                optimiser.step()
+                report["steps"] = step + 1
+    if hp.routing == "anchor":
+        routed = adaptor.last_routes[rows, pos]
+        report["routed_to_new_expert"] = float((routed == newest).float().mean())
+    return report
