@@ -125,10 +125,10 @@ class _Run:
         self.diagnostics = []
         self.loop_seconds = 0.0  # all of the loop, state saving included (for the overhead figure)
 
-    # -- references from the unedited model ------------------------------------------------------
     def context(self) -> RunContext:
         return RunContext(self.dir, self.hp, self.model, self.tok, self.records, self.options)
 
+    # -- references from the unedited model ------------------------------------------------------
     def compute_references(self):
         pairs = [pair for r in self.records for pair in r.locality]
         preds = [s.predicted for s in evaluate.score_answers(self.model, self.tok, pairs)] if pairs else []
