@@ -32,11 +32,6 @@ def read_json(path, what: str = "data file"):
         raise FileContentError(f"{path}: not valid JSON: {error}") from None
 
 
-def fsync_file(path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def atomic_write_bytes(path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..files import TMP_SUFFIX, atomic_write_json, fsync_file, load_tensors, save_tensors
+from ..files import TMP_SUFFIX, atomic_write_json, load_tensors, save_tensors
 
 STATE = "state"
 OLD_STATE = ".state.old"
@@ -104,9 +104,8 @@ def save_state(run_dir: Path, model, changed_params, progress: dict, adaptor=Non
         progress_tensors: dict = {}
         encoded = encode({**progress, "rng": rng_state()}, progress_tensors)
         save_tensors(tmp / "progress.safetensors", progress_tensors)
+        # Each file above is fsynced as it is written (files.atomic_write_bytes); progress.json comes last.
         atomic_write_json(tmp / PROGRESS, {"format": FORMAT, "position": progress["position"], "progress": encoded})
-        for f in tmp.iterdir():
-            fsync_file(f)
         current, old = run_dir / STATE, run_dir / OLD_STATE
         shutil.rmtree(old, ignore_errors=True)
         if current.exists():
