@@ -101,6 +101,24 @@ def test_wilke_edits_one_layer_and_restores(tiny_model, stats_dir, fast_scan):
 
 
 @pytest.mark.dev0_compatible
+def test_guarded_wilke_leaves_the_earlier_edits_key_where_it_was(tiny_model, stats_dir):
+    from edit_plugins.editing.keys import compute_keys
+    from edit_plugins.editing.layers import get_module, weight_out_in
+
+    family, model, tok = tiny_model
+    hp = hparams.load(HPARAMS / "WilKE" / "tiny-gpt2.yaml")
+    hp.model_name, hp.stats_dir, hp.layers, hp.rewrite_module_tmp = f"tiny-{family}", stats_dir, [1], FAMILIES[family][0]
+    hp.interference_guard = True
+    module = hp.rewrite_module_tmp.format(1)
+    apply_wilke_to_model(model, tok, [REQUEST], hp)
+    key = compute_keys(model, tok, normalize_requests([REQUEST]), [module])[module][0]
+    value = weight_out_in(get_module(model, module)).detach().float() @ key
+    apply_wilke_to_model(model, tok, [MID_REQUEST], hp)
+    after = weight_out_in(get_module(model, module)).detach().float() @ key
+    assert float((after - value).norm() / value.norm()) < 1e-5
+
+
+@pytest.mark.dev0_compatible
 def test_lemoe_edit_takes_hold_and_the_adaptor_comes_off_exactly(tiny_model):
     family, model, tok = tiny_model
     hp = hparams.load(HPARAMS / "LEMoE" / "tiny-gpt2.yaml")

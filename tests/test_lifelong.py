@@ -22,10 +22,10 @@ CF_EASYEDIT = SHARED_DATA / "counterfact_easyedit.json"
 KNOWN = SHARED_DATA / "known_1000.json"
 
 
-def tiny_hparams(stats_dir, tmp_path):
+def tiny_hparams(stats_dir, tmp_path, extra=""):
     text = (HPARAMS / "WilKE" / "tiny-gpt2.yaml").read_text().replace("./data/stats", stats_dir)
     path = tmp_path / "tiny.yaml"
-    path.write_text(text.replace("layers: [0, 1, 2, 3]", "layers: [1, 2]"))
+    path.write_text(text.replace("layers: [0, 1, 2, 3]", "layers: [1, 2]") + extra)
     return path
 
 
@@ -116,10 +116,12 @@ def cli(*args, env=None):
     return [sys.executable, "-m", "edit_plugins.cli", "lifelong", *map(str, args)]
 
 
-@pytest.mark.parametrize("method", ["WilKE", "LEMoE"])
+@pytest.mark.parametrize("method", ["WilKE", "WilKE-guarded", "LEMoE"])
 def test_resume_after_sigkill_gives_the_same_summary(tmp_path, stats_dir, method):
-    # WilKE's edits live in the weights; LEMoE's in an adaptor saved beside them.
-    hp = tiny_hparams(stats_dir, tmp_path) if method == "WilKE" else HPARAMS / "LEMoE" / "tiny-gpt2.yaml"
+    # WilKE's edits live in the weights; the guard's keys and LEMoE's adaptor in the method's state beside them.
+    hp = {"WilKE": lambda: tiny_hparams(stats_dir, tmp_path),
+          "WilKE-guarded": lambda: tiny_hparams(stats_dir, tmp_path, "interference_guard: true\nguard_repair: true\n"),
+          "LEMoE": lambda: HPARAMS / "LEMoE" / "tiny-gpt2.yaml"}[method]()
     common = ["--hparams", hp, "--data", ZSRE, "--num-edits", 10, "--save-every", 2, "--probe-data", KNOWN,
               "--num-probes", 10, "--quiet"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -145,8 +147,11 @@ def test_resume_after_sigkill_gives_the_same_summary(tmp_path, stats_dir, method
     resumed = subprocess.run(cli("--out", tmp_path / "killed", "--resume"), capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert (tmp_path / "killed" / "summary.json").read_text() == (tmp_path / "straight" / "summary.json").read_text()
-    edits = (tmp_path / "killed" / "edits.jsonl").read_text().splitlines()
-    assert [json.loads(e)["step"] for e in edits] == list(range(1, 11))
+    edits = [json.loads(e) for e in (tmp_path / "killed" / "edits.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in edits] == list(range(1, 11))
+    if method == "WilKE-guarded":  # the guard was at work after the resume: exact paths, and refreshed keys
+        guards = [e["info"]["guard"] for e in edits[5:]]
+        assert "guard" in [g["path"] for g in guards] and any("keys_refreshed" in g for g in guards)
 
 
 @pytest.mark.slow

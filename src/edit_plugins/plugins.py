@@ -30,7 +30,7 @@ class Method:
     hparams_class: type
     restore: str = "weights"  # how weights_copy undoes an edit: original "weights", or a "callable"
     plugin: str = ""
-    # Optional, for methods that keep their edits outside the model's parameters (adaptors):
+    # Optional, for methods that keep state outside the model's parameters (adaptors, guarded keys):
     plan_order: Callable | None = None  # (model, tok, requests, hparams) -> permutation of a known pool
     save_state: Callable | None = None  # (model) -> (tensors, metadata)
     load_state: Callable | None = None  # (model, tensors, metadata) -> None

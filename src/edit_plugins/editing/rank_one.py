@@ -21,16 +21,21 @@ def update_direction(direction_key: torch.Tensor, c_inv: torch.Tensor | None) ->
 
 
 def rank_one_update(weight_out_in: torch.Tensor, key: torch.Tensor, target_value: torch.Tensor,
-                    c_inv: torch.Tensor | None, direction_key: torch.Tensor | None = None) -> torch.Tensor:
+                    c_inv: torch.Tensor | None, direction_key: torch.Tensor | None = None,
+                    direction: torch.Tensor | None = None) -> torch.Tensor:
     """The (out, in) update ΔW = (v* − Wk) uᵀ / (kᵀu) with u = C⁻¹k̄, which maps ``key`` exactly to v*.
 
     ``direction_key`` k̄ sets the update's direction (ROME: the key averaged over context templates,
     while ``key`` is the plain prompt's own key); it defaults to ``key``, the minimum C-norm update.
-    ``c_inv`` None means C = I (no second-moment adjustment).
+    ``c_inv`` None means C = I (no second-moment adjustment). ``direction`` gives u itself (the
+    interference guard's), in place of C⁻¹k̄.
     """
     W = weight_out_in.detach().float()
     k = key.to(W.device).float()
-    u = update_direction(k if direction_key is None else direction_key.to(W.device), c_inv)
+    if direction is not None:
+        u = direction.to(W.device).float()
+    else:
+        u = update_direction(k if direction_key is None else direction_key.to(W.device), c_inv)
     residual = require_finite(target_value.to(W.device).float(), "the target value v*") - W @ k
     return require_finite(torch.outer(residual, u) / torch.dot(k, u), "the rank-one update ΔW")
 

@@ -173,8 +173,8 @@ class _Run:
     def save(self):
         atomic_write_jsonl(self.dir / "edits.jsonl", self.edits)
         atomic_write_jsonl(self.dir / "checkpoints.jsonl", self.checkpoint_rows)
-        adaptor = self.method.save_state(self.model) if self.method and self.method.save_state and self.position else None
-        save_state(self.dir, self.model, self.changed_params, adaptor=adaptor, progress={
+        own = self.method.save_state(self.model) if self.method and self.method.save_state and self.position else None
+        save_state(self.dir, self.model, self.changed_params, method_state=own, progress={
             "position": self.position, "edits": self.edits, "checkpoints": self.checkpoint_rows,
             "timings": self.timings, "changed_params": sorted(self.changed_params), "loop_seconds": self.loop_seconds,
             "locality_reference": self.locality_reference, "probe_reference": self.probe_reference,
@@ -422,7 +422,7 @@ def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True)
             run.compute_references()
             return _execute(run, progress_bar)
         run = _Run(run_dir, hparams, model, tok, records, probes, options, apply_fn)
-        load_adaptor = run.method.load_state if run.method else None
-        return _execute(run, progress_bar, progress=load_state(run_dir, model, load_adaptor))
+        load_method_state = run.method.load_state if run.method else None
+        return _execute(run, progress_bar, progress=load_state(run_dir, model, load_method_state))
     finally:
         folder.release()

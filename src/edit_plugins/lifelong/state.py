@@ -1,5 +1,5 @@
 """The resumable run state, with no pickle anywhere: JSON for the stream position, options, logs and
-RNG states, safetensors for tensors (edited parameters, an adaptor, diagnostics' tensors).
+RNG states, safetensors for tensors (edited parameters, the method's own state, diagnostics' tensors).
 
 A state is a folder, ``state/``. Saving writes a complete new one (``progress.json`` last, so a folder
 that has it is complete) and swaps it in with two renames; ``recover_state`` finds the newest complete
@@ -22,6 +22,7 @@ from ..files import TMP_SUFFIX, atomic_write_json, load_tensors, save_tensors
 STATE = "state"
 OLD_STATE = ".state.old"
 PROGRESS = "progress.json"
+METHOD_STATE = "method_state.safetensors"  # a method's own state, where it registers save_state
 FORMAT = 2  # 1: progress.pkl (refused: it would have to be unpickled)
 
 
@@ -92,15 +93,15 @@ def _hashable(key):
 
 
 # -- saving and loading -----------------------------------------------------------------------------------
-def save_state(run_dir: Path, model, changed_params, progress: dict, adaptor=None) -> None:
+def save_state(run_dir: Path, model, changed_params, progress: dict, method_state=None) -> None:
     """Everything needed to resume, written to a fresh folder that replaces the old one whole."""
     run_dir = Path(run_dir)
     tmp = Path(tempfile.mkdtemp(prefix=".state.", suffix=TMP_SUFFIX, dir=run_dir))
     try:
         tensors = {name: model.get_parameter(name).detach().cpu().contiguous() for name in sorted(changed_params)}
         save_tensors(tmp / "edited_parameters.safetensors", tensors)
-        if adaptor is not None:  # (tensors, metadata) of a method whose edits live outside the parameters
-            save_tensors(tmp / "adaptor.safetensors", adaptor[0], adaptor[1])
+        if method_state is not None:  # (tensors, metadata): an adaptor, guarded keys, ...
+            save_tensors(tmp / METHOD_STATE, method_state[0], method_state[1])
         progress_tensors: dict = {}
         encoded = encode({**progress, "rng": rng_state()}, progress_tensors)
         save_tensors(tmp / "progress.safetensors", progress_tensors)
@@ -151,7 +152,7 @@ def has_state(run_dir: Path) -> bool:
     return _position(Path(run_dir) / STATE) is not None
 
 
-def load_state(run_dir: Path, model, load_adaptor=None) -> dict:
+def load_state(run_dir: Path, model, load_method_state=None) -> dict:
     state_dir = Path(run_dir) / STATE
     header = json.loads((state_dir / PROGRESS).read_text())
     if header.get("format") != FORMAT:
@@ -159,9 +160,9 @@ def load_state(run_dir: Path, model, load_adaptor=None) -> dict:
     with torch.no_grad():
         for name, value in load_tensors(state_dir / "edited_parameters.safetensors")[0].items():
             model.get_parameter(name).copy_(value)
-    adaptor_file = state_dir / "adaptor.safetensors"
-    if adaptor_file.is_file():
-        if load_adaptor is None:
-            raise StateError(f"{adaptor_file}: the run saved an adaptor, but its method registers no load_state")
-        load_adaptor(model, *load_tensors(adaptor_file))
+    method_file = state_dir / METHOD_STATE
+    if method_file.is_file():
+        if load_method_state is None:
+            raise StateError(f"{method_file}: the run saved its method's state, but the method registers no load_state")
+        load_method_state(model, *load_tensors(method_file))
     return decode(header["progress"], load_tensors(state_dir / "progress.safetensors")[0])

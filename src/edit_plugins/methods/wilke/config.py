@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, List, Optional
 
+from ...editing.interference_guard import GuardSettings
 from ...editing.layers import check_layers
 from ...hparams import EditHyperParams, HparamsError
 
@@ -35,6 +36,24 @@ class WilKEHyperParams(EditHyperParams):
     # batch each. Same result as one at a time (1); larger passes run closer to the CPU's speed but cost memory.
     scan_layers_per_pass: int = 5
     batch_size: int = 1
+    # The interference guard (docs/interference_guard.md): each part on or off, for ablations.
+    interference_guard: bool = False  # ΔW leaves every earlier edit's key at the layer mapped as it was
+    guard_preserved_knowledge: bool = False  # u in C's low-variance eigenvectors (AlphaEdit's null space)
+    guard_null_space_threshold: float = 1e-2  # ... eigenvalue below this × the mean eigenvalue
+    guard_min_residual: float = 0.1  # regularised fallback when the exact guard would grow ΔW over 1/this
+    guard_max_keys_fraction: float = 0.9  # ... or once exact keys fill this share of the layer's width
+    guard_fallback_weight: float = 1.0  # λ of the fallback's (C + λ Σ k_j k_jᵀ)
+    guard_refresh_stale_keys: bool = True  # recompute a layer's keys after edits at layers below it
+    guard_repair: bool = False  # on refresh, map earlier keys that slipped back to their values
+    guard_repair_threshold: float = 0.1  # slipped: ‖W k_j − v_j‖ / ‖v_j‖ above this
+
+    def guard_settings(self) -> GuardSettings:
+        return GuardSettings(
+            past_edits=self.interference_guard, preserved_knowledge=self.guard_preserved_knowledge,
+            null_space_threshold=self.guard_null_space_threshold, min_residual=self.guard_min_residual,
+            max_keys_fraction=self.guard_max_keys_fraction, fallback_weight=self.guard_fallback_weight,
+            refresh_stale_keys=self.guard_refresh_stale_keys, repair=self.guard_repair,
+            repair_threshold=self.guard_repair_threshold)
 
     def check_model(self, model) -> None:
         check_layers(model, self.rewrite_module_tmp, self.layers)
@@ -54,3 +73,16 @@ class WilKEHyperParams(EditHyperParams):
                      "fast_scan_candidates"):
             if getattr(self, name) <= 0:
                 raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")
+        for name in ("guard_null_space_threshold", "guard_min_residual", "guard_max_keys_fraction",
+                     "guard_fallback_weight", "guard_repair_threshold"):
+            if getattr(self, name) <= 0:
+                raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")
+        for name in ("guard_min_residual", "guard_max_keys_fraction"):
+            if getattr(self, name) > 1:
+                raise HparamsError(f"{source}: field {name!r} must be at most 1, got {getattr(self, name)!r}")
+        if self.guard_preserved_knowledge and not self.mom2_adjustment:
+            raise HparamsError(f"{source}: field 'guard_preserved_knowledge' needs C's eigenvectors, so "
+                               "'mom2_adjustment' must be true")
+        if self.guard_repair and not (self.interference_guard and self.guard_refresh_stale_keys):
+            raise HparamsError(f"{source}: field 'guard_repair' works on refreshed guarded keys: it needs "
+                               "'interference_guard' and 'guard_refresh_stale_keys' true")

@@ -7,7 +7,6 @@ import torch
 
 from ...editing.layers import get_module, input_device, weight_out_in
 from ...editing.output_head import OutputHead
-from ...editing.rank_one import update_direction
 from ...editing.runtime import SuffixRunner, add_at_positions, frozen_parameters
 from ...editing.values import rewrite_nll
 
@@ -32,13 +31,13 @@ def reachable_layers(model, runner: SuffixRunner, module_names) -> set[str]:
     return {name for name in module_names if deltas[name].grad is not None and bool(deltas[name].grad.any())}
 
 
-def estimate_layer_scores(model, runner: SuffixRunner, module_names, keys, mean_keys, c_invs) -> dict[str, float]:
+def estimate_layer_scores(model, runner: SuffixRunner, module_names, keys, directions) -> dict[str, float]:
     """fast_scan: estimate LA_l for every candidate without optimising δ there.
 
     The v* loss measures δ in units of ‖v₀‖: the weight decay is ‖δ‖²/‖v₀‖² and the clamp is a multiple
     of ‖v₀‖. The optimised δ follows: in faithful scans on SmolLM2 (``bench/wilke_quality.py agreement``),
     ‖δ_l‖/‖v₀,l‖ spans a factor of about 2 over the layers of one edit, ‖v₀,l‖ a factor of 5–12. So
-    ‖δ_l‖ ∝ ‖v₀,l‖ roughly and, with u = C⁻¹k̄,
+    ‖δ_l‖ ∝ ‖v₀,l‖ roughly and, with the update's direction u (``directions``: C⁻¹k̄, or the guard's),
 
         LA_l ≈ ‖v₀,l‖ · ‖u_l‖ / |k_lᵀu_l| / ‖W_l‖   (up to a factor common to all layers).
 
@@ -51,7 +50,7 @@ def estimate_layer_scores(model, runner: SuffixRunner, module_names, keys, mean_
         module = get_module(model, name)
         W = weight_out_in(module).detach().float()
         k = keys[name].to(W.device)
-        u = update_direction(mean_keys[name].to(W.device), c_invs[name])
+        u = directions[name].to(W.device)
         v0 = W @ k
         if getattr(module, "bias", None) is not None:
             v0 = v0 + module.bias.detach().float()

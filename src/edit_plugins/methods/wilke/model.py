@@ -4,13 +4,14 @@ from __future__ import annotations
 import logging
 import weakref
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
 
 from ... import easyedit_compat
 from ...editing.covariance import safe_inverse, second_moments, stats_model_key
+from ...editing.interference_guard import ModelGuard, guard_for
 from ...editing.keys import compute_keys
 from ...editing.layers import add_to_weight, check_layers, get_module, is_transposed, weight_out_in
 from ...editing.rank_one import rank_one_update, relative_size, update_direction
@@ -40,10 +41,13 @@ class LayerEdit:
     relative_size: float  # LA = ‖ΔW‖_F / ‖W‖_F
     key: torch.Tensor  # the prompt's own key k (mapped exactly to v*)
     residual: torch.Tensor  # r = v* − W k = δ
-    c_inv_key: torch.Tensor  # the update direction u = C⁻¹k̄
+    c_inv_key: torch.Tensor  # the update direction u: C⁻¹k̄, or the interference guard's
+    target: torch.Tensor  # v* (before the bias): what k is mapped to
+    direction_key: torch.Tensor  # k̄, the template-mean key
     steps: int
     nll: float
     initial_nll: float
+    guard: dict = field(default_factory=dict)  # the guard's path and residual ratio, where it is on
 
     @property
     def reached_target(self) -> bool:
@@ -61,9 +65,12 @@ class WilKEResult:
     ineligible: list = field(default_factory=list)  # candidates whose δ could not reach the target
 
     def report(self) -> dict:
-        return {"layer": self.chosen.layer, "layer_scores": {str(k): v for k, v in self.layer_scores.items()},
-                "ineligible_layers": self.ineligible, "scores_estimated": self.estimated,
-                "v_steps": self.chosen.steps, "v_nll": self.chosen.nll}
+        out = {"layer": self.chosen.layer, "layer_scores": {str(k): v for k, v in self.layer_scores.items()},
+               "ineligible_layers": self.ineligible, "scores_estimated": self.estimated,
+               "v_steps": self.chosen.steps, "v_nll": self.chosen.nll}
+        if self.chosen.guard:
+            out["guard"] = self.chosen.guard
+        return out
 
 
 def layer_inverses(model, tok, hp: WilKEHyperParams, module_names) -> dict:
@@ -81,9 +88,21 @@ def layer_inverses(model, tok, hp: WilKEHyperParams, module_names) -> dict:
     return {n: cache[(n, settings)] for n in module_names}
 
 
-def _layer_edits(model, runner, hp, layers, names, keys, mean_keys, c_invs) -> Iterator[LayerEdit]:
-    """ROME's edit at each of ``layers``: v* = W k + δ at the prompt's own key k, direction u = C⁻¹k̄
-    (k̄: template mean). The δ of all of them are optimised together, one copy of the batch each; the
+def update_directions(model, guard: ModelGuard | None, names: dict, keys, mean_keys, c_invs) -> dict:
+    """u per candidate module: C⁻¹k̄ (k̄: template mean), or the interference guard's direction."""
+    out = {}
+    for layer, name in names.items():
+        if guard is None:
+            out[name] = (update_direction(mean_keys[name], c_invs[name]), {})
+        else:
+            d = guard.layer(model, name, layer, c_invs[name]).direction(keys[name], mean_keys[name])
+            out[name] = (d.u, {"path": d.path, "residual_ratio": d.residual_ratio, "keys_guarded": d.keys_guarded})
+    return out
+
+
+def _layer_edits(model, runner, hp, layers, names, keys, mean_keys, directions) -> Iterator[LayerEdit]:
+    """ROME's edit at each of ``layers``: v* = W k + δ at the prompt's own key k, direction u from
+    ``update_directions``. The δ of all of them are optimised together, one copy of the batch each; the
     edits are built one at a time, so a caller keeping only the best holds one ΔW besides it."""
     candidates, currents = [], []
     for layer in layers:
@@ -97,9 +116,11 @@ def _layer_edits(model, runner, hp, layers, names, keys, mean_keys, c_invs) -> I
         name = names[layer]
         W = weight_out_in(get_module(model, name)).detach().float()
         key, mean_key = keys[name].to(W.device), mean_keys[name].to(W.device)
-        delta = rank_one_update(W, key, current + value.delta.to(W.device), c_invs[name], direction_key=mean_key)
-        yield LayerEdit(layer, name, delta, relative_size(delta, W), key, value.delta.to(W.device),
-                        update_direction(mean_key, c_invs[name]), value.steps, value.nll, value.initial_nll)
+        u, guard_info = directions[name]
+        target = current + value.delta.to(W.device)
+        delta = rank_one_update(W, key, target, None, direction=u)
+        yield LayerEdit(layer, name, delta, relative_size(delta, W), key, value.delta.to(W.device), u.to(W.device),
+                        target, mean_key, value.steps, value.nll, value.initial_nll, dict(guard_info))
 
 
 def _better(edit: LayerEdit, best: LayerEdit | None) -> bool:
@@ -120,9 +141,10 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
     mean_keys = {n: k[0] for n, k in compute_keys(model, tok, [request], modules, templates).items()}
     keys = {n: k[0] for n, k in compute_keys(model, tok, [request], modules, ("{}",)).items()}
     c_invs = layer_inverses(model, tok, hp, list(names.values()))
+    directions = update_directions(model, guard_for(model, hp.guard_settings()), names, keys, mean_keys, c_invs)
     runner = SuffixRunner.for_request(model, tok, request, templates)  # shared by every candidate
     if hp.fast_scan and len(names) > 1:
-        estimates = estimate_layer_scores(model, runner, modules, keys, mean_keys, c_invs)
+        estimates = estimate_layer_scores(model, runner, modules, keys, {n: u for n, (u, _) in directions.items()})
         scores = {layer: estimates[name] for layer, name in names.items() if name in estimates}
         ineligible = [layer for layer in names if layer not in scores]
         ranked = sorted(scores, key=scores.get)[: max(hp.fast_scan_candidates, FAST_SCAN_TRIES)] or hp.layers[:1]
@@ -133,7 +155,7 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
         chosen = None
         passes = [ranked[: hp.fast_scan_candidates]] + [[layer] for layer in ranked[hp.fast_scan_candidates:]]
         for layers in passes:
-            for edit in _layer_edits(model, runner, hp, layers, names, keys, mean_keys, c_invs):
+            for edit in _layer_edits(model, runner, hp, layers, names, keys, mean_keys, directions):
                 if _better(edit, chosen):  # reached the target with the smallest LA, else the closest so far
                     chosen = edit
                 if not edit.reached_target and edit.layer not in ineligible:
@@ -145,13 +167,30 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
     layers = sorted(names)  # neighbours share a pass: each pass starts at its lowest layer
     for start in range(0, len(layers), hp.scan_layers_per_pass):
         for edit in _layer_edits(model, runner, hp, layers[start: start + hp.scan_layers_per_pass],
-                                 names, keys, mean_keys, c_invs):
+                                 names, keys, mean_keys, directions):
             scores[edit.layer] = edit.relative_size
             if not edit.reached_target:
                 ineligible.append(edit.layer)
             if _better(edit, chosen):
                 chosen = edit  # keep only the winner: the other candidates leave no trace
     return WilKEResult(chosen, scores, ineligible=ineligible)
+
+
+def _guarded_final(model, tok, hp: WilKEHyperParams, guard: ModelGuard, edit: LayerEdit):
+    """The chosen layer's update against fresh keys. If a layer below it was edited since its guarded keys
+    were computed, recompute them (and, with ``guard_repair``, map slipped ones back: that changes W), then
+    u and ΔW. Returns the edit and the repair's ΔW (None if none)."""
+    layer_guard = guard.layers[edit.module]
+    if not (hp.guard_refresh_stale_keys and guard.is_stale(layer_guard)):
+        return edit, None
+    report = guard.refresh(model, tok, layer_guard)
+    repair = report.pop("repair_delta", None)
+    W = weight_out_in(get_module(model, edit.module)).detach().float()
+    d = layer_guard.direction(edit.key, edit.direction_key)
+    delta = rank_one_update(W, edit.key, edit.target, None, direction=d.u)
+    info = {"path": d.path, "residual_ratio": d.residual_ratio, "keys_guarded": d.keys_guarded, **report}
+    return replace(edit, delta=delta, relative_size=relative_size(delta, W), residual=edit.target - W @ edit.key,
+                   c_inv_key=d.u.to(W.device), guard=info), repair
 
 
 def apply_wilke_to_model(model, tok, requests, hparams: WilKEHyperParams, copy=False, return_orig_weights=False,
@@ -162,6 +201,7 @@ def apply_wilke_to_model(model, tok, requests, hparams: WilKEHyperParams, copy=F
     if copy:
         model = deepcopy(model)
     originals: dict = {}
+    guard = guard_for(model, hparams.guard_settings())
     try:
         for request in normalized:
             result = execute_wilke(model, tok, request, hparams)
@@ -170,12 +210,21 @@ def apply_wilke_to_model(model, tok, requests, hparams: WilKEHyperParams, copy=F
             module = get_module(model, edit.module)
             if param_name not in originals:
                 originals[param_name] = module.weight.detach().clone()
+            total = edit.delta
+            if guard is not None:
+                edit, repair = _guarded_final(model, tok, hparams, guard, edit)
+                result.chosen = edit  # the report shows the update applied
+                total = edit.delta if repair is None else edit.delta + repair
             add_to_weight(module, edit.delta)
+            if guard is not None:
+                guard.layers[edit.module].record(edit.key, edit.target, (request.prompt, request.subject),
+                                                 weight_out_in(module), len(guard.edit_log))
+                guard.log_edit(edit.layer)
             LOG.info("WilKE edited layer %d (LA=%.3g); candidates: %s", edit.layer, edit.relative_size,
                      {k: round(v, 5) for k, v in result.layer_scores.items()})
             emit_after_edit(EditEvent(
                 method=hparams.alg_name, request=request.raw, model=model, hparams=hparams, modules=[edit.module],
-                weight_deltas={param_name: edit.delta.t() if is_transposed(module) else edit.delta},
+                weight_deltas={param_name: total.t() if is_transposed(module) else total},
                 linear_edits=[LinearEdit(edit.module, edit.key, edit.residual, edit.c_inv_key)],
                 info=result.report()))
     except BaseException:

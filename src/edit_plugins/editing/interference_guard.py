@@ -1,0 +1,370 @@
+"""The interference guard: rank-one updates that leave earlier edits' keys mapped where they were.
+
+For an edit (k, r = v* − Wk) at a layer whose earlier edits had keys k_1..k_n, the minimum-C-norm ΔW
+with ΔW k = r and ΔW k_j = 0 is rank one: r uᵀ with u = C⁻¹k_⊥ / (kᵀC⁻¹k_⊥), where k_⊥ is k less its
+projection on the k_j in the inner product ⟨a, b⟩ = aᵀC⁻¹b. So p(k, k_j) = uᵀk_j / uᵀk = 0 for every
+earlier j. Derivation, thresholds and design: docs/interference_guard.md.
+
+Per guarded layer this keeps the earlier keys and a C⁻¹-orthonormal basis of them, grown one key at a
+time (O(n·d) per edit besides one C⁻¹ product). Where a new key is nearly in their span, or the keys
+fill most of the layer's width, it falls back to the regularised direction u = (C + λ Σ k_j k_jᵀ)⁻¹k̄,
+whose inverse is built once and then kept by Sherman–Morrison updates (O(d²) per edit).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import weakref
+
+import torch
+
+from .layers import add_to_weight, get_module, weight_out_in
+
+LOG = logging.getLogger(__name__)
+STATE_FORMAT = "edit-plugins interference guard v1"
+
+_guards: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> ModelGuard
+_pending: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> saved state not yet replayed
+
+
+@dataclasses.dataclass(frozen=True)
+class GuardSettings:
+    past_edits: bool = False  # ΔW k_j = 0 for earlier edits' keys at the layer
+    preserved_knowledge: bool = False  # u restricted to C's low-variance eigenvectors (AlphaEdit's null space)
+    null_space_threshold: float = 1e-2  # ... those with eigenvalue below this × the mean eigenvalue
+    min_residual: float = 0.1  # fall back when the guard would make ΔW more than 1/this larger in C-norm
+    max_keys_fraction: float = 0.9  # fall back once the exact keys fill this share of the layer's width
+    fallback_weight: float = 1.0  # λ in (C + λ Σ k_j k_jᵀ)
+    refresh_stale_keys: bool = True  # recompute a layer's keys when a layer below was edited since
+    repair: bool = False  # after a refresh, map slipped earlier keys back to their values
+    repair_threshold: float = 0.1  # "slipped": ‖W k_j − v_j‖ / ‖v_j‖ above this
+
+    @property
+    def active(self) -> bool:
+        return self.past_edits or self.preserved_knowledge
+
+
+def _digest(weight: torch.Tensor) -> str:
+    return hashlib.blake2b(weight.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+
+
+class _Space:
+    """Where u lives. Full: all of ℝᵈ with the metric M = C⁻¹. Null space: coordinates z = U₀ᵀx on C's
+    low-variance eigenvectors U₀, where C is diagonal (Λ₀) and M = Λ₀⁻¹."""
+
+    def __init__(self, c_inv: torch.Tensor | None, width: int, settings: GuardSettings, device):
+        self.width = width
+        self.basis_vectors = None  # U₀ (d, m), null-space mode only
+        if c_inv is None:
+            self.metric_matrix, self.metric_diagonal = None, None  # M = I
+        elif settings.preserved_knowledge:
+            mu, vectors = torch.linalg.eigh(c_inv.to(device).double())  # eigenvalues of C⁻¹ = 1/eigenvalues of C
+            eigenvalues = 1.0 / mu
+            keep = eigenvalues < settings.null_space_threshold * eigenvalues.mean()
+            self.basis_vectors = vectors[:, keep].contiguous()
+            self.metric_matrix, self.metric_diagonal = None, mu[keep].contiguous()
+        else:
+            self.metric_matrix, self.metric_diagonal = c_inv.to(device).double(), None
+        self.dim = width if self.basis_vectors is None else self.basis_vectors.shape[1]
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.double()
+        return x if self.basis_vectors is None else self.basis_vectors.T @ x
+
+    def lift(self, z: torch.Tensor) -> torch.Tensor:
+        return z if self.basis_vectors is None else self.basis_vectors @ z
+
+    def metric(self, z: torch.Tensor) -> torch.Tensor:
+        if self.metric_matrix is not None:
+            return self.metric_matrix @ z
+        return z if self.metric_diagonal is None else self.metric_diagonal * z
+
+    def metric_inverse(self) -> torch.Tensor:
+        """M⁻¹ (C as the edit uses it, damped): only for building the fallback's inverse."""
+        if self.metric_matrix is not None:
+            return torch.linalg.inv(self.metric_matrix)
+        diagonal = torch.ones(self.dim, dtype=torch.float64) if self.metric_diagonal is None else 1.0 / self.metric_diagonal
+        return torch.diag(diagonal)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.metric_matrix, self.metric_diagonal, self.basis_vectors)
+                   if t is not None)
+
+
+@dataclasses.dataclass
+class Direction:
+    u: torch.Tensor  # float32, (d,)
+    path: str  # "plain" (nothing to guard), "guard" (exact), "fallback" (regularised)
+    residual_ratio: float  # ρ: the guarded ΔW is 1/ρ times the unguarded one in C-norm
+    keys_guarded: int
+
+
+class LayerGuard:
+    """One layer's earlier keys and the factors the guarded direction needs."""
+
+    def __init__(self, module: str, layer: int, space: _Space, settings: GuardSettings):
+        self.module, self.layer, self.space, self.settings = module, layer, space, settings
+        self.keys: list[torch.Tensor] = []  # k_j as last computed (float32)
+        self.values: list[torch.Tensor] = []  # v_j = W k_j right after edit j: what k_j should map to
+        self.prompts: list[tuple[str, str]] = []  # (prompt with "{}", subject): to recompute k_j
+        self.fresh_at = 0  # position in the model's edit log at which every key here was current
+        self.snapshots: list[tuple[int, str]] = []  # (number of keys, digest of W) after each change
+        self._reset_factors()
+
+    def _reset_factors(self):
+        self.basis = torch.zeros(0, self.space.dim, dtype=torch.float64)  # rows b_i: ⟨b_i, b_j⟩_M = δ_ij
+        self.metric_basis = torch.zeros_like(self.basis)  # rows M b_i
+        self.triangular = torch.zeros(0, 0, dtype=torch.float64)  # R: basis keys z_j = Σ_i R_ij b_i
+        self.in_basis: list[int] = []  # key index of each basis row
+        self.fallback_inverse = None  # (M⁻¹ + λ Σ z_j z_jᵀ)⁻¹ once the fallback was needed
+        self.fallback_built_at = None  # number of keys it was built from (replayed identically on resume)
+
+    # -- the maths ---------------------------------------------------------------------------------
+    def _to_device(self, device):
+        if self.basis.device != device:
+            self.basis, self.metric_basis = self.basis.to(device), self.metric_basis.to(device)
+            self.triangular = self.triangular.to(device)
+
+    def _orthogonal_part(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z less its M-projection on the basis (classical Gram–Schmidt, twice), and the coefficients."""
+        if not len(self.basis):
+            return z, z.new_zeros(0)
+        self._to_device(z.device)
+        c1 = self.metric_basis @ z
+        z1 = z - self.basis.T @ c1
+        c2 = self.metric_basis @ z1
+        return z1 - self.basis.T @ c2, c1 + c2
+
+    def _capacity_left(self) -> bool:
+        return len(self.in_basis) < self.settings.max_keys_fraction * self.space.dim
+
+    def direction(self, key: torch.Tensor, direction_key: torch.Tensor) -> Direction:
+        """u for an edit whose own key is ``key`` and whose direction key is ``direction_key`` (k̄)."""
+        z = self.space.project(direction_key)
+        z_key = self.space.project(key)
+        Mz = self.space.metric(z)
+        if not self.settings.past_edits or not self.keys:
+            return Direction(self.space.lift(Mz).float(), "plain", 1.0, 0)
+        perp, _ = self._orthogonal_part(z)
+        M_perp = self.space.metric(perp)
+        # ρ = (‖u‖_C/|kᵀu|) unguarded ÷ guarded, with ‖Mz‖_C = ‖z‖_M
+        norm_z, norm_perp = float(z @ Mz) ** 0.5, max(float(perp @ M_perp), 0.0) ** 0.5
+        along, along_perp = float(z_key @ Mz), float(z_key @ M_perp)
+        ratio = 0.0 if norm_perp == 0 or along == 0 else abs(along_perp / along) * norm_z / norm_perp
+        if ratio >= self.settings.min_residual and self._capacity_left():
+            return Direction(self.space.lift(M_perp).float(), "guard", ratio, len(self.keys))
+        u = self._fallback(z.device) @ z
+        return Direction(self.space.lift(u).float(), "fallback", ratio, len(self.keys))
+
+    def _fallback(self, device) -> torch.Tensor:
+        if self.fallback_inverse is None:
+            Z = torch.stack([self.space.project(k.to(device)) for k in self.keys])
+            A = self.space.metric_inverse().to(device) + self.settings.fallback_weight * (Z.T @ Z)
+            self.fallback_inverse = torch.cholesky_inverse(torch.linalg.cholesky(A))
+            self.fallback_built_at = len(self.keys)
+        return self.fallback_inverse.to(device)
+
+    def _admit(self, z: torch.Tensor) -> None:
+        """Grow the basis by the part of z not yet in its span (unless z is nearly dependent or the basis
+        is full), and the fallback's inverse by z (Sherman–Morrison)."""
+        if not self.settings.past_edits:
+            return
+        index = len(self.keys) - 1
+        perp, coefficients = self._orthogonal_part(z)
+        norm_perp = max(float(perp @ self.space.metric(perp)), 0.0) ** 0.5
+        norm_z = float(z @ self.space.metric(z)) ** 0.5
+        if self._capacity_left() and norm_z > 0 and norm_perp >= self.settings.min_residual * norm_z:
+            n = len(self.in_basis)
+            R = torch.zeros(n + 1, n + 1, dtype=torch.float64, device=z.device)
+            R[:n, :n] = self.triangular.to(z.device)
+            R[:n, n], R[n, n] = coefficients, norm_perp
+            self.triangular = R
+            self.basis = torch.cat([self.basis.to(z.device), (perp / norm_perp)[None]])
+            self.metric_basis = torch.cat([self.metric_basis.to(z.device), (self.space.metric(perp) / norm_perp)[None]])
+            self.in_basis.append(index)
+        if self.fallback_inverse is not None:
+            Az = self.fallback_inverse.to(z.device) @ z
+            lam = self.settings.fallback_weight
+            self.fallback_inverse = self.fallback_inverse.to(z.device) - lam * torch.outer(Az, Az) / (1 + lam * float(z @ Az))
+
+    def _rebuild(self, device) -> None:
+        """The factors from the keys, by the same steps that built them one edit at a time."""
+        built_at = self.fallback_built_at
+        keys = self.keys
+        self._reset_factors()
+        self.keys = []
+        for i, key in enumerate(keys):
+            self.keys.append(key)
+            self._admit(self.space.project(key.to(device)))
+            if built_at is not None and i + 1 == built_at:
+                self._fallback(device)
+
+    # -- the edit's life ---------------------------------------------------------------------------
+    def record(self, key: torch.Tensor, value: torch.Tensor, prompt: tuple[str, str], weight: torch.Tensor,
+               log_position: int) -> None:
+        """After the edit is applied: guard its key from now on."""
+        if not self.keys:
+            self.fresh_at = log_position
+        self.keys.append(key.detach().float().clone())
+        self.values.append(value.detach().float().clone())
+        self.prompts.append(prompt)
+        self._admit(self.space.project(self.keys[-1].to(weight.device)))
+        self.snapshots.append((len(self.keys), _digest(weight)))
+
+    def sync(self, weight: torch.Tensor) -> None:
+        """Follow the weights back if the caller restored them (EasyEdit's weights_copy): keep only the
+        keys of edits still in them."""
+        if not self.snapshots:
+            return
+        digest = _digest(weight)
+        if digest == self.snapshots[-1][1]:
+            return
+        for i in range(len(self.snapshots) - 1, -1, -1):
+            if self.snapshots[i][1] == digest:
+                n = self.snapshots[i][0]
+                del self.snapshots[i + 1:]
+                break
+        else:
+            LOG.warning("%s changed outside the interference guard; its %d earlier keys stay guarded",
+                        self.module, len(self.keys))
+            self.snapshots.append((len(self.keys), digest))
+            return
+        if n < len(self.keys):
+            self.keys, self.values, self.prompts = self.keys[:n], self.values[:n], self.prompts[:n]
+            if self.fallback_built_at is not None and self.fallback_built_at > n:
+                self.fallback_built_at = None
+            self._rebuild(weight.device)
+
+    def replace_keys(self, keys: torch.Tensor, log_position: int, device) -> None:
+        self.keys = [k.float().clone() for k in keys]
+        self.fresh_at = log_position
+        self.fallback_built_at = None
+        self._rebuild(device)
+
+    def repair_update(self, weight_out_in: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
+        """ΔW that maps every slipped basis key back to its value and leaves the other basis keys' outputs:
+        ΔW = Σ_j (v_j − W k_j) u_jᵀ, with u_jᵀk_i = δ_ij from the dual basis u_j = Σ_l (R⁻¹)_jl M b_l."""
+        W = weight_out_in.detach().float()
+        if not self.in_basis:
+            return None, {"slipped": 0}
+        keys = torch.stack([self.keys[j] for j in self.in_basis]).to(W.device)
+        values = torch.stack([self.values[j] for j in self.in_basis]).to(W.device)
+        residuals = values - keys @ W.T
+        drift = residuals.norm(dim=1) / values.norm(dim=1).clamp_min(1e-12)
+        slipped = torch.nonzero(drift > self.settings.repair_threshold).flatten()
+        info = {"slipped": int(len(slipped)), "drift_max": float(drift.max())}
+        if not len(slipped):
+            return None, info
+        R = self.triangular.to(W.device)
+        selector = torch.zeros(len(R), len(slipped), dtype=torch.float64, device=W.device)
+        selector[slipped, torch.arange(len(slipped), device=W.device)] = 1.0
+        rows = torch.linalg.solve_triangular(R.T, selector, upper=False).T  # rows of R⁻¹ for the slipped keys
+        duals = self.space.lift((rows @ self.metric_basis.to(W.device)).T).T.float()  # (|S|, d)
+        return residuals[slipped].T @ duals, info
+
+    def nbytes(self) -> int:
+        tensors = self.keys + self.values + [self.basis, self.metric_basis, self.triangular]
+        if self.fallback_inverse is not None:
+            tensors.append(self.fallback_inverse)
+        return self.space.nbytes() + sum(t.numel() * t.element_size() for t in tensors)
+
+
+class ModelGuard:
+    """Every guarded layer of one model, and the log of which layers were edited (for stale keys)."""
+
+    def __init__(self, settings: GuardSettings):
+        self.settings = settings
+        self.layers: dict[str, LayerGuard] = {}
+        self.edit_log: list[int] = []
+
+    def layer(self, model, module: str, layer: int, c_inv: torch.Tensor | None) -> LayerGuard:
+        weight = weight_out_in(get_module(model, module))
+        guard = self.layers.get(module)
+        if guard is None:
+            guard = self.layers[module] = LayerGuard(module, layer, _Space(c_inv, weight.shape[1], self.settings,
+                                                                            weight.device), self.settings)
+            saved = _pending.get(model, {}).pop(module, None)
+            if saved is not None:
+                guard.keys, guard.values, guard.prompts = saved["keys"], saved["values"], saved["prompts"]
+                guard.fresh_at, guard.fallback_built_at = saved["fresh_at"], saved["fallback_built_at"]
+                guard._rebuild(weight.device)
+            guard.snapshots = [(len(guard.keys), _digest(weight))]  # the weights these keys belong to
+        else:
+            guard.sync(weight)
+        return guard
+
+    def is_stale(self, guard: LayerGuard) -> bool:
+        return bool(guard.keys) and any(l < guard.layer for l in self.edit_log[guard.fresh_at:])
+
+    def refresh(self, model, tok, guard: LayerGuard) -> dict:
+        """Recompute a stale layer's keys (one batched forward pass cut off at the layer); with ``repair``,
+        map the ones that slipped back to their values. Returns what was done, for the edit's report."""
+        from .keys import compute_keys
+        from .requests import EditRequest
+
+        module = get_module(model, guard.module)
+        requests = [EditRequest(prompt=p, subject=s, target_new=" x") for p, s in guard.prompts]
+        fresh = compute_keys(model, tok, requests, [guard.module])[guard.module]
+        old = torch.stack(guard.keys).to(fresh.device)
+        moved = (fresh - old).norm(dim=1) / old.norm(dim=1).clamp_min(1e-12)
+        guard.replace_keys(fresh, len(self.edit_log), weight_out_in(module).device)
+        report = {"keys_refreshed": len(guard.keys), "key_change_max": float(moved.max())}
+        if self.settings.repair:
+            delta, info = guard.repair_update(weight_out_in(module))
+            report.update({f"repair_{k}": v for k, v in info.items()})
+            if delta is not None:
+                add_to_weight(module, delta)
+                report["repair_delta"] = delta
+        guard.snapshots.append((len(guard.keys), _digest(weight_out_in(module))))
+        return report
+
+    def log_edit(self, layer: int) -> None:
+        self.edit_log.append(layer)
+
+    def memory(self) -> dict:
+        return {name: g.nbytes() for name, g in self.layers.items()}
+
+
+def guard_for(model, settings: GuardSettings) -> ModelGuard | None:
+    """The model's guard (made on first use), or None when no part of the guard is on."""
+    if not settings.active:
+        return None
+    guard = _guards.get(model)
+    if guard is None or guard.settings != settings:
+        guard = _guards[model] = ModelGuard(settings)
+        saved_log = _pending.get(model, {}).pop("__edit_log__", None)
+        if saved_log is not None:
+            guard.edit_log = saved_log
+    return guard
+
+
+# -- saving and loading (a lifelong run's state) ------------------------------------------------------
+def guard_state(model) -> tuple[dict, dict]:
+    """(tensors, metadata): each layer's keys, values and prompts; the factors are rebuilt on load by the
+    same steps, so a resumed run continues with the same numbers."""
+    guard = _guards.get(model)
+    tensors, layers = {}, {}
+    if guard is not None:
+        for name, g in guard.layers.items():
+            if not g.keys:
+                continue
+            tensors[f"{name}.keys"] = torch.stack(g.keys).cpu().contiguous()
+            tensors[f"{name}.values"] = torch.stack(g.values).cpu().contiguous()
+            layers[name] = {"prompts": g.prompts, "fresh_at": g.fresh_at, "fallback_built_at": g.fallback_built_at}
+    metadata = {"format": STATE_FORMAT, "layers": json.dumps(layers),
+                "edit_log": json.dumps(guard.edit_log if guard is not None else [])}
+    return tensors, metadata
+
+
+def load_guard_state(model, tensors: dict, metadata: dict) -> None:
+    if metadata.get("format") != STATE_FORMAT:
+        raise ValueError(f"not an interference guard state (format {metadata.get('format')!r}, expected {STATE_FORMAT!r})")
+    _guards.pop(model, None)
+    pending = {"__edit_log__": json.loads(metadata["edit_log"])}
+    for name, info in json.loads(metadata["layers"]).items():
+        pending[name] = {"keys": list(tensors[f"{name}.keys"].float()), "values": list(tensors[f"{name}.values"].float()),
+                         "prompts": [tuple(p) for p in info["prompts"]], "fresh_at": info["fresh_at"],
+                         "fallback_built_at": info["fallback_built_at"]}
+    _pending[model] = pending

@@ -1,0 +1,247 @@
+"""The interference guard: guarded rank-one updates leave earlier edits' keys mapped where they were."""
+from copy import deepcopy
+
+import pytest
+import torch
+
+from conftest import EIFFEL, HPARAMS, changed_parameters, restore, snapshot
+from edit_plugins import hparams
+from edit_plugins.diagnostics.interference import InterferenceLog
+from edit_plugins.editing.interference_guard import (GuardSettings, LayerGuard, _Space, guard_state,
+                                                     load_guard_state)
+from edit_plugins.editing.keys import compute_keys
+from edit_plugins.editing.layers import get_module, weight_out_in
+from edit_plugins.editing.requests import normalize_requests
+from edit_plugins.events import collect_events
+from edit_plugins.methods.wilke import apply_wilke_to_model
+from edit_plugins.methods.wilke.model import layer_inverses
+from edit_plugins.plugins import pm
+
+TINY_REQUESTS = [
+    {"prompt": "The capital city of France", "subject": "France", "target_new": "Tokyo"},
+    {"prompt": "The favourite food of Germany", "subject": "Germany", "target_new": "rice"},
+    {"prompt": "The best known river of Egypt", "subject": "Egypt", "target_new": "Thames"},
+    {"prompt": "The national sport of Canada", "subject": "Canada", "target_new": "cricket"},
+    {"prompt": "The oldest city of Italy", "subject": "Italy", "target_new": "Oslo"},
+]
+SMOLLM2_REQUESTS = [
+    EIFFEL,
+    {"prompt": "The mother tongue of Danielle Darrieux is", "subject": "Danielle Darrieux", "target_new": "English"},
+    {"prompt": "Toko Yasuda, the", "subject": "Toko Yasuda", "target_new": "piano"},
+    {"prompt": "Autonomous University of Madrid, which is located in", "subject": "Autonomous University of Madrid",
+     "target_new": "Sweden"},
+]
+
+
+def tiny_hp(stats_dir, layers=(1,), **guard):
+    hp = hparams.load(HPARAMS / "WilKE" / "tiny-gpt2.yaml")
+    hp.stats_dir, hp.layers = stats_dir, list(layers)
+    hp.interference_guard = True
+    for name, value in guard.items():
+        setattr(hp, name, value)
+    return hp
+
+
+def smollm2_hp(stats_dir, **guard):
+    hp = hparams.load(HPARAMS / "WilKE" / "smollm2-135m-rome.yaml")
+    hp.stats_dir, hp.mom2_n_samples = stats_dir, 100
+    for name, value in guard.items():
+        setattr(hp, name, value)
+    return hp
+
+
+def key_at(model, tok, request, module):
+    return compute_keys(model, tok, normalize_requests([request]), [module])[module][0]
+
+
+def edit_sequence(model, tok, hp, requests):
+    """Apply the requests one call each; after each, how far every earlier key has moved from the value it
+    was mapped to right after its own edit (relative), and the event."""
+    module = hp.rewrite_module_tmp.format(hp.layers[0])
+    log = InterferenceLog()
+    pm.register(log)
+    keys, values, drifts, events = [], [], [], []
+    try:
+        for request in requests:
+            W_before = weight_out_in(get_module(model, module)).detach().float().clone()
+            with collect_events() as fired:
+                apply_wilke_to_model(model, tok, [request], hp)
+            (event, results), = fired
+            events.append((event, results, W_before))
+            W = weight_out_in(get_module(model, module)).detach().float()
+            drifts.append([float((W @ k - v).norm() / v.norm()) for k, v in zip(keys, values)])
+            keys.append(key_at(model, tok, request, module))
+            values.append(W @ keys[-1])
+    finally:
+        pm.unregister(log)
+    return drifts, events
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_gpt2", pytest.param("smollm2", marks=pytest.mark.slow)])
+def test_guarded_edits_keep_every_earlier_key_mapped_to_its_value(model_fixture, stats_dir, request):
+    model, tok = request.getfixturevalue(model_fixture)
+    before = snapshot(model)
+    hp, requests = (tiny_hp(stats_dir), TINY_REQUESTS) if model_fixture == "tiny_gpt2" else (
+        smollm2_hp(stats_dir, interference_guard=True), SMOLLM2_REQUESTS)
+    try:
+        drifts, events = edit_sequence(model, tok, hp, requests)
+        assert max(max(d) for d in drifts[1:]) < 1e-5  # float precision, after every edit
+        for event, results, W_before in events:
+            (edit,) = event.linear_edits
+            (delta,) = event.weight_deltas.values()
+            delta = delta.double() if delta.shape == W_before.shape else delta.double().T
+            assert torch.linalg.matrix_rank(delta, rtol=1e-6) == 1
+            # ΔW maps k to v*: W_before k + ΔW k = W_before k + r
+            torch.testing.assert_close(delta.float() @ edit.key, edit.residual, rtol=1e-4, atol=1e-5)
+        # the interference log sees the guarantee: predicted ≈ 0 on the guarded keys, and measured too
+        last = events[-1][1]["interference"]
+        assert last["predicted_interference_rel"]["max"] < 1e-5
+        assert last["measured_drift_rel"]["max"] < 1e-5
+        assert [e.info["guard"]["path"] for e, _, _ in events] == ["plain"] + ["guard"] * (len(requests) - 1)
+        # the same edits unguarded do move the earlier keys (so the check above can fail)
+        restore(model, before)
+        hp.interference_guard = False
+        unguarded, _ = edit_sequence(model, tok, hp, requests)
+        assert max(max(d) for d in unguarded[1:]) > 1e-3
+    finally:
+        restore(model, before)
+
+
+def _synthetic_guard(d=16, **settings):
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(d, d, generator=g, dtype=torch.float64)
+    C = A @ A.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+    c_inv = torch.linalg.inv(C).float()
+    settings = GuardSettings(past_edits=True, **settings)
+    return LayerGuard("m", 0, _Space(c_inv, d, settings, torch.device("cpu")), settings), C, g
+
+
+def _interference(u, key, earlier):
+    return max(abs(float(u.double() @ k.double())) for k in earlier) / abs(float(u.double() @ key.double()))
+
+
+def test_guarded_direction_is_exactly_orthogonal_and_its_cost_is_one_over_rho():
+    guard, C, g = _synthetic_guard()
+    weight = torch.zeros(1, 16)
+    earlier = [torch.randn(16, generator=g) for _ in range(5)]
+    for k in earlier:
+        guard.record(k, torch.zeros(1), ("{}", "x"), weight, 0)
+    key = torch.randn(16, generator=g)
+    d = guard.direction(key, key)
+    assert d.path == "guard" and d.keys_guarded == 5
+    assert _interference(d.u, key, earlier) < 1e-6
+    plain = torch.linalg.solve(C, key.double())
+    # ρ: the guarded ΔW's C-norm is 1/ρ times the unguarded one's
+    cost = lambda u: float(u.double() @ C @ u.double()) ** 0.5 / abs(float(u.double() @ key.double()))
+    assert cost(d.u) / cost(plain) == pytest.approx(1 / d.residual_ratio, rel=1e-5)
+
+
+def test_fallback_takes_over_past_the_documented_thresholds():
+    guard, C, g = _synthetic_guard(max_keys_fraction=0.5, min_residual=0.1)
+    weight = torch.zeros(1, 16)
+    earlier = []
+    for i in range(8):  # 8 = 0.5 × width: the exact guard's capacity
+        key = torch.randn(16, generator=g)
+        assert guard.direction(key, key).path == ("plain" if i == 0 else "guard")
+        guard.record(key, torch.zeros(1), ("{}", "x"), weight, 0)
+        earlier.append(key)
+    key = torch.randn(16, generator=g)
+    full = guard.direction(key, key)
+    assert full.path == "fallback" and full.residual_ratio > 0.1  # full, though the key itself is independent
+    # the regularised direction still damps interference on the earlier keys, far below the unguarded one
+    plain = torch.linalg.solve(C, key.double())
+    assert _interference(full.u, key, earlier) < 0.2 * _interference(plain, key, earlier)
+
+    guard, C, g = _synthetic_guard(min_residual=0.1)
+    earlier = [torch.randn(16, generator=g) for _ in range(3)]
+    for k in earlier:
+        guard.record(k, torch.zeros(1), ("{}", "x"), weight, 0)
+    near = earlier[0] + 0.5 * earlier[1] + 0.02 * torch.randn(16, generator=g)  # nearly in their span
+    d = guard.direction(near, near)
+    assert d.path == "fallback" and d.residual_ratio < 0.1
+    assert guard.in_basis == [0, 1, 2]
+    guard.record(near, torch.zeros(1), ("{}", "x"), weight, 0)
+    assert guard.in_basis == [0, 1, 2]  # a nearly dependent key is not admitted to the exact basis
+    # the fallback's Sherman–Morrison inverse equals the inverse built from scratch
+    Z = torch.stack(earlier + [near]).double()
+    inverse_of_c = torch.linalg.inv(guard.space.metric_matrix)
+    torch.testing.assert_close(guard.fallback_inverse, torch.linalg.inv(inverse_of_c + Z.T @ Z))
+
+
+def test_weights_copy_restores_every_bit_and_the_guard_forgets_the_undone_edit(tiny_gpt2, stats_dir):
+    model, tok = tiny_gpt2
+    hp = tiny_hp(stats_dir)
+    apply_wilke_to_model(model, tok, [TINY_REQUESTS[0]], hp)
+    after_first = snapshot(model)
+    _, weights_copy = apply_wilke_to_model(model, tok, TINY_REQUESTS[1:3], hp, return_orig_weights=True)
+    assert changed_parameters(model, after_first) == [hp.rewrite_module_tmp.format(1) + ".weight"]
+    restore(model, weights_copy)
+    assert changed_parameters(model, after_first) == []  # every bit
+    with collect_events() as fired:
+        apply_wilke_to_model(model, tok, [TINY_REQUESTS[3]], hp)
+    assert fired[0][0].info["guard"]["keys_guarded"] == 1  # only the edit still in the weights
+
+
+def test_saved_guard_state_continues_with_the_same_numbers(tiny_gpt2, stats_dir):
+    loaded, tok = tiny_gpt2
+    model = deepcopy(loaded)  # both sides copies: BLAS results can depend on how a tensor is allocated
+    hp = tiny_hp(stats_dir, layers=(1, 2), guard_repair=True)
+    apply_wilke_to_model(model, tok, TINY_REQUESTS[:3], hp)
+    tensors, metadata = guard_state(model)
+    twin = deepcopy(model)
+    load_guard_state(twin, tensors, metadata)
+    apply_wilke_to_model(model, tok, TINY_REQUESTS[3:], hp)
+    apply_wilke_to_model(twin, tok, TINY_REQUESTS[3:], hp)
+    assert all(torch.equal(p, twin.get_parameter(n)) for n, p in model.named_parameters())
+
+
+def test_preserved_knowledge_keeps_the_update_off_cs_high_variance_directions(tiny_gpt2, stats_dir):
+    model, tok = tiny_gpt2
+    hp = tiny_hp(stats_dir, guard_preserved_knowledge=True, guard_null_space_threshold=0.5)
+    hp.interference_guard = False  # the projection alone (an ablation row)
+    module = hp.rewrite_module_tmp.format(1)
+    with collect_events() as fired:
+        apply_wilke_to_model(model, tok, [TINY_REQUESTS[0]], hp)
+    (event, _), = fired
+    delta = next(iter(event.weight_deltas.values())).double().T  # Conv1D stores (in, out)
+    c_inv = layer_inverses(model, tok, hp, [module])[module].double()
+    mu, vectors = torch.linalg.eigh(c_inv)
+    eigenvalues = 1 / mu
+    high = vectors[:, eigenvalues >= 0.5 * eigenvalues.mean()]
+    assert 0 < high.shape[1] < len(mu)
+    assert float((delta @ high).norm() / delta.norm()) < 1e-5
+    (edit,) = event.linear_edits
+    torch.testing.assert_close(delta.float() @ edit.key, edit.residual, rtol=1e-4, atol=1e-5)
+
+
+def test_stale_keys_are_refreshed_and_slipped_edits_repaired(tiny_gpt2, stats_dir):
+    model, tok = tiny_gpt2
+    upper, lower = tiny_hp(stats_dir, layers=(2,), guard_repair=True), tiny_hp(stats_dir, layers=(0,), guard_repair=True)
+    module = upper.rewrite_module_tmp.format(2)
+    apply_wilke_to_model(model, tok, TINY_REQUESTS[:2], upper)
+    values = [weight_out_in(get_module(model, module)).detach().float() @ key_at(model, tok, r, module)
+              for r in TINY_REQUESTS[:2]]
+    apply_wilke_to_model(model, tok, TINY_REQUESTS[2:4], lower)  # edits below: layer 2's keys go stale
+    W = weight_out_in(get_module(model, module)).detach().float()
+    slipped = [float((W @ key_at(model, tok, r, module) - v).norm() / v.norm()) for r, v in zip(TINY_REQUESTS, values)]
+    assert max(slipped) > 0.1
+    with collect_events() as fired:
+        apply_wilke_to_model(model, tok, [TINY_REQUESTS[4]], upper)
+    report = fired[0][0].info["guard"]
+    assert report["keys_refreshed"] == 2 and report["repair_slipped"] == sum(s > 0.1 for s in slipped)
+    W = weight_out_in(get_module(model, module)).detach().float()
+    for request, value, drift in zip(TINY_REQUESTS, values, slipped):
+        if drift > 0.1:  # mapped back; the others were left as they were
+            torch.testing.assert_close(W @ key_at(model, tok, request, module), value, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"guard_preserved_knowledge": True, "mom2_adjustment": False}, "'mom2_adjustment' must be true"),
+    ({"guard_min_residual": 1.5}, "field 'guard_min_residual' must be at most 1"),
+    ({"guard_fallback_weight": 0}, "field 'guard_fallback_weight' must be positive"),
+    ({"guard_repair": True}, "'guard_repair' works on refreshed guarded keys"),
+])
+def test_bad_guard_settings_are_refused_naming_the_field(change, message):
+    config = hparams.read_yaml(HPARAMS / "WilKE" / "tiny-gpt2.yaml")[0]
+    with pytest.raises(hparams.HparamsError, match=message):
+        hparams.from_dict({**config, **change}, "guard.yaml")
