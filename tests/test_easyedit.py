@@ -208,6 +208,36 @@ def test_lifelong_data_is_read_through_easyeditors_dataset_classes(tmp_path, mon
     assert [vars(r) for r in through_easyedit] == [vars(r) for r in own]  # same field meanings
 
 
+def test_knowedit_records_read_as_easyeditors_knoweditdataset_reads_them(monkeypatch):
+    from conftest import SHARED_DATA
+    from edit_plugins import easyedit_compat
+    from edit_plugins.lifelong.data import load_records
+
+    path = SHARED_DATA / "knowedit_zsre.json"
+    items = easyedit_compat.dataset_items(path, "knowedit")
+    if items is None:
+        assert not easyedit_compat.is_head()  # 0.0.1.dev0 has no KnowEditDataset
+        pytest.skip("this easyeditor has no KnowEditDataset")
+    monkeypatch.setenv(easyedit_compat.NO_EASYEDIT_ENV, "1")
+    own = load_records(path)  # our reader alone
+    assert len(own) == len(items) == 1038
+
+    def pairs(item, *kinds):
+        return [(e["prompt"] if isinstance(e["prompt"], str) else e["prompt"][0],
+                 e["ground_truth"] if isinstance(e["ground_truth"], str) else
+                 (e["ground_truth"][0] if isinstance(e["ground_truth"][0], str) else e["ground_truth"][0][0]))
+                for kind in kinds for e in (item[kind] or [])]
+
+    for record, item in zip(own, items):
+        request = record.request
+        assert (request["prompt"], request["subject"], request["target_new"]) == (
+            item["prompt"], item["subject"], item["target_new"])
+        assert request["ground_truth"] == item["ground_truth"][0]
+        assert record.locality == pairs(item, "locality_rs", "locality_f")
+        assert record.portability == pairs(item, "portability_r", "portability_s", "portability_l")
+    assert sum(len(r.portability) for r in own) > 1000 and all(r.locality for r in own)
+
+
 @pytest.mark.slow
 def test_token_accuracy_agrees_with_easyeditors_compute_edit_quality(smollm2):
     """Where EasyEdit's own evaluation runs on CPU (HEAD; dev0 hard-codes CUDA), our metrics equal its."""

@@ -59,7 +59,8 @@ def alg_dict() -> dict:
     return importlib.import_module("easyeditor.util.alg_dict").ALG_DICT
 
 
-_DATASET_CLASSES = {"zsre": "ZsreDataset", "counterfact_easyedit": "CounterFactDataset"}
+# KnowEditDataset is HEAD's (0.0.1.dev0 has none: the file is then read by our reader alone).
+_DATASET_CLASSES = {"zsre": "ZsreDataset", "counterfact_easyedit": "CounterFactDataset", "knowedit": "KnowEditDataset"}
 
 
 def dataset_items(path, fmt: str):

@@ -3,6 +3,8 @@
 Formats (detected per file):
 - ZsRE, MEND/EasyEdit: ``src, alt, answers, rephrase, loc, loc_ans`` (+ ``subject``, ``portability``)
 - CounterFact, EasyEdit: ``prompt, subject, target_new, ground_truth, rephrase_prompt, locality_prompt, locality_ground_truth``
+- KnowEdit, EasyEdit: ``prompt, subject, target_new, ground_truth[], rephrase_prompt, locality{kind: [{prompt,
+  ground_truth}]}, portability{kind: [{prompt, ground_truth}]}``
 - CounterFact, ROME: ``requested_rewrite{prompt "{}", subject, target_new{str}, target_true{str}}, paraphrase_prompts, neighborhood_prompts``
 - ROME known facts (``known_1000.json``): ``subject, prompt, attribute`` (probe facts, never edited)
 """
@@ -39,12 +41,15 @@ def detect_format(record: dict, source: str = "data") -> str:
         return "counterfact_rome"
     if {"src", "alt"} <= set(record):
         return "zsre"
+    if {"prompt", "target_new"} <= set(record) and any(isinstance(record.get(k), dict) for k in ("locality", "portability")):
+        return "knowedit"
     if {"prompt", "target_new"} <= set(record):
         return "counterfact_easyedit"
     if {"subject", "attribute", "prompt"} <= set(record):
         return "known_facts"
     raise DataError(f"{source}: unrecognised record format with fields {sorted(record)} (expected ZsRE's src/alt, "
-                    "CounterFact's prompt/target_new or requested_rewrite, or known facts' subject/attribute/prompt)")
+                    "CounterFact's or KnowEdit's prompt/target_new, CounterFact's requested_rewrite, or known facts' "
+                    "subject/attribute/prompt)")
 
 
 class _Fields:
@@ -107,6 +112,38 @@ def _first_text(fields: _Fields, name: str) -> str | None:
     return values[0] if values else None
 
 
+def _answer(value):
+    """KnowEdit answers: a string, or a list whose first entry (itself possibly a list of aliases) counts."""
+    while isinstance(value, list) and value:
+        value = value[0]
+    return value if isinstance(value, str) and value.strip() else None
+
+
+# The kinds EasyEdit's KnowEditDataset reads, in its order; other kinds follow in the file's order.
+KNOWEDIT_KINDS = ("Relation_Specificity", "Forgetfulness", "Reasoning", "Subject_Aliasing", "Logical_Generalization")
+
+
+def _knowedit_pairs(kinds: _Fields) -> list[tuple[str, str]]:
+    """Every (prompt, answer) of a KnowEdit ``locality`` or ``portability`` mapping, kind by kind."""
+    pairs = []
+    order = sorted(kinds.record, key=lambda k: KNOWEDIT_KINDS.index(k) if k in KNOWEDIT_KINDS else len(KNOWEDIT_KINDS))
+    for kind in order:
+        entries = kinds.record[kind]
+        if not isinstance(entries, list):
+            kinds.fail(kind, "a list of {prompt, ground_truth} objects", entries)
+        for position, entry in enumerate(entries):
+            where = f"{kind}[{position}]"
+            if not isinstance(entry, dict):
+                kinds.fail(where, "a {prompt, ground_truth} object", entry)
+            prompt, answer = _answer(entry.get("prompt")), _answer(entry.get("ground_truth"))
+            if prompt is None:
+                kinds.fail(where + ".prompt", "a non-empty string (or a list of them)", entry.get("prompt"))
+            if answer is None:
+                kinds.fail(where + ".ground_truth", "a non-empty string (or a list of them)", entry.get("ground_truth"))
+            pairs.append((prompt, answer))
+    return pairs
+
+
 def _to_record(record, fmt: str, index: int, source: str) -> EditRecord:
     if not isinstance(record, dict):
         raise DataError(f"{source}: record {index}: expected a JSON object, got {type(record).__name__} {_short(record)}")
@@ -128,6 +165,12 @@ def _to_record(record, fmt: str, index: int, source: str) -> EditRecord:
         loc, loc_ans = f.text("locality_prompt", required=False), f.text("locality_ground_truth", required=False)
         locality = [(loc, loc_ans)] if loc and loc_ans else []
         edit = EditRecord(request["case_id"], request, rephrase, locality, [], "counterfact")
+    elif fmt == "knowedit":
+        request = {"prompt": f.text("prompt"), "subject": f.text("subject"), "target_new": f.text("target_new"),
+                   "ground_truth": _first_text(f, "ground_truth"), "case_id": f.case_id()}
+        locality = _knowedit_pairs(f.mapping("locality", required=False))
+        portability = _knowedit_pairs(f.mapping("portability", required=False))
+        edit = EditRecord(request["case_id"], request, f.texts("rephrase_prompt"), locality, portability, "zsre")
     elif fmt == "counterfact_rome":
         rewrite = f.mapping("requested_rewrite")
         subject, template = rewrite.text("subject"), rewrite.text("prompt")
@@ -200,6 +243,14 @@ def _with_easyedit_fields(record: EditRecord, item: dict | None, fmt: str, sourc
         locality = ([(item["locality_prompt"], item["locality_ground_truth"])]
                     if item.get("locality_prompt") and item.get("locality_ground_truth") else [])
         return EditRecord(record.case_id, request, rephrase, locality, record.portability, record.kind)
+    if fmt == "knowedit":
+        if item is None:
+            raise DataError(f"{source}: record {record.case_id}: EasyEdit's KnowEditDataset does not yield it")
+        request = dict(record.request, prompt=item["prompt"], subject=item["subject"], target_new=item["target_new"],
+                       ground_truth=_answer(item["ground_truth"]))
+        kinds = lambda *keys: _knowedit_pairs(_Fields({k: item[k] for k in keys if item.get(k)}, record.case_id, source))
+        return EditRecord(record.case_id, request, record.rephrase_prompts, kinds("locality_rs", "locality_f"),
+                          kinds("portability_r", "portability_s", "portability_l"), record.kind)
     return record  # CounterFactDataset yields the file's own dicts: nothing to translate
 
 
