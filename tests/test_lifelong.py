@@ -45,6 +45,27 @@ def test_all_three_dataset_formats_load(path, fmt_fields):
         assert records[0].locality and records[0].rephrase_prompts and records[0].request["ground_truth"]
 
 
+def test_knowedit_format_loads_with_its_locality_and_portability_prompts():
+    records = load_records(SHARED_DATA / "knowedit_zsre.json", num_edits=20)
+    first = records[0]
+    assert first.request == {"prompt": "What species is ZIC3 specific to?", "subject": "ZIC3", "target_new": "male",
+                             "ground_truth": "human", "case_id": 0}
+    assert first.rephrase_prompts == ["In which living being can you find ZIC3?"]
+    assert first.locality == [("The strand orientation of ZIC3 is", "forward strand"),
+                              ("ZIC3 strand orientation", "forward strand")]
+    assert first.portability == [("What is the function of Zic family member 3?", "male")]
+    assert all(r.locality and r.request["subject"] in r.request["prompt"] for r in records)
+
+
+def test_a_malformed_knowedit_entry_is_named(tmp_path):
+    raw = json.loads((SHARED_DATA / "knowedit_zsre.json").read_text())[:3]
+    raw[1]["locality"]["Relation_Specificity"][0] = {"prompt": "x is"}
+    path = tmp_path / "knowedit.json"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(DataError, match=r"record 1: missing or empty field 'locality.Relation_Specificity\[0\].ground_truth'"):
+        load_records(path)
+
+
 def test_shuffle_is_seeded():
     a = [r.case_id for r in load_records(ZSRE, num_edits=10, shuffle=True, seed=3)]
     b = [r.case_id for r in load_records(ZSRE, num_edits=10, shuffle=True, seed=3)]
@@ -100,6 +121,61 @@ def test_short_run_on_tiny_gpt2_writes_every_output(tmp_path, tiny_gpt2, stats_d
     assert checkpoints[-1]["probe_locality"] is not None
     assert checkpoints[-1]["locality_acc_unedited_subjects"] is not None
     assert summary["edits_done"] == 5 and summary["complete"] and json.loads((run / "summary.json").read_text()) == summary
+    # the three protocols, labelled; generation exact match beside teacher-forced accuracy in each
+    protocols = summary["protocols"]
+    assert [row["step"] for row in protocols["retention_curve"]] == [c["step"] for c in checkpoints]
+    end, last = protocols["end_of_sequence"], checkpoints[-1]
+    assert (end["step"], end["reliability"], end["reliability_gen_em"], end["generality_gen_em"]) == (
+        5, last["retention_acc"], last["retention_gen_em"], last["retention_rephrase_gen_em"])
+    assert protocols["immediate"]["reliability_gen_em"] == evaluate.mean(e["metrics"]["rewrite_gen_em"] for e in edits)
+    assert all(0 <= e["metrics"]["rephrase_gen_em"] <= 1 for e in edits)
+
+
+def test_generation_exact_match_is_what_greedy_decoding_produces(tiny_gpt2):
+    model, tok = tiny_gpt2
+    prompt = "The capital city of France"
+    ids = tok(prompt, return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=2, do_sample=False, pad_token_id=tok.eos_token_id)
+    produced = tok.decode(out[0, ids.input_ids.shape[1]:])
+    first = tok.decode(out[0, ids.input_ids.shape[1]])
+    assert evaluate.generated_answers(model, tok, [(prompt, produced), (prompt, first), (prompt, first + " zebra")]) == [
+        True, True, False]
+
+
+def test_a_run_from_in_memory_records_resumes_with_the_same_records(tmp_path, tiny_gpt2, stats_dir):
+    from edit_plugins.lifelong.runner import LifelongError, resume_lifelong
+
+    model, tok = tiny_gpt2
+    before = snapshot(model)
+    records = load_records(ZSRE, num_edits=6)
+    options = RunOptions(save_every=2, checkpoints=[3, 6], diagnostics=[])
+    straight = run_lifelong(tiny_hparams(stats_dir, tmp_path), records, tmp_path / "straight", model=model, tok=tok,
+                            options=options, progress_bar=False)
+
+    class FailAtFifth:
+        @hookimpl
+        def after_edit(self, event):
+            if event.request["case_id"] == records[4].case_id:
+                raise RuntimeError("stopped")
+
+    from conftest import restore
+    restore(model, before)
+    failing = FailAtFifth()
+    pm.register(failing)
+    try:
+        with pytest.raises(RuntimeError, match="stopped"):
+            run_lifelong(tiny_hparams(stats_dir, tmp_path), records, tmp_path / "cut", model=model, tok=tok,
+                         options=options, progress_bar=False)
+    finally:
+        pm.unregister(failing)
+    with pytest.raises(LifelongError, match="resume it from Python with the same records"):
+        resume_lifelong(tmp_path / "cut", model=model, tok=tok, progress_bar=False)
+    with pytest.raises(LifelongError, match="different order"):
+        resume_lifelong(tmp_path / "cut", model=model, tok=tok, progress_bar=False, records=records[::-1])
+    resumed = resume_lifelong(tmp_path / "cut", model=model, tok=tok, progress_bar=False, records=records)
+    restore(model, before)
+    strip = lambda summary: {k: v for k, v in summary.items() if k != "diagnostics"}
+    assert strip(resumed) == strip(straight)
 
 
 def test_output_folder_is_never_overwritten(tmp_path, tiny_gpt2, stats_dir):

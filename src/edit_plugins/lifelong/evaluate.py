@@ -6,6 +6,8 @@
   on the locality prompt + answer. In a lifelong stream a record's locality prompt can name a subject
   that another edit changed ("Nintendo 3DS is developed by" beside the edit "Nintendo 3DS, developed
   by → Intel"); there the change is the edit working, so checkpoints also report locality without them.
+- ``*_gen_em``: generation exact match: greedy decoding from the prompt produces the whole answer first.
+  Teacher forcing overstates success; both are reported.
 - CounterFact probability comparisons: efficacy P(new) > P(true) on the rewrite prompt, paraphrase
   success likewise on rephrasings, neighbourhood success P(true) > P(new) on neighbourhood prompts
   (probabilities as mean token log-likelihood, as in ROME).
@@ -206,6 +208,9 @@ def edit_metrics(model, tok, record, locality_reference) -> dict:
         "locality_acc": mean(agreement(locality, locality_reference)) if locality else None,
         "portability_acc": mean(s.accuracy for s in scores["portability"]),
     }
+    generated = generated_answers(model, tok, groups["rewrite"] + groups["rephrase"])
+    out["rewrite_gen_em"] = float(generated[0])
+    out["rephrase_gen_em"] = mean(float(g) for g in generated[1:])
     if true:
         out["efficacy"] = float(rewrite.mean_logprob > scores["true_rewrite"][0].mean_logprob)
         out["paraphrase"] = prefers(rephrase, scores["true_rephrase"])
@@ -234,8 +239,12 @@ def retention(model, tok, records) -> dict:
         "retention_exact": mean(float(s.exact) for s in on_prompt),
         "lost_case_ids": [r.case_id for r, s in zip(records, on_prompt) if not s.exact],
     }
+    generated = generated_answers(model, tok, [(r.request["prompt"], r.request["target_new"]) for r in records]
+                                  + [(p, records[i].request["target_new"]) for i, p in rephrase_at])
+    out["retention_gen_em"] = mean(float(g) for g in generated[: len(records)])
     if rephrase_at:  # generality of every past edit on the current model
         out["retention_rephrase_acc"] = mean(s.accuracy for s in scores["new_on_rephrase"])
+        out["retention_rephrase_gen_em"] = mean(float(g) for g in generated[len(records):])
     if ranked:  # CounterFact's own comparison, re-measured: does the new object still beat the true one?
         out["retention_efficacy"] = mean(float(on_prompt[i].mean_logprob > t.mean_logprob)
                                          for i, t in zip(ranked, scores["true_on_prompt"]))
@@ -264,7 +273,26 @@ def checkpoint(model, tok, step: int, past, locality_reference, probe_pairs, pro
 
 
 SUMMARY_METRICS = ("rewrite_acc", "rephrase_acc", "locality_acc", "portability_acc", "efficacy", "paraphrase",
-                   "neighbourhood")
+                   "neighbourhood", "rewrite_gen_em", "rephrase_gen_em")
+
+
+def protocols(immediate: dict, checkpoint_rows: list[dict]) -> dict:
+    """The three evaluation protocols of the literature, labelled:
+    - immediate: each edit scored right after it was made (EasyEdit's sequential_edit);
+    - end_of_sequence: every edit scored on the final model (WISE, AlphaEdit, UltraEdit);
+    - retention_curve: every past edit re-scored at each checkpoint."""
+    final = checkpoint_rows[-1] if checkpoint_rows else {}
+    end = {"step": final.get("step"),
+           "reliability": final.get("retention_acc"), "reliability_exact": final.get("retention_exact"),
+           "reliability_gen_em": final.get("retention_gen_em"),
+           "generality": final.get("retention_rephrase_acc"), "generality_gen_em": final.get("retention_rephrase_gen_em"),
+           "locality": final.get("locality_acc"), "probe_locality": final.get("probe_locality")}
+    curve = [{k: row.get(k) for k in ("step", "retention_acc", "retention_exact", "retention_gen_em",
+                                      "retention_rephrase_acc", "probe_locality")} for row in checkpoint_rows]
+    return {"immediate": {"reliability": immediate.get("rewrite_acc"), "reliability_gen_em": immediate.get("rewrite_gen_em"),
+                          "generality": immediate.get("rephrase_acc"), "generality_gen_em": immediate.get("rephrase_gen_em"),
+                          "locality": immediate.get("locality_acc"), "portability": immediate.get("portability_acc")},
+            "end_of_sequence": end, "retention_curve": curve}
 
 
 def run_summary(method: str, records, position: int, edits: list[dict], checkpoint_rows: list[dict],
@@ -281,6 +309,7 @@ def run_summary(method: str, records, position: int, edits: list[dict], checkpoi
         "method": method, "edits_done": len(records[:position]), "edits_planned": len(records),
         "complete": position == len(records),
         "immediate": immediate, "final_checkpoint": {k: v for k, v in final.items() if k != "lost_case_ids"},
+        "protocols": protocols(immediate, checkpoint_rows),
         "lost_edits_at_end": len(final.get("lost_case_ids", [])),
         "S": harmonic_mean(components.values()), "S_components": components,
         "layer_histogram": layer_histogram(edits),

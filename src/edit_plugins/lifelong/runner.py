@@ -388,9 +388,10 @@ def _check_before_editing(hparams, model, tok, records, probes) -> None:
     check_lengths(records, probes, tok, model)
 
 
-def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True) -> dict:
+def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True, records=None) -> dict:
     """Continue a run from its last saved state (from step 0 if it was killed before one), with the
-    settings saved in the run folder."""
+    settings saved in the run folder. A run started from in-memory records is resumed with the same
+    ``records`` (checked against the order the folder recorded)."""
     from .. import hparams as hparams_module
 
     run_dir = Path(run_dir)
@@ -401,8 +402,11 @@ def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True)
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
         if not isinstance(config, dict) or not {"hparams", "options", "data"} <= set(config):
             raise LifelongError(f"{run_dir}/config.yaml: not a run configuration (expected hparams, options, data)")
-        if config["data"].get("path") is None:
-            raise LifelongError(f"{run_dir}: this run was started from in-memory records; resume it from Python")
+        if config["data"].get("path") is None and records is None:
+            raise LifelongError(f"{run_dir}: this run was started from in-memory records; resume it from Python "
+                                "with the same records (resume_lifelong(..., records=...))")
+        if config["data"].get("path") is not None and records is not None:
+            raise LifelongError(f"{run_dir}: this run reads its data from {config['data']['path']}; pass no records")
         hparams = hparams_module.from_dict(config["hparams"], f"{run_dir}/config.yaml: hparams")
         options = RunOptions(**config["options"])
         data_path = config["data"]["path"]
@@ -410,7 +414,8 @@ def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True)
             if located.get("path") and (not Path(located["path"]).is_file()
                                         or file_hash(located["path"]) != located["sha256"]):
                 raise LifelongError(f"{located['path']}: the {what} file is missing or changed since the run started")
-        records = load_records(data_path, options.num_edits, options.start, options.shuffle, options.seed)
+        if records is None:
+            records = load_records(data_path, options.num_edits, options.start, options.shuffle, options.seed)
         probes = load_probe_facts(options.probe_data, options.num_probes, options.seed) if options.probe_data else []
         apply_fn, model, tok = _prepare(hparams, model, tok)
         records = _in_planned_order(records, hparams, model, tok)

@@ -1,0 +1,135 @@
+"""The interference guard in long lifelong runs on SmolLM2-135M: guarded vs unguarded WilKE and ROME.
+
+    python -m bench.interference_guard run --stream counterfact --edits 1000 --method wilke-guard
+    python -m bench.interference_guard run --stream zsre --edits 1000 --method rome-guard
+    python -m bench.interference_guard report        # results of every run folder, finished or not
+
+One method per process (its peak RSS is its own). A run folder that exists is resumed, so a run stopped by
+the end of a session continues where it was saved. Streams: ``counterfact``, the 300 CounterFact facts
+SmolLM2 knows (as in ``bench.wilke_quality sequential``) and then ``counterfact_easyedit.json`` in file order;
+``zsre``, ``knowedit_zsre.json`` in file order. Writes bench/results/guard_<stream>_<method>_<edits>.json.
+"""
+import argparse
+import collections
+import json
+import resource
+
+from bench.common import ROOT, SHARED, bench_device, device_suffix, known_counterfact, setup, write_result
+from edit_plugins.hookspecs import hookimpl
+
+METHODS = {  # name: (hparams file, fields set on it)
+    "rome": ("smollm2-135m-rome", {}),
+    "rome-guard": ("smollm2-135m-rome", {"interference_guard": True}),
+    "rome-preserved": ("smollm2-135m-rome", {"guard_preserved_knowledge": True}),
+    "rome-guard-preserved": ("smollm2-135m-rome", {"interference_guard": True, "guard_preserved_knowledge": True}),
+    "wilke": ("smollm2-135m-fast", {}),
+    "wilke-guard": ("smollm2-135m-fast", {"interference_guard": True}),
+    "wilke-preserved": ("smollm2-135m-fast", {"guard_preserved_knowledge": True}),
+    "wilke-guard-preserved": ("smollm2-135m-fast", {"interference_guard": True, "guard_preserved_knowledge": True}),
+    "wilke-guard-preserved-repair": ("smollm2-135m-fast", {"interference_guard": True,
+                                                           "guard_preserved_knowledge": True, "guard_repair": True}),
+    "wilke-guard-repair": ("smollm2-135m-fast", {"interference_guard": True, "guard_repair": True}),
+}
+CHECKPOINTS = (1, 10, 100, 300, 1000)
+
+
+def folder_for(stream, method, edits):
+    return ROOT / "runs" / f"bench-guard-{stream}-{method}-{edits}{device_suffix()}"
+
+
+def stream_records(model, tok, stream, edits):
+    from edit_plugins.lifelong.data import load_records
+
+    if stream == "zsre":
+        return load_records(SHARED / "knowedit_zsre.json", num_edits=edits)
+    known = known_counterfact(model, tok, limit=min(edits, 300))
+    if edits <= len(known):
+        return known[:edits]
+    used = {r.case_id for r in known}
+    rest = load_records(SHARED / "counterfact_easyedit.json")
+    for r in rest:  # the two files' case ids overlap; known_counterfact numbers EasyEdit's from 100000
+        r.case_id = r.request["case_id"] = 100000 + r.case_id
+    return known + [r for r in rest if r.case_id not in used][: edits - len(known)]
+
+
+class PeakRss:
+    """Adds the process's peak RSS so far to every edit's log line."""
+
+    @hookimpl
+    def after_edit(self, event):
+        return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def run(args):
+    from edit_plugins import hparams
+    from edit_plugins.editing.interference_guard import _guards
+    from edit_plugins.lifelong.runner import RunOptions, resume_lifelong, run_lifelong
+    from edit_plugins.models import load_model
+    from edit_plugins.plugins import pm
+
+    pm.register(PeakRss(), name="bench-peak-rss")
+    model, tok = load_model("smollm2-135m", bench_device())
+    records = stream_records(model, tok, args.stream, args.edits)
+    file, fields = METHODS[args.method]
+    hp = hparams.load(ROOT / "hparams" / "WilKE" / f"{file}.yaml")
+    hp.stats_dir = str(ROOT / "data" / "stats")
+    for name, value in fields.items():
+        setattr(hp, name, value)
+    folder = folder_for(args.stream, args.method, args.edits)
+    if (folder / "config.yaml").is_file():
+        resume_lifelong(folder, model=model, tok=tok, records=records, progress_bar=False)
+    else:
+        options = RunOptions(probe_data=str(SHARED / "known_1000.json"), num_probes=100, save_every=25,
+                             checkpoints=[c for c in CHECKPOINTS if c <= args.edits])
+        run_lifelong(hp, records, folder, model=model, tok=tok, options=options, progress_bar=False)
+    guard = _guards.get(model)
+    memory = {m: b / 2**20 for m, b in guard.memory().items()} if guard is not None else {}
+    (folder / "guard_memory.json").write_text(json.dumps(memory))
+    report_one(args.stream, args.method, args.edits)
+
+
+def report_one(stream, method, edits):
+    folder = folder_for(stream, method, edits)
+    if not (folder / "edits.jsonl").is_file():
+        return
+    rows = [json.loads(line) for line in (folder / "edits.jsonl").read_text().splitlines()]
+    checkpoints = [json.loads(line) for line in (folder / "checkpoints.jsonl").read_text().splitlines()]
+    summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else None
+    guards = [r["info"].get("guard") for r in rows if r["info"].get("guard")]
+    memory = folder / "guard_memory.json"
+    out = {"stream": stream, "method": method, "fields": METHODS[method][1], "hparams": METHODS[method][0],
+           "edits_planned": edits, "edits_done": len(rows), "complete": summary is not None,
+           "checkpoints": checkpoints, "summary": summary,
+           "seconds_per_edit": sum(r["seconds"] for r in rows) / max(len(rows), 1),
+           "peak_rss_mb": max((r["hooks"].get("peak_rss_mb", 0) for r in rows), default=None),
+           "layer_histogram": dict(collections.Counter(str(r["layer"]) for r in rows).most_common()),
+           "guard_paths": dict(collections.Counter(g["path"] for g in guards)),
+           "keys_refreshed_edits": sum("keys_refreshed" in g for g in guards),
+           "repaired_keys": sum(g.get("repair_slipped", 0) for g in guards),
+           "guard_memory_mb": json.loads(memory.read_text()) if memory.is_file() else None,
+           "immediate": [{"step": r["step"], **r["metrics"]} for r in rows]}
+    write_result(f"guard_{stream}_{method}_{edits}", out, echo=False)
+
+
+def report(_args):
+    for folder in sorted((ROOT / "runs").glob("bench-guard-*")):
+        name = folder.name[len("bench-guard-"):]
+        if device_suffix() and not name.endswith(device_suffix()):
+            continue
+        stream, rest = name.split("-", 1)
+        method, edits = rest.rsplit("-", 1)
+        if method in METHODS and edits.isdigit():
+            report_one(stream, method, int(edits))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("--stream", choices=["counterfact", "zsre"], required=True)
+    p.add_argument("--edits", type=int, default=1000)
+    p.add_argument("--method", choices=sorted(METHODS), required=True)
+    sub.add_parser("report")
+    args = parser.parse_args()
+    setup(2)
+    {"run": run, "report": report}[args.mode](args)
