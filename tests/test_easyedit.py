@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import numpy as np
+import torch
 import pytest
 
 from conftest import ROOT, changed_parameters, snapshot
@@ -321,3 +322,64 @@ def test_head_editor_edit_without_sequential_edit_leaves_the_model_as_it_was(met
                                 sequential_edit=False)
     assert float(np.mean(metrics[0]["post"]["rewrite_acc"])) == 1.0
     assert find_adaptor(editor.model) is None and changed_parameters(editor.model, before) == []
+
+
+SMOLLM2_COVARIANCE_HPARAMS = {  # EasyEdit's MEMIT/AlphaEdit fields for SmolLM2, as a user writes them
+    "layers": [4, 5], "layer_selection": "all", "fact_token": "subject_last", "v_num_grad_steps": 20, "v_lr": 0.5,
+    "v_loss_layer": 29, "v_weight_decay": 0.5, "clamp_norm_factor": 4, "kl_factor": 0.0625, "mom2_adjustment": True,
+    "mom2_update_weight": 15000, "rewrite_module_tmp": "model.layers.{}.mlp.down_proj",
+    "layer_module_tmp": "model.layers.{}", "mlp_module_tmp": "model.layers.{}.mlp",
+    "attn_module_tmp": "model.layers.{}.self_attn", "ln_f_module": "model.norm",
+    "lm_head_module": "model.embed_tokens",  # SmolLM2 ties its head to the embedding
+    "mom2_dataset": "pydoc", "mom2_n_samples": 60, "mom2_dtype": "float32", "device": "cpu",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alg_name", ["MEMIT", "AlphaEdit"])
+def test_covariance_methods_run_offline_after_stats(alg_name, tmp_path, monkeypatch):
+    """`edit-plugins stats` fills the file layer_stats looks for (and AlphaEdit's P); EasyEdit's own MEMIT and
+    AlphaEdit then edit SmolLM2 with the network off and no dataset download attempted."""
+    import yaml
+
+    from edit_plugins import easyedit_compat
+    from edit_plugins.easyedit_stats import fill_stats, plan
+    from edit_plugins.models import materialize
+
+    if not easyedit_compat.is_head():
+        pytest.skip("AlphaEdit and this layer_stats are EasyEdit HEAD's")
+    import datasets
+    import easyeditor
+    from easyeditor.models.rome import layer_stats as layer_stats_module
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"a dataset download was attempted: {args}")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_download)
+    monkeypatch.setattr(layer_stats_module, "load_dataset", no_download)
+    monkeypatch.chdir(tmp_path)  # AlphaEdit would write null_space_project.pt into the working directory
+    config = {**SMOLLM2_COVARIANCE_HPARAMS, "alg_name": alg_name, "model_name": str(materialize("smollm2-135m")),
+              "stats_dir": str(tmp_path / "stats")}
+    if alg_name == "AlphaEdit":
+        config.update(nullspace_threshold=2e-2, L2=10, P_loc=str(tmp_path / "P.pt"))
+    path = tmp_path / f"{alg_name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    written = fill_stats(path)
+    expected = [tmp_path / "stats" / "SmolLM2-135M-Instruct-llama-f32" / "pydoc_stats"
+                / f"model.layers.{layer}.mlp.down_proj_float32_mom2_60.npz" for layer in (4, 5)]
+    assert plan(path).files == expected and all(p.is_file() for p in expected)
+    if alg_name == "AlphaEdit":
+        P = torch.load(tmp_path / "P.pt", weights_only=True)
+        assert P.shape == (2, 1536, 1536) and 0 < torch.linalg.matrix_rank(P[0]) < 1536
+    assert fill_stats(path) == []  # present: nothing recomputed
+
+    hparams_class = {"MEMIT": easyeditor.MEMITHyperParams, "AlphaEdit": easyeditor.AlphaEditHyperParams}[alg_name]
+    editor = easyeditor.BaseEditor.from_hparams(hparams_class.from_hparams(str(path)))
+    prompts, subjects, new, true = EDITS["smollm2-135m"]
+    metrics, edited, _ = editor.edit(prompts=prompts[:1], subject=subjects[:1], target_new=new[:1],
+                                     ground_truth=true[:1], sequential_edit=True)
+    assert float(np.mean(metrics[0]["post"]["rewrite_acc"])) == 1.0

@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 from .env import flag
 
@@ -57,6 +58,28 @@ def hyperparams_base() -> type:
 def alg_dict() -> dict:
     # dev0's star imports rebind the attribute easyeditor.util, so never use attribute access.
     return importlib.import_module("easyeditor.util.alg_dict").ALG_DICT
+
+
+# layer_stats' mom2_dataset names: the Hugging Face dataset and config each downloads.
+LAYER_STATS_DATASETS = {"wikipedia": ("wikimedia/wikipedia", "20231101.en"),
+                        "wikitext": ("Salesforce/wikitext", "wikitext-103-raw-v1"),
+                        "wikitext2": ("Salesforce/wikitext", "wikitext-2-raw-v1")}
+
+
+def layer_stats_path(stats_dir, model_name: str, dataset: str, layer_name: str, precision: str, sample_size: int) -> Path:
+    """The cache file EasyEdit's ``layer_stats`` (MEMIT, AlphaEdit, EMMET, PMET) loads before it would download:
+    the model's ``_name_or_path`` (EasyEdit loads ``model_name``) after its last '/', mom2_dataset verbatim."""
+    return (Path(stats_dir) / model_name.rsplit("/")[-1] / f"{dataset}_stats"
+            / f"{layer_name}_{precision}_mom2_{sample_size}.npz")
+
+
+def read_layer_stats(path) -> "torch.Tensor":
+    """C = mom2 / count from a layer_stats file."""
+    import numpy as np
+    import torch
+
+    data = np.load(path)
+    return torch.from_numpy(data["mom2.mom2"]).double() / float(data["mom2.count"])
 
 
 # KnowEditDataset is HEAD's (0.0.1.dev0 has none: the file is then read by our reader alone).

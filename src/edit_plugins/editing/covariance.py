@@ -65,11 +65,35 @@ def second_moments(model, tok, modules: list[str], *, source: str = PYDOC_SOURCE
             missing.append(module)
     if not missing:
         return result
+    sums, count = moment_sums(model, tok, missing, source=source, n_samples=n_samples, max_tokens=max_tokens,
+                              batch_size=batch_size)
+    for m in missing:
+        write_moments(cache_path(stats_dir, model_key, source, m, n_samples), sums[m], count, n_samples)
+        result[m] = (sums[m] / count).float().cpu()
+    return result
+
+
+def write_moments(path: Path, total: torch.Tensor, count: int, n_samples: int, dtype=torch.float32) -> None:
+    """ROME's .npz layout, as EasyEdit's ``layer_stats`` reads it too: the sum of k kᵀ, the count, and the
+    sample size the file was asked for (its cache check compares it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{"mom2.constructor": np.array("edit_plugins.SecondMoment()"), "mom2.count": np.array(count),
+                        "mom2.mom2": total.to(dtype).cpu().numpy(), "sample_size": np.array(n_samples)})
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+@torch.no_grad()
+def moment_sums(model, tok, modules: list[str], *, source: str = PYDOC_SOURCE, n_samples: int = 1000,
+                max_tokens: int = 256, batch_size: int = 16) -> tuple[dict[str, torch.Tensor], int]:
+    """Σ k kᵀ (float64) over every non-padding token of the first ``n_samples`` texts, per module, and the
+    token count: one pass over the text for all modules."""
     device = input_device(model)
     if source == SELF_SOURCE:
         sequences = self_generated_texts(model, tok, n_samples)
     else:
         sequences = [tok(t, truncation=True, max_length=max_tokens).input_ids for t in read_texts(source, n_samples)]
+    missing = list(modules)
     sums = {m: None for m in missing}
     count = 0
     for first in tqdm(range(0, len(sequences), batch_size), desc=f"second moments ({len(missing)} layers)", leave=False):
@@ -88,15 +112,7 @@ def second_moments(model, tok, modules: list[str], *, source: str = PYDOC_SOURCE
         for m in missing:
             acts = captured[m][keep.to(captured[m].device)].double()
             sums[m] = acts.T @ acts if sums[m] is None else sums[m] + acts.T @ acts
-    for m in missing:
-        path = cache_path(stats_dir, model_key, source, m, n_samples)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        np.savez(buffer, **{"mom2.constructor": np.array("edit_plugins.SecondMoment()"),
-                            "mom2.count": np.array(count), "mom2.mom2": sums[m].float().cpu().numpy()})
-        atomic_write_bytes(path, buffer.getvalue())
-        result[m] = (sums[m] / count).float().cpu()
-    return result
+    return sums, count
 
 
 def safe_inverse(C: torch.Tensor, damping: float, what: str = "C") -> torch.Tensor:
