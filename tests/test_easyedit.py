@@ -383,3 +383,53 @@ def test_covariance_methods_run_offline_after_stats(alg_name, tmp_path, monkeypa
     metrics, edited, _ = editor.edit(prompts=prompts[:1], subject=subjects[:1], target_new=new[:1],
                                      ground_truth=true[:1], sequential_edit=True)
     assert float(np.mean(metrics[0]["post"]["rewrite_acc"])) == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alg_name, fast", [("GRACE", {"n_iter": 20}), ("WISE", {"n_iter": 5})])
+def test_restore_callable_methods_survive_a_kill_and_resume_by_replay(alg_name, fast, tmp_path):
+    """EasyEdit's WISE and GRACE keep their edits in adaptor objects the runner cannot save: a resumed run
+    re-applies the logged edits and must end in the summary of a run never killed."""
+    import json
+    import signal
+    import time
+
+    import yaml
+
+    from conftest import SHARED_DATA
+    from edit_plugins import easyedit_compat
+
+    if not easyedit_compat.is_head():
+        pytest.skip("the lifelong runner drives HEAD's WISE and GRACE")
+    config = yaml.safe_load((ROOT / "hparams" / "easyedit" / alg_name / "smollm2-135m.yaml").read_text())
+    hp = tmp_path / "hp.yaml"
+    hp.write_text(yaml.safe_dump({**config, **fast}))  # fewer steps: the test is about resuming, not quality
+    common = ["--hparams", hp, "--data", SHARED_DATA / "zsre_mend_eval.json", "--num-edits", 3, "--save-every", 1,
+              "--checkpoints", "1,3", "--quiet"]
+    cli = lambda *args: [sys.executable, "-m", "edit_plugins.cli", "lifelong", *map(str, args)]  # noqa: E731
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    straight = subprocess.run(cli(*common, "--out", tmp_path / "straight"), capture_output=True, text=True, env=env)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    victim = subprocess.Popen(cli(*common, "--out", tmp_path / "killed"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=env)
+    progress = tmp_path / "killed" / "state" / "progress.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and victim.poll() is None:
+        try:
+            if json.loads(progress.read_text())["position"] >= 2:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "killed" / "summary.json").exists()  # it died mid-run
+
+    resumed = subprocess.run(cli("--out", tmp_path / "killed", "--resume", "--quiet"), capture_output=True, text=True,
+                             env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    killed, reference = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("killed", "straight"))
+    assert killed == reference
+    state = json.loads((tmp_path / "killed" / "state" / "progress.json").read_text())
+    assert state["progress"]["resume_by_replay"] is True

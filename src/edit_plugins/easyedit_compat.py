@@ -155,6 +155,18 @@ def prepare_for_sequential_use(alg_name: str, hparams) -> None:
         hparams.sequential_edit = True
 
 
+def method_request(alg_name: str, request: dict, locality: list) -> dict:
+    """A request as the EasyEdit method needs it. WISE trains on an unrelated "loc_prompt" beside each edit,
+    which EasyEdit's examples take from the record's locality prompt and answer."""
+    if alg_name == "WISE" and "loc_prompt" not in request:
+        if not locality:
+            raise ValueError(f"WISE needs a locality prompt for each edit (EasyEdit's loc_prompt); record "
+                             f"{request.get('case_id')!r} has none")
+        prompt, answer = locality[0]
+        return {**request, "loc_prompt": f"{prompt} {answer}"}
+    return request
+
+
 def weights_copy_for_caller(weights_copy: dict, keep_original_weight: bool) -> dict:
     """What an apply function returns as ``weights_copy``.
 

@@ -7,16 +7,21 @@ through ``easyedit_adapter``.
 
 After each edit: that edit's metrics. At checkpoints (1, 2, 4, 8, ... and the last): every past edit
 again (retention) and never-edited probe facts (locality). State is saved every ``save_every`` edits,
-so a killed run resumes to the same ``summary.json``.
+so a killed run resumes to the same ``summary.json``. A method whose edits live in objects the runner cannot
+save (EasyEdit's WISE and GRACE return a restore callable and register no save_state) resumes by replay:
+the logged edits are re-applied in order from the unedited model, and each must give its logged metrics.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import math
+import random
 import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
@@ -106,6 +111,21 @@ class RunContext:
     options: RunOptions
 
 
+def seed_everything(seed: int) -> None:
+    """The random state a run starts from (torch, Python, NumPy), so that a replay starts from it too."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _same_metrics(a: dict, b: dict) -> bool:
+    if set(a) != set(b):
+        return False
+    return all((x is None and y is None) or (x is not None and y is not None and math.isclose(x, y, rel_tol=1e-6,
+                                                                                           abs_tol=1e-9))
+               for x, y in ((a[k], b[k]) for k in a))
+
+
 class _Run:
     def __init__(self, run_dir: Path, hp, model, tok, records: list[EditRecord], probes, options: RunOptions,
                  apply_fn):
@@ -122,6 +142,7 @@ class _Run:
         self.position = 0
         self.stop_requested = False
         self.saved = False  # whether a state has been saved (before that, a failed new run leaves no folder)
+        self.resume_by_replay = False  # the method's edits cannot be saved: a resume re-applies them
         self.diagnostics = []
         self.loop_seconds = 0.0  # all of the loop, state saving included (for the overhead figure)
 
@@ -141,7 +162,7 @@ class _Run:
 
     # -- one edit ---------------------------------------------------------------------------------
     def apply(self, batch: list[EditRecord]) -> tuple[list, float]:
-        requests = [dict(r.request) for r in batch]
+        requests = [easyedit_compat.method_request(self.hp.alg_name, dict(r.request), r.locality) for r in batch]
         started = time.perf_counter()
         with collect_events() as events:
             _, weights_copy = self.apply_fn(self.model, self.tok, requests, self.hp,
@@ -149,9 +170,7 @@ class _Run:
         seconds = time.perf_counter() - started
         restores_by_call = self.method.restore == "callable" if self.method else callable(weights_copy)
         if restores_by_call:
-            if self.method is None or self.method.save_state is None:
-                raise LifelongError(f"{self.hp.alg_name} returns a restore callable but registers no save_state: "
-                                    "a lifelong run could not save or resume its edits")
+            self.resume_by_replay = self.method is None or self.method.save_state is None
         else:
             self.changed_params.update(weights_copy or {})
         if not events and not restores_by_call:  # a method that does not fire the hook itself (EasyEdit's)
@@ -177,6 +196,7 @@ class _Run:
         save_state(self.dir, self.model, self.changed_params, method_state=own, progress={
             "position": self.position, "edits": self.edits, "checkpoints": self.checkpoint_rows,
             "timings": self.timings, "changed_params": sorted(self.changed_params), "loop_seconds": self.loop_seconds,
+            "resume_by_replay": self.resume_by_replay,
             "locality_reference": self.locality_reference, "probe_reference": self.probe_reference,
             "diagnostics": [d.state_dict() for d in self.diagnostics if hasattr(d, "state_dict")]})
         self.saved = True
@@ -186,11 +206,30 @@ class _Run:
         self.edits, self.checkpoint_rows = progress["edits"], progress["checkpoints"]
         self.timings, self.changed_params = progress["timings"], set(progress["changed_params"])
         self.loop_seconds = progress.get("loop_seconds", 0.0)
+        self.resume_by_replay = progress.get("resume_by_replay", False)
         self.locality_reference, self.probe_reference = progress["locality_reference"], progress["probe_reference"]
         for diagnostic, state in zip([d for d in self.diagnostics if hasattr(d, "load_state_dict")],
                                      progress.get("diagnostics", [])):
             diagnostic.load_state_dict(state)
         set_rng_state(progress["rng"])
+
+    def replay(self, progress: dict) -> None:
+        """Re-apply the first ``position`` edits, in the same batches, from the unedited model and the run's
+        first random state; every replayed edit must give the metrics its log line holds."""
+        seed_everything(self.options.seed)
+        logged = progress["edits"]
+        position, bs = progress["position"], self.batch_size
+        for start in range(0, position, bs):
+            batch = self.records[start: min(start + bs, position)]
+            self.apply(batch)
+            for i, record in enumerate(batch):
+                step = start + i + 1
+                metrics = evaluate.edit_metrics(self.model, self.tok, record, progress["locality_reference"][step - 1])
+                expected = logged[step - 1]["metrics"]
+                if not _same_metrics(metrics, expected):
+                    raise LifelongError(f"{self.dir}: resuming by replay, edit {step} (case_id {record.case_id!r}) "
+                                        f"gave {metrics}, but the log has {expected}: {self.hp.alg_name} is not "
+                                        "deterministic here, so this run cannot be resumed; start it again")
 
     def _diagnostics_postfix(self) -> dict:
         """What the diagnostics show on the progress bar (``progress_postfix()``, where they have it)."""
@@ -288,6 +327,8 @@ def _execute(run: _Run, progress_bar: bool, progress: dict | None = None, on_ear
         signal.signal(signal.SIGINT, request_stop)
     except ValueError:  # not the main thread
         previous = None
+    if progress is not None and progress.get("resume_by_replay"):
+        run.replay(progress)  # before the diagnostics start: they resume from the state they saved
     _start_diagnostics(run)
     try:
         if progress is None:
@@ -353,7 +394,7 @@ def run_lifelong(hparams, data, out_dir, *, model=None, tok=None, options: RunOp
         records = _in_planned_order(records, hparams, model, tok)
         atomic_write_text(folder.path / "config.yaml", yaml.safe_dump(
             _run_config(hparams, options, data, records), sort_keys=False))
-        torch.manual_seed(options.seed)
+        seed_everything(options.seed)
         run = _Run(folder.path, hparams, model, tok, records, probes, options, apply_fn)
         run.compute_references()
     except BaseException:
@@ -422,7 +463,7 @@ def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True,
         if [str(r.case_id) for r in records] != config["data"].get("order"):
             raise LifelongError(f"{run_dir}: the edits would run in a different order than when the run started")
         if not has_state(run_dir):  # killed before its first save: start over, as the run began
-            torch.manual_seed(options.seed)
+            seed_everything(options.seed)
             run = _Run(run_dir, hparams, model, tok, records, probes, options, apply_fn)
             run.compute_references()
             return _execute(run, progress_bar)
