@@ -295,3 +295,42 @@ def test_locality_prompts_naming_an_edited_subject_are_found_as_whole_phrases():
     assert evaluate.names_any(prompts, {"Nintendo 3DS", "Mali", "Toyota Corolla", None}) == [
         True, False, True, True, False]
     assert evaluate.names_any(prompts[:1], set()) == [False]
+
+
+def test_compare_runs_each_method_on_the_same_edits_and_writes_one_table_and_plot(tmp_path, stats_dir):
+    wilke = tiny_hparams(stats_dir, tmp_path)
+    lemoe = tmp_path / "tiny-gpt2.yaml"
+    lemoe.write_text((HPARAMS / "LEMoE" / "tiny-gpt2.yaml").read_text().replace("order_planning: true",
+                                                                              "order_planning: false"))
+    out = tmp_path / "cmp"
+    command = [sys.executable, "-m", "edit_plugins.cli", "compare", "--hparams", str(wilke), "--hparams", str(lemoe),
+               "--data", str(ZSRE), "--num-edits", "4", "--checkpoints", "2", "--num-probes", "5",
+               "--probe-data", str(KNOWN), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    orders = [yaml_order(out / name) for name in ("tiny", "tiny-gpt2")]
+    assert orders[0] == orders[1]  # same records in the same order (LEMoE's own order planning off)
+    table = (out / "comparison.md").read_text().splitlines()
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["tiny (WilKE)", "tiny-gpt2 (LEMoE)"]
+    assert "end of sequence" in table[0] and (out / "retention.png").stat().st_size > 0
+    summary = json.loads((out / "tiny" / "summary.json").read_text())
+    assert f"| {summary['protocols']['end_of_sequence']['reliability']:.3f} /" in table[2]
+    written = (out / "tiny" / "edits.jsonl").stat().st_mtime_ns
+    again = subprocess.run(command, capture_output=True, text=True)  # complete runs are kept, not redone
+    assert again.returncode == 0 and (out / "tiny" / "edits.jsonl").stat().st_mtime_ns == written
+
+
+def yaml_order(folder):
+    import yaml
+
+    return yaml.safe_load((folder / "config.yaml").read_text())["data"]["order"]
+
+
+def test_compare_refuses_an_unknown_method_before_running_any(tmp_path, stats_dir):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("alg_name: NoSuchMethod\nmodel_name: tiny-gpt2\n")
+    done = subprocess.run([sys.executable, "-m", "edit_plugins.cli", "compare", "--hparams",
+                           str(tiny_hparams(stats_dir, tmp_path)), "--hparams", str(bad), "--data", str(ZSRE),
+                           "--out", str(tmp_path / "cmp")], capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown method 'NoSuchMethod'" in done.stderr
+    assert not (tmp_path / "cmp").exists()

@@ -187,6 +187,36 @@ def lifelong(ctx, hparams_path, data, out_dir, resume, num_edits, start, shuffle
 
 
 @main.command()
+@click.option("--hparams", "hparams_paths", required=True, multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="One method's hparams; repeat for each method.")
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for one run folder per method, comparison.md and retention.png.")
+@click.option("--num-edits", type=click.IntRange(min=1), default=None)
+@click.option("--checkpoints", default=None, callback=_steps, help="Comma-separated steps (default 10,100 and the last).")
+@click.option("--probe-data", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--num-probes", type=click.IntRange(min=0), default=100)
+@click.option("--seed", type=int, default=0)
+def compare(hparams_paths, data, out_dir, num_edits, checkpoints, probe_data, num_probes, seed):
+    """Run several methods on the same edits (order, checkpoints, probes), then one table and one plot.
+
+    Each method runs as `edit-plugins lifelong` in its own process; complete runs are kept, stopped ones resumed.
+    """
+    from .lifelong.compare import run_all, write_report
+
+    args = ["--seed", str(seed), "--num-probes", str(num_probes),
+            "--checkpoints", ",".join(map(str, checkpoints or [10, 100]))]
+    if num_edits:
+        args += ["--num-edits", str(num_edits)]
+    if probe_data:
+        args += ["--probe-data", probe_data]
+    folders = run_all(list(hparams_paths), data, out_dir, args)
+    table_path, plot_path = write_report(folders, out_dir)
+    click.echo(table_path.read_text())
+    click.echo(f"Table: {table_path}\nPlot: {plot_path}")
+
+
+@main.command()
 @click.option("--hparams", "hparams_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="EasyEdit hparams of a covariance method (MEMIT, AlphaEdit, EMMET, PMET).")
 @click.option("--overwrite", is_flag=True, help="Recompute files that are already there.")

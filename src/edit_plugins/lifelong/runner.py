@@ -17,6 +17,7 @@ import dataclasses
 import importlib.metadata
 import math
 import random
+import resource
 import signal
 import time
 from pathlib import Path
@@ -250,7 +251,8 @@ class _Run:
         edit_s = sum(t["edit_seconds"] for t in self.timings)
         eval_s = sum(t["eval_seconds"] for t in self.timings)
         atomic_write_json(self.dir / "timing.json", {"edit_seconds": edit_s, "eval_seconds": eval_s,
-                                                     "wall_seconds": self.loop_seconds})
+                                                     "wall_seconds": self.loop_seconds,
+                                                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
         write_plots(self.dir, self.edits, self.checkpoint_rows, self.timings)
         return summary
 

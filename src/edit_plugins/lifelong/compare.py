@@ -1,0 +1,145 @@
+"""Methods side by side: one lifelong run each, on the same records in the same order with the same
+checkpoints and probes, then one table and one retention plot.
+
+Each method runs in a fresh process (its peak RSS is its own and nothing is shared between methods); a run
+folder that is complete is kept, one that was stopped is resumed.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserError
+from ..files import atomic_write_text
+from .evaluate import mean
+
+
+class CompareError(UserError, ValueError):
+    pass
+
+
+def labels_for(hparams_paths) -> list[str]:
+    """A run folder name per hparams file: its stem, with its parent folder where stems repeat."""
+    paths = [Path(p) for p in hparams_paths]
+    stems = [p.stem for p in paths]
+    return [f"{p.parent.name}-{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+
+
+def check_all(hparams_paths) -> None:
+    """Every hparams file loads (known method, valid fields) before any method runs."""
+    from .. import hparams
+
+    if not hparams_paths:
+        raise CompareError("give at least one --hparams file")
+    for path in hparams_paths:
+        hparams.load(path)
+    if len(set(labels_for(hparams_paths))) != len(hparams_paths):
+        raise CompareError(f"two --hparams files would share a run folder: {list(hparams_paths)}")
+
+
+def run_all(hparams_paths, data, out_dir, lifelong_args: list[str], quiet: bool = True) -> list[Path]:
+    check_all(hparams_paths)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    folders = []
+    for path, label in zip(hparams_paths, labels_for(hparams_paths)):
+        folder = out_dir / label
+        folders.append(folder)
+        if (folder / "summary.json").is_file() and json.loads((folder / "summary.json").read_text()).get("complete"):
+            continue
+        command = [sys.executable, "-m", "edit_plugins.cli", "lifelong", "--out", str(folder)]
+        if (folder / "config.yaml").is_file():
+            command += ["--resume"]
+        else:
+            command += ["--hparams", str(path), "--data", str(data), *lifelong_args]
+        if quiet:
+            command += ["--quiet"]
+        done = subprocess.run(command)
+        if done.returncode != 0:
+            raise CompareError(f"{label}: the lifelong run failed (exit {done.returncode}); its folder is {folder}")
+    return folders
+
+
+def _fmt(value, digits=3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _retention_at(checkpoints: list[dict], step) -> float | None:
+    row = next((c for c in checkpoints if c["step"] == step), None)
+    return None if row is None else row.get("retention_exact")
+
+
+def rows(folders) -> list[dict]:
+    out = []
+    for folder in folders:
+        folder = Path(folder)
+        summary = json.loads((folder / "summary.json").read_text())
+        checkpoints = [json.loads(line) for line in (folder / "checkpoints.jsonl").read_text().splitlines()]
+        edits = [json.loads(line) for line in (folder / "edits.jsonl").read_text().splitlines()]
+        timing = json.loads((folder / "timing.json").read_text())
+        end = summary["protocols"]["end_of_sequence"]
+        overhead = (timing["wall_seconds"] - timing["edit_seconds"] - timing["eval_seconds"]) / timing["wall_seconds"] \
+            if timing.get("wall_seconds") else None
+        order = yaml.safe_load((folder / "config.yaml").read_text())["data"]["order"]
+        out.append({"label": folder.name, "method": summary["method"], "edits": summary["edits_done"], "order": order,
+                    "complete": summary["complete"], "end": end, "checkpoints": checkpoints,
+                    "retention_10": _retention_at(checkpoints, 10), "retention_100": _retention_at(checkpoints, 100),
+                    "retention_last": checkpoints[-1].get("retention_exact") if checkpoints else None,
+                    "seconds_per_edit": mean(e.get("seconds") for e in edits),
+                    "peak_rss_mb": timing.get("peak_rss_mb"), "overhead": overhead})
+    return out
+
+
+def table(rows_: list[dict]) -> str:
+    """Markdown: end-of-sequence scores (token accuracy / generation exact match), the retention curve at
+    10, 100 and the last step, probe locality, cost."""
+    head = ("| method | edits | reliability, end of sequence (acc / gen EM) | generality, end of sequence (acc / gen EM) "
+            "| locality, end of sequence | retention @10 | retention @100 | retention @last | probe locality "
+            "| s/edit | peak RSS MB | runner overhead |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows_:
+        e = r["end"]
+        own_order = " (in its own planned order)" if r["order"] != rows_[0]["order"] else ""
+        lines.append(
+            f"| {r['label']} ({r['method']}){own_order} | {r['edits']}{'' if r['complete'] else ' (stopped)'} "
+            f"| {_fmt(e['reliability'])} / {_fmt(e['reliability_gen_em'])} "
+            f"| {_fmt(e['generality'])} / {_fmt(e['generality_gen_em'])} | {_fmt(e['locality'])} "
+            f"| {_fmt(r['retention_10'])} | {_fmt(r['retention_100'])} | {_fmt(r['retention_last'])} "
+            f"| {_fmt(e['probe_locality'])} | {_fmt(r['seconds_per_edit'], 2)} "
+            f"| {_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['overhead'], 4)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows_: list[dict], path: Path) -> None:
+    """Retention (exact match of every past edit, re-scored at each checkpoint) vs step, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for r in rows_:
+        points = [(c["step"], c["retention_exact"]) for c in r["checkpoints"] if c.get("retention_exact") is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=r["label"])
+    ax.set_xscale("log")
+    ax.set(xlabel="edits so far", ylabel="past edits still exact (teacher-forced)", ylim=(-0.02, 1.02),
+           title="Retention curve: every past edit re-scored at each checkpoint")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(folders, out_dir) -> tuple[Path, Path]:
+    rows_ = rows(folders)
+    out_dir = Path(out_dir)
+    table_path, plot_path = out_dir / "comparison.md", out_dir / "retention.png"
+    atomic_write_text(table_path, table(rows_))
+    plot(rows_, plot_path)
+    return table_path, plot_path
