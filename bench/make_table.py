@@ -454,7 +454,40 @@ def lemoe_routing(lines: list[str]) -> None:
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
 
 
-SECTIONS = (wilke_speed, wilke_independent, wilke_agreement, wilke_agreement_gpu, wilke_sequential, sequential_c, wilke_corpus, recheck_speed, lemoe, lemoe_inference, lemoe_routing)
+def interference_guard(lines: list[str]) -> None:
+    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("guard_*.json"))]
+    if not results:
+        return
+    lines += ["## Interference guard: lifelong runs", "",
+              "Command: `python -m bench.interference_guard run --stream S --edits 1000 --method M` (one method per "
+              "process; a run folder that exists is resumed), then `python -m bench.interference_guard report`. "
+              "Streams: `counterfact`, the 300 CounterFact facts SmolLM2 knows (as in the sequential WilKE runs "
+              "above), then `counterfact_easyedit.json` in file order; `zsre`, `knowedit_zsre.json` in file order. "
+              "Probes: 100 facts of `known_1000.json`. Derivation and design: [interference_guard.md](interference_guard.md).",
+              "", "Retention: exact match (teacher-forced) of all past edits' rewrite prompts; gen EM: the same by "
+              "greedy generation. A run still going is marked with how far it got.", "",
+              "| stream | method | edits | retention @10 | @100 | @300 | @1000 | gen EM at last checkpoint "
+              "| probe locality at last | immediate paraphrase | s/edit | guard paths | guard memory, largest layer MB "
+              "| peak RSS MB |", "|" + "---|" * 14]
+    for r in results:
+        at = {c["step"]: c for c in r["checkpoints"]}
+        last = r["checkpoints"][-1] if r["checkpoints"] else {}
+        immediate = [e.get("paraphrase", e.get("rephrase_acc")) for e in r["immediate"]]
+        immediate = [x for x in immediate if x is not None]
+        memory = r.get("guard_memory_mb") or {}
+        done = f"{r['edits_done']}" + ("" if r["complete"] else f" of {r['edits_planned']} (running)")
+        paths = ", ".join(f"{k}: {v}" for k, v in sorted(r["guard_paths"].items())) or "—"
+        lines.append(
+            f"| {r['stream']} | {r['method']} | {done} | "
+            + " | ".join(f(at[s].get("retention_exact")) if s in at else "—" for s in (10, 100, 300, 1000))
+            + f" | {f(last.get('retention_gen_em'))} (step {last.get('step', '—')}) | {f(last.get('probe_locality'))} "
+            f"| {f(sum(immediate) / len(immediate)) if immediate else 'n/a'} | {f(r['seconds_per_edit'], 2)} | {paths} "
+            f"| {f(max(memory.values()), 1) if memory else 'n/a'} | {f(r['peak_rss_mb'])} |")
+    lines.append("")
+
+
+SECTIONS = (wilke_speed, wilke_independent, wilke_agreement, wilke_agreement_gpu, wilke_sequential, sequential_c, wilke_corpus, recheck_speed, lemoe, lemoe_inference, lemoe_routing,
+            interference_guard)
 
 
 def main() -> None:

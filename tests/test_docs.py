@@ -19,7 +19,7 @@ def code_blocks(path: Path, language: str) -> list[str]:
 def test_lifelong_tutorial_commands_run():
     blocks = code_blocks(ROOT / "docs" / "lifelong.md", "bash")
     assert len(blocks) >= 3
-    for folder in ("runs/tutorial", "runs/tutorial-resume"):
+    for folder in ("runs/tutorial", "runs/tutorial-resume", "runs/tutorial-compare"):
         shutil.rmtree(ROOT / folder, ignore_errors=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     try:
@@ -28,8 +28,9 @@ def test_lifelong_tutorial_commands_run():
                                   capture_output=True, text=True)
             assert done.returncode == 0, f"{block}\n{done.stdout}\n{done.stderr}"
         assert (ROOT / "runs" / "tutorial-resume" / "summary.json").is_file()
+        assert (ROOT / "runs" / "tutorial-compare" / "comparison.md").is_file()
     finally:
-        for folder in ("runs/tutorial", "runs/tutorial-resume"):
+        for folder in ("runs/tutorial", "runs/tutorial-resume", "runs/tutorial-compare"):
             shutil.rmtree(ROOT / folder, ignore_errors=True)
 
 

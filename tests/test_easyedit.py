@@ -433,3 +433,17 @@ def test_restore_callable_methods_survive_a_kill_and_resume_by_replay(alg_name, 
     assert killed == reference
     state = json.loads((tmp_path / "killed" / "state" / "progress.json").read_text())
     assert state["progress"]["resume_by_replay"] is True
+
+
+@pytest.mark.parametrize("alg_name", ["ROME", "MEMIT", "AlphaEdit", "WISE", "GRACE", "ULTRAEDIT"])
+def test_the_shipped_easyedit_hparams_load_into_easyeditors_classes(alg_name):
+    """hparams/easyedit/*: EasyEdit's own class (however EasyEdit spells it), the embedded alias replaced by the
+    folder EasyEdit can load, whose name its model-family checks read ("llama")."""
+    from edit_plugins import easyedit_compat, hparams
+    from edit_plugins.models import materialize
+
+    if not easyedit_compat.is_head():
+        pytest.skip("these are EasyEdit HEAD's hparams classes")
+    hp = hparams.load(ROOT / "hparams" / "easyedit" / alg_name / "smollm2-135m.yaml")
+    assert type(hp).__module__.startswith("easyeditor.")
+    assert hp.model_name == str(materialize("smollm2-135m")) and "llama" in hp.model_name.lower()

@@ -145,7 +145,15 @@ def foreign_hparams_class(alg_name: str):
         cls = getattr(module, name, None)
         if cls is not None:
             return cls
-    raise KeyError(f"easyeditor has no hparams class for alg_name {alg_name!r} (tried {candidates})")
+    # EasyEdit's spellings vary (ULTRAEDIT: UltraEditHyperParams): compare letters and digits only.
+    key = "".join(c for c in alg_name.lower() if c.isalnum())
+    for name in dir(module):
+        if name.endswith("HyperParams") and "".join(c for c in name[: -len("HyperParams")].lower() if c.isalnum()) == key:
+            return getattr(module, name)
+    from .errors import UserError
+
+    raise UserError(f"alg_name {alg_name!r}: this easyeditor has the method but no hparams class for it "
+                    f"(looked for {candidates} and any *HyperParams spelled like it)")
 
 
 def prepare_for_sequential_use(alg_name: str, hparams) -> None:

@@ -57,7 +57,9 @@ def _field(config: dict, name: str, kind, source: str):
 def plan(hparams_path) -> StatsPlan:
     """Which files ``layer_stats`` will look for under these hparams, and from which corpus to fill them."""
     config, source = read_yaml(hparams_path)
-    model_name = _field(config, "model_name", str, source)
+    from .hparams import loadable_model_name
+
+    model_name = loadable_model_name(_field(config, "model_name", str, source))  # an embedded alias: its folder
     stats_dir = Path(_field(config, "stats_dir", str, source))
     dataset = _field(config, "mom2_dataset", str, source)
     n_samples = _field(config, "mom2_n_samples", int, source)

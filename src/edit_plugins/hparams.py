@@ -144,7 +144,7 @@ class EditHyperParams(hyperparams_base()):
             )
         hparams = cls(**values)
         hparams.validate(source)
-        hparams.model_name = _loadable_model_name(hparams.model_name)
+        hparams.model_name = loadable_model_name(hparams.model_name)
         return hparams
 
     @classmethod
@@ -173,7 +173,7 @@ class EditHyperParams(hyperparams_base()):
         return dataclasses.asdict(self)
 
 
-def _loadable_model_name(name: str) -> str:
+def loadable_model_name(name: str) -> str:
     """An embedded alias becomes the directory it is built into (once, then cached); anything else is kept.
 
     EasyEdit's BaseEditor loads ``model_name`` itself with ``from_pretrained``, which knows no aliases.
@@ -211,7 +211,7 @@ def from_dict(config: dict, source: str = "<dict>"):
     resolved = _resolve(config["alg_name"], source)
     if resolved.method is not None:
         return resolved.hparams_class.from_dict(config, source)
-    return resolved.hparams_class(**config)
+    return _with_loadable_model(resolved.hparams_class(**config))
 
 
 def _resolve(alg_name: str, source: str):
@@ -235,4 +235,13 @@ def load(path):
     resolved = _resolve(alg_name, source)
     if resolved.method is not None:
         return resolved.hparams_class.from_dict(config, source)
-    return resolved.hparams_class.from_hparams(source)
+    return _with_loadable_model(resolved.hparams_class.from_hparams(source))
+
+
+def _with_loadable_model(hparams):
+    """EasyEdit's own hparams: an embedded alias in model_name (and tokenizer_name) becomes its local directory,
+    which EasyEdit can load, and whose name tells its model-family checks ("llama" in model_name) the family."""
+    for field in ("model_name", "tokenizer_name"):
+        if isinstance(getattr(hparams, field, None), str):
+            setattr(hparams, field, loadable_model_name(getattr(hparams, field)))
+    return hparams
