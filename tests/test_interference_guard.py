@@ -190,6 +190,7 @@ def test_saved_guard_state_continues_with_the_same_numbers(tiny_gpt2, stats_dir)
     tensors, metadata = guard_state(model)
     twin = deepcopy(model)
     load_guard_state(twin, tensors, metadata)
+    assert guard_state(twin)[0].keys() == tensors.keys()  # saved again before any use: nothing dropped
     apply_wilke_to_model(model, tok, TINY_REQUESTS[3:], hp)
     apply_wilke_to_model(twin, tok, TINY_REQUESTS[3:], hp)
     assert all(torch.equal(p, twin.get_parameter(n)) for n, p in model.named_parameters())

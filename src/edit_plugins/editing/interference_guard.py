@@ -345,16 +345,20 @@ def guard_state(model) -> tuple[dict, dict]:
     """(tensors, metadata): each layer's keys, values and prompts; the factors are rebuilt on load by the
     same steps, so a resumed run continues with the same numbers."""
     guard = _guards.get(model)
+    pending = dict(_pending.get(model, {}))  # loaded, and not yet used since: saved as they were loaded
+    edit_log = guard.edit_log if guard is not None else pending.pop("__edit_log__", [])
+    pending.pop("__edit_log__", None)
+    entries = {name: {"keys": g.keys, "values": g.values, "prompts": g.prompts, "fresh_at": g.fresh_at,
+                      "fallback_built_at": g.fallback_built_at}
+               for name, g in (guard.layers.items() if guard is not None else ())}
     tensors, layers = {}, {}
-    if guard is not None:
-        for name, g in guard.layers.items():
-            if not g.keys:
-                continue
-            tensors[f"{name}.keys"] = torch.stack(g.keys).cpu().contiguous()
-            tensors[f"{name}.values"] = torch.stack(g.values).cpu().contiguous()
-            layers[name] = {"prompts": g.prompts, "fresh_at": g.fresh_at, "fallback_built_at": g.fallback_built_at}
-    metadata = {"format": STATE_FORMAT, "layers": json.dumps(layers),
-                "edit_log": json.dumps(guard.edit_log if guard is not None else [])}
+    for name, entry in {**pending, **entries}.items():
+        if not entry["keys"]:
+            continue
+        tensors[f"{name}.keys"] = torch.stack(entry["keys"]).cpu().contiguous()
+        tensors[f"{name}.values"] = torch.stack(entry["values"]).cpu().contiguous()
+        layers[name] = {k: entry[k] for k in ("prompts", "fresh_at", "fallback_built_at")}
+    metadata = {"format": STATE_FORMAT, "layers": json.dumps(layers), "edit_log": json.dumps(edit_log)}
     return tensors, metadata
 
 
