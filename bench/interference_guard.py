@@ -53,11 +53,16 @@ def stream_records(model, tok, stream, edits):
 
 
 class PeakRss:
-    """Adds the process's peak RSS so far to every edit's log line."""
+    """Adds the process's peak RSS so far, and the guard's largest layer state (MB), to every edit's log line."""
 
     @hookimpl
     def after_edit(self, event):
-        return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+        from edit_plugins.editing.interference_guard import _guards
+
+        guard = _guards.get(event.model)
+        memory = max(guard.memory().values(), default=0) / 2**20 if guard is not None else None
+        return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                "guard_layer_mb_max": memory}
 
 
 def run(args):
@@ -107,6 +112,7 @@ def report_one(stream, method, edits):
            "keys_refreshed_edits": sum("keys_refreshed" in g for g in guards),
            "repaired_keys": sum(g.get("repair_slipped", 0) for g in guards),
            "guard_memory_mb": json.loads(memory.read_text()) if memory.is_file() else None,
+           "guard_layer_mb_max": max((r["hooks"].get("guard_layer_mb_max") or 0 for r in rows), default=None) or None,
            "immediate": [{"step": r["step"], **r["metrics"]} for r in rows]}
     write_result(f"guard_{stream}_{method}_{edits}", out, echo=False)
 

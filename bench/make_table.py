@@ -474,7 +474,7 @@ def interference_guard(lines: list[str]) -> None:
         last = r["checkpoints"][-1] if r["checkpoints"] else {}
         immediate = [e.get("paraphrase", e.get("rephrase_acc")) for e in r["immediate"]]
         immediate = [x for x in immediate if x is not None]
-        memory = r.get("guard_memory_mb") or {}
+        memory = r.get("guard_memory_mb") or ({"largest": r["guard_layer_mb_max"]} if r.get("guard_layer_mb_max") else {})
         done = f"{r['edits_done']}" + ("" if r["complete"] else f" of {r['edits_planned']} (running)")
         paths = ", ".join(f"{k}: {v}" for k, v in sorted(r["guard_paths"].items())) or "—"
         lines.append(
