@@ -47,7 +47,8 @@ class GuardSettings:
 
 
 def _digest(weight: torch.Tensor) -> str:
-    return hashlib.blake2b(weight.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+    raw = weight.detach().contiguous().view(torch.uint8).cpu().numpy()  # the bytes, whatever the dtype (bf16 too)
+    return hashlib.blake2b(raw.tobytes(), digest_size=16).hexdigest()
 
 
 class _Space:
