@@ -7,7 +7,7 @@ import torch
 from conftest import EIFFEL, HPARAMS, changed_parameters, restore, snapshot
 from edit_plugins import hparams
 from edit_plugins.diagnostics.interference import InterferenceLog
-from edit_plugins.editing.interference_guard import (GuardSettings, LayerGuard, _Space, guard_state,
+from edit_plugins.editing.interference_guard import (GuardError, GuardSettings, LayerGuard, _Space, guard_state,
                                                      load_guard_state)
 from edit_plugins.editing.keys import compute_keys
 from edit_plugins.editing.layers import get_module, weight_out_in
@@ -198,7 +198,7 @@ def test_saved_guard_state_continues_with_the_same_numbers(tiny_gpt2, stats_dir)
 
 def test_preserved_knowledge_keeps_the_update_off_cs_high_variance_directions(tiny_gpt2, stats_dir):
     model, tok = tiny_gpt2
-    hp = tiny_hp(stats_dir, guard_preserved_knowledge=True, guard_null_space_threshold=0.5)
+    hp = tiny_hp(stats_dir, guard_preserved_knowledge=True, guard_null_space_energy=0.2)
     hp.interference_guard = False  # the projection alone (an ablation row)
     module = hp.rewrite_module_tmp.format(1)
     with collect_events() as fired:
@@ -206,13 +206,19 @@ def test_preserved_knowledge_keeps_the_update_off_cs_high_variance_directions(ti
     (event, _), = fired
     delta = next(iter(event.weight_deltas.values())).double().T  # Conv1D stores (in, out)
     c_inv = layer_inverses(model, tok, hp, [module])[module].double()
-    mu, vectors = torch.linalg.eigh(c_inv)
-    eigenvalues = 1 / mu
-    high = vectors[:, eigenvalues >= 0.5 * eigenvalues.mean()]
+    mu, vectors = torch.linalg.eigh(c_inv)  # C's eigenvalues 1/μ, largest first
+    energy_from_smallest = torch.cumsum((1 / mu).flip(0), 0).flip(0) / (1 / mu).sum()
+    high = vectors[:, energy_from_smallest > 0.2]  # the directions that carry 80% of C's trace
     assert 0 < high.shape[1] < len(mu)
     assert float((delta @ high).norm() / delta.norm()) < 1e-5
     (edit,) = event.linear_edits
     torch.testing.assert_close(delta.float() @ edit.key, edit.residual, rtol=1e-4, atol=1e-5)
+
+    hp.guard_null_space_energy = 1e-9  # no direction is that quiet: a clear error, nothing written
+    before = snapshot(model)
+    with pytest.raises(GuardError, match="raise it to leave the update room"):
+        apply_wilke_to_model(model, tok, [TINY_REQUESTS[1]], hp)
+    assert changed_parameters(model, before) == []
 
 
 def test_stale_keys_are_refreshed_and_slipped_edits_repaired(tiny_gpt2, stats_dir):

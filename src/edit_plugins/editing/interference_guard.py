@@ -20,6 +20,7 @@ import weakref
 
 import torch
 
+from ..errors import UserError
 from .layers import add_to_weight, get_module, weight_out_in
 
 LOG = logging.getLogger(__name__)
@@ -29,11 +30,15 @@ _guards: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> M
 _pending: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> saved state not yet replayed
 
 
+class GuardError(UserError, ValueError):
+    pass
+
+
 @dataclasses.dataclass(frozen=True)
 class GuardSettings:
     past_edits: bool = False  # ΔW k_j = 0 for earlier edits' keys at the layer
     preserved_knowledge: bool = False  # u restricted to C's low-variance eigenvectors (AlphaEdit's null space)
-    null_space_threshold: float = 1e-2  # ... those with eigenvalue below this × the mean eigenvalue
+    null_space_energy: float = 0.05  # ... C's smallest eigen-directions that carry this share of its trace
     min_residual: float = 0.1  # fall back when the guard would make ΔW more than 1/this larger in C-norm
     max_keys_fraction: float = 0.9  # fall back once the exact keys fill this share of the layer's width
     fallback_weight: float = 1.0  # λ in (C + λ Σ k_j k_jᵀ)
@@ -53,7 +58,8 @@ def _digest(weight: torch.Tensor) -> str:
 
 class _Space:
     """Where u lives. Full: all of ℝᵈ with the metric M = C⁻¹. Null space: coordinates z = U₀ᵀx on C's
-    low-variance eigenvectors U₀, where C is diagonal (Λ₀) and M = Λ₀⁻¹."""
+    smallest eigen-directions U₀ (together a ``null_space_energy`` share of its trace), where C is diagonal
+    (Λ₀) and M = Λ₀⁻¹."""
 
     def __init__(self, c_inv: torch.Tensor | None, width: int, settings: GuardSettings, device):
         self.width = width
@@ -62,8 +68,12 @@ class _Space:
             self.metric_matrix, self.metric_diagonal = None, None  # M = I
         elif settings.preserved_knowledge:
             mu, vectors = torch.linalg.eigh(c_inv.to(device).double())  # eigenvalues of C⁻¹ = 1/eigenvalues of C
-            eigenvalues = 1.0 / mu
-            keep = eigenvalues < settings.null_space_threshold * eigenvalues.mean()
+            mu, vectors = mu.flip(0), vectors.flip(1)  # C's eigenvalues 1/μ, smallest first
+            energy = torch.cumsum(1.0 / mu, 0) / (1.0 / mu).sum()
+            keep = energy <= settings.null_space_energy
+            if not bool(keep.any()):
+                raise GuardError(f"guard_null_space_energy {settings.null_space_energy}: C's smallest eigen-direction "
+                                 f"alone carries {float(energy[0]):.3g} of its trace; raise it to leave the update room")
             self.basis_vectors = vectors[:, keep].contiguous()
             self.metric_matrix, self.metric_diagonal = None, mu[keep].contiguous()
         else:

@@ -39,7 +39,7 @@ class WilKEHyperParams(EditHyperParams):
     # The interference guard (docs/interference_guard.md): each part on or off, for ablations.
     interference_guard: bool = False  # ΔW leaves every earlier edit's key at the layer mapped as it was
     guard_preserved_knowledge: bool = False  # u in C's low-variance eigenvectors (AlphaEdit's null space)
-    guard_null_space_threshold: float = 1e-2  # ... eigenvalue below this × the mean eigenvalue
+    guard_null_space_energy: float = 0.05  # ... C's smallest eigen-directions carrying this share of its trace
     guard_min_residual: float = 0.1  # regularised fallback when the exact guard would grow ΔW over 1/this
     guard_max_keys_fraction: float = 0.9  # ... or once exact keys fill this share of the layer's width
     guard_fallback_weight: float = 1.0  # λ of the fallback's (C + λ Σ k_j k_jᵀ)
@@ -50,7 +50,7 @@ class WilKEHyperParams(EditHyperParams):
     def guard_settings(self) -> GuardSettings:
         return GuardSettings(
             past_edits=self.interference_guard, preserved_knowledge=self.guard_preserved_knowledge,
-            null_space_threshold=self.guard_null_space_threshold, min_residual=self.guard_min_residual,
+            null_space_energy=self.guard_null_space_energy, min_residual=self.guard_min_residual,
             max_keys_fraction=self.guard_max_keys_fraction, fallback_weight=self.guard_fallback_weight,
             refresh_stale_keys=self.guard_refresh_stale_keys, repair=self.guard_repair,
             repair_threshold=self.guard_repair_threshold)
@@ -73,11 +73,11 @@ class WilKEHyperParams(EditHyperParams):
                      "fast_scan_candidates"):
             if getattr(self, name) <= 0:
                 raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")
-        for name in ("guard_null_space_threshold", "guard_min_residual", "guard_max_keys_fraction",
+        for name in ("guard_null_space_energy", "guard_min_residual", "guard_max_keys_fraction",
                      "guard_fallback_weight", "guard_repair_threshold"):
             if getattr(self, name) <= 0:
                 raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")
-        for name in ("guard_min_residual", "guard_max_keys_fraction"):
+        for name in ("guard_min_residual", "guard_max_keys_fraction", "guard_null_space_energy"):
             if getattr(self, name) > 1:
                 raise HparamsError(f"{source}: field {name!r} must be at most 1, got {getattr(self, name)!r}")
         if self.guard_preserved_knowledge and not self.mom2_adjustment:
