@@ -465,7 +465,9 @@ def interference_guard(lines: list[str]) -> None:
               "above), then `counterfact_easyedit.json` in file order; `zsre`, `knowedit_zsre.json` in file order. "
               "Probes: 100 facts of `known_1000.json`. Derivation and design: [interference_guard.md](interference_guard.md).",
               "", "Retention: exact match (teacher-forced) of all past edits' rewrite prompts; gen EM: the same by "
-              "greedy generation. A run still going is marked with how far it got.", "",
+              "greedy generation. A run not finished is marked with how far it got. The first 100 edits of these "
+              "runs shared the CPU with test runs (the WilKE run with one thread), so their s/edit are not the "
+              "guard's cost; that comparison is to be made alone.", "",
               "| stream | method | edits | retention @10 | @100 | @300 | @1000 | gen EM at last checkpoint "
               "| probe locality at last | immediate paraphrase | s/edit | guard paths | guard memory, largest layer MB "
               "| peak RSS MB |", "|" + "---|" * 14]
@@ -475,7 +477,7 @@ def interference_guard(lines: list[str]) -> None:
         immediate = [e.get("paraphrase", e.get("rephrase_acc")) for e in r["immediate"]]
         immediate = [x for x in immediate if x is not None]
         memory = r.get("guard_memory_mb") or ({"largest": r["guard_layer_mb_max"]} if r.get("guard_layer_mb_max") else {})
-        done = f"{r['edits_done']}" + ("" if r["complete"] else f" of {r['edits_planned']} (running)")
+        done = f"{r['edits_done']}" + ("" if r["complete"] else f" of {r['edits_planned']} (stopped; resumes)")
         paths = ", ".join(f"{k}: {v}" for k, v in sorted(r["guard_paths"].items())) or "—"
         lines.append(
             f"| {r['stream']} | {r['method']} | {done} | "
