@@ -26,7 +26,8 @@ setup(2)
 
 model, tok = load_model("smollm2-135m", bench_device())
 rows = []
-for state in sorted(ROOT.glob(f"runs/bench-lemoe-*-full-*{device_suffix()}/state/adaptor.safetensors")):
+for state in sorted([*ROOT.glob(f"runs/bench-lemoe-*-full-*{device_suffix()}/state/method_state.safetensors"),
+                     *ROOT.glob(f"runs/bench-lemoe-*-full-*{device_suffix()}/state/adaptor.safetensors")]):
     dataset, edits = state.parent.parent.name.split("-")[2], int(state.parent.parent.name.split("-")[-1])
     if not (ROOT / "bench" / "results" / f"lemoe_{dataset}_full_{edits}{device_suffix()}.json").is_file():
         continue  # only the runs in the benchmark table

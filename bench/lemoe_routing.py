@@ -4,7 +4,8 @@ final locality on the records' locality prompts, split by whether a prompt names
 
     python -m bench.lemoe_routing --dataset counterfact --edits 300 --variant full
 
-Reads runs/bench-lemoe-<dataset>-<variant>-<edits>/state/adaptor.safetensors (from lemoe_lifelong.py);
+Reads runs/bench-lemoe-<dataset>-<variant>-<edits>/state/method_state.safetensors (adaptor.safetensors in older
+folders; from lemoe_lifelong.py);
 no training. Writes bench/results/lemoe_routing_<dataset>_<variant>_<edits>.json.
 """
 import argparse
@@ -34,8 +35,8 @@ locality_pairs = [pair for r in records for pair in r.locality]
 unedited_scores = evaluate.score_answers(model, tok, locality_pairs)
 unedited_predictions = [s.predicted for s in unedited_scores]
 unedited_neighbourhood = evaluate.neighbourhood_success(model, tok, records) if args.dataset == "counterfact" else None
-load_adaptor(model, ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}{device_suffix()}" / "state" /
-             "adaptor.safetensors")
+state = ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}{device_suffix()}" / "state"
+load_adaptor(model, next(p for p in (state / "method_state.safetensors", state / "adaptor.safetensors") if p.is_file()))
 _, adaptor = find_adaptor(model)
 if adaptor.router.span != "sequence":
     # Below, a prompt's route is read at its last position, which holds only under sequence-span routing.

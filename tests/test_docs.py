@@ -46,7 +46,7 @@ def test_lemoe_tutorial_commands_run():
                                   capture_output=True, text=True)
             assert done.returncode == 0, f"{block}\n{done.stdout}\n{done.stderr}"
             outputs.append(done.stdout)
-        assert "adaptor.safetensors" in outputs[1] and "LEMoE adaptor" in outputs[1]
+        assert "method_state.safetensors" in outputs[1] and "LEMoE adaptor" in outputs[1]
         assert '"n_experts": 3' in outputs[1]  # 6 edits, 2 per expert
     finally:
         shutil.rmtree(ROOT / "runs" / "tutorial-lemoe", ignore_errors=True)

@@ -329,10 +329,10 @@ def _execute(run: _Run, progress_bar: bool, progress: dict | None = None, on_ear
         signal.signal(signal.SIGINT, request_stop)
     except ValueError:  # not the main thread
         previous = None
-    if progress is not None and progress.get("resume_by_replay"):
-        run.replay(progress)  # before the diagnostics start: they resume from the state they saved
-    _start_diagnostics(run)
     try:
+        if progress is not None and progress.get("resume_by_replay"):
+            run.replay(progress)  # before the diagnostics start: they resume from the state they saved
+        _start_diagnostics(run)
         if progress is None:
             pm.hook.before_sequence(run=run.context())
         else:

@@ -23,6 +23,7 @@ STATE = "state"
 OLD_STATE = ".state.old"
 PROGRESS = "progress.json"
 METHOD_STATE = "method_state.safetensors"  # a method's own state, where it registers save_state
+LEGACY_METHOD_STATE = "adaptor.safetensors"  # its name in folders written before it held more than adaptors
 FORMAT = 2  # 1: progress.pkl (refused: it would have to be unpickled)
 
 
@@ -161,6 +162,8 @@ def load_state(run_dir: Path, model, load_method_state=None) -> dict:
         for name, value in load_tensors(state_dir / "edited_parameters.safetensors")[0].items():
             model.get_parameter(name).copy_(value)
     method_file = state_dir / METHOD_STATE
+    if not method_file.is_file():
+        method_file = state_dir / LEGACY_METHOD_STATE
     if method_file.is_file():
         if load_method_state is None:
             raise StateError(f"{method_file}: the run saved its method's state, but the method registers no load_state")
