@@ -16,7 +16,7 @@ def register_methods(register):
     ``name`` must be the ``ALG_NAME`` of ``hparams_class``.
     ``restore="callable"`` says that ``weights_copy`` is a callable that undoes the edit.
     Methods that keep state outside the parameters (an adaptor, guarded keys) also pass
-    ``save_state(model) -> (tensors, metadata)`` and ``load_state(model, tensors, metadata)``
+    ``save_state(model) -> (tensors, metadata) or None`` and ``load_state(model, tensors, metadata)``
     so lifelong runs can resume, and may pass ``plan_order(model, tok, requests, hparams) -> order``
     to reorder a pool of edits known in advance (the identity where its hparams ask for no planning).
     """

@@ -352,11 +352,13 @@ def guard_for(model, settings: GuardSettings) -> ModelGuard | None:
 
 
 # -- saving and loading (a lifelong run's state) ------------------------------------------------------
-def guard_state(model) -> tuple[dict, dict]:
+def guard_state(model) -> tuple[dict, dict] | None:
     """(tensors, metadata): each layer's keys, values and prompts; the factors are rebuilt on load by the
-    same steps, so a resumed run continues with the same numbers."""
+    same steps, so a resumed run continues with the same numbers. None where the model has no guard."""
     guard = _guards.get(model)
     pending = dict(_pending.get(model, {}))  # loaded, and not yet used since: saved as they were loaded
+    if guard is None and not pending:
+        return None
     edit_log = guard.edit_log if guard is not None else pending.pop("__edit_log__", [])
     pending.pop("__edit_log__", None)
     entries = {name: {"keys": g.keys, "values": g.values, "prompts": g.prompts, "fresh_at": g.fresh_at,

@@ -193,6 +193,7 @@ class _Run:
     def save(self):
         atomic_write_jsonl(self.dir / "edits.jsonl", self.edits)
         atomic_write_jsonl(self.dir / "checkpoints.jsonl", self.checkpoint_rows)
+        # (tensors, metadata) of the method's own state; None where it has none (WilKE without the guard)
         own = self.method.save_state(self.model) if self.method and self.method.save_state and self.position else None
         save_state(self.dir, self.model, self.changed_params, method_state=own, progress={
             "position": self.position, "edits": self.edits, "checkpoints": self.checkpoint_rows,
