@@ -63,3 +63,20 @@ def restore(model, weights):
     with torch.no_grad():
         for name, value in weights.items():
             model.get_parameter(name).copy_(value)
+
+
+def kill_at_position(victim, progress, position: int, timeout: float = 300) -> None:
+    """SIGKILL a running lifelong process once its saved state (``progress``) reaches ``position``."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and victim.poll() is None:
+        try:
+            if json.loads(progress.read_text())["position"] >= position:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()

@@ -391,12 +391,10 @@ def test_restore_callable_methods_survive_a_kill_and_resume_by_replay(alg_name, 
     """EasyEdit's WISE and GRACE keep their edits in adaptor objects the runner cannot save: a resumed run
     re-applies the logged edits and must end in the summary of a run never killed."""
     import json
-    import signal
-    import time
 
     import yaml
 
-    from conftest import SHARED_DATA
+    from conftest import SHARED_DATA, kill_at_position
     from edit_plugins import easyedit_compat
 
     if not easyedit_compat.is_head():
@@ -413,17 +411,7 @@ def test_restore_callable_methods_survive_a_kill_and_resume_by_replay(alg_name, 
 
     victim = subprocess.Popen(cli(*common, "--out", tmp_path / "killed"), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=env)
-    progress = tmp_path / "killed" / "state" / "progress.json"
-    deadline = time.time() + 600
-    while time.time() < deadline and victim.poll() is None:
-        try:
-            if json.loads(progress.read_text())["position"] >= 2:
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    kill_at_position(victim, tmp_path / "killed" / "state" / "progress.json", 2, timeout=600)
     assert not (tmp_path / "killed" / "summary.json").exists()  # it died mid-run
 
     resumed = subprocess.run(cli("--out", tmp_path / "killed", "--resume", "--quiet"), capture_output=True, text=True,

@@ -1,15 +1,13 @@
 """Lifelong mode end to end: outputs, checkpoints, hooks, bad data, and resume after a real SIGKILL."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import HPARAMS, ROOT, SHARED_DATA, changed_parameters, snapshot
+from conftest import HPARAMS, ROOT, SHARED_DATA, changed_parameters, kill_at_position, snapshot
 from edit_plugins.hookspecs import hookimpl
 from edit_plugins.lifelong import evaluate
 from edit_plugins.lifelong.data import DataError, load_records
@@ -206,18 +204,7 @@ def test_resume_after_sigkill_gives_the_same_summary(tmp_path, stats_dir, method
 
     victim = subprocess.Popen(cli(*common, "--out", tmp_path / "killed"), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=env)
-    progress = tmp_path / "killed" / "state" / "progress.json"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if progress.exists():
-            try:
-                if json.loads(progress.read_text())["position"] >= 4:
-                    break
-            except (OSError, ValueError):
-                pass
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    kill_at_position(victim, tmp_path / "killed" / "state" / "progress.json", 4)
     assert not (tmp_path / "killed" / "summary.json").exists()  # it really died mid-run
 
     resumed = subprocess.run(cli("--out", tmp_path / "killed", "--resume"), capture_output=True, text=True, env=env)
