@@ -451,8 +451,6 @@ def lemoe_routing(lines: list[str]) -> None:
                           f"{f(loc['neighbourhood_success']['unedited'])} for the unedited model.")
         lines.append("")
 
-    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
-
 
 def interference_guard(lines: list[str]) -> None:
     results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("guard_*.json"))]
@@ -488,8 +486,30 @@ def interference_guard(lines: list[str]) -> None:
     lines.append("")
 
 
+def method_comparison(lines: list[str]) -> None:
+    from edit_plugins.lifelong.compare import table
+
+    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("compare_*.json"))]
+    if not results:
+        return
+    lines += ["## Lifelong editors side by side", "",
+              "Command: `PYTHONPATH=../shared/easyedit-head .venv-easyedit-head/bin/python -m bench.compare_methods run "
+              "--stream S --edits T --methods ...` (one `edit-plugins compare`: every method in its own process, on the "
+              "same records in the same order, with the same checkpoints and probes; EasyEdit HEAD's methods under its "
+              "own pins, transformers 5.5.4). `counterfact`: the CounterFact facts SmolLM2 knows, in file order; "
+              "`zsre`: `knowedit_zsre.json` in file order. Probes: 100 facts of `known_1000.json`. "
+              "Scores: end of sequence (every edit on the final model: token accuracy / generation exact match); "
+              "retention is the exact match (teacher-forced) of all past edits at each checkpoint. The tutorial: "
+              "[lifelong.md](lifelong.md#5-comparing-methods).", ""]
+    for r in results:
+        name = f"{r['stream']}_{r['edits']}" + ("_cuda" if on_gpu(r) else "")
+        lines += [f"**{r['stream']}, {r['edits']} edits{' (GPU)' if on_gpu(r) else ''}** "
+                  f"(retention plot: [comparison/{name}_retention.png](comparison/{name}_retention.png))", "",
+                  table(r["rows"]), ""]
+
+
 SECTIONS = (wilke_speed, wilke_independent, wilke_agreement, wilke_agreement_gpu, wilke_sequential, sequential_c, wilke_corpus, recheck_speed, lemoe, lemoe_inference, lemoe_routing,
-            interference_guard)
+            interference_guard, method_comparison)
 
 
 def main() -> None:

@@ -1,0 +1,134 @@
+"""Every lifelong editor side by side on SmolLM2-135M: the same records, order, checkpoints and probes.
+
+    PYTHONPATH=../shared/easyedit-head .venv-easyedit-head/bin/python -m bench.compare_methods run \
+        --stream counterfact --edits 100 --methods rome,wilke,lemoe,easyedit-rome,memit,grace
+    .venv/bin/python -m bench.compare_methods report --stream counterfact --edits 100
+
+EasyEdit's methods need EasyEdit HEAD importable: run in the environment the test command builds for it
+(`.venv-easyedit-head`, HEAD on PYTHONPATH); ours run there too, so every row shares one transformers.
+`run` fills the covariance methods' statistics offline (`edit-plugins stats`), then runs one
+`edit-plugins compare` over the chosen methods: each method in its own process, a complete run folder
+kept, a stopped one resumed. A method too slow for the stream here is run on its first edits only
+(`--edits 10`) to measure its s/edit; the report states it.
+
+Streams: ``counterfact``, the CounterFact facts SmolLM2 knows (first token of ``target_true``), those of
+``counterfact_known.json`` in file order (139 of its 300); ``zsre``, ``knowedit_zsre.json`` in file order.
+Probes: 100 facts of ``known_1000.json``. Writes bench/results/compare_<stream>_<edits>.json and, beside
+the run folders, comparison.md and retention.png; ``report`` copies those two into docs/comparison/.
+"""
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from bench.common import ROOT, SHARED, bench_device, device_suffix, known_counterfact, setup, write_result
+
+METHODS = {  # name (its run folder): (hparams file under hparams/, fields set on it)
+    "rome": ("WilKE/smollm2-135m-rome.yaml", {}),  # our fixed-layer baseline
+    "wilke": ("WilKE/smollm2-135m-fast.yaml", {}),
+    "wilke-guard": ("WilKE/smollm2-135m-fast.yaml", {"interference_guard": True}),
+    "lemoe": ("LEMoE/smollm2-135m.yaml", {}),
+    "easyedit-rome": ("easyedit/ROME/smollm2-135m.yaml", {}),
+    "memit": ("easyedit/MEMIT/smollm2-135m.yaml", {}),
+    "alphaedit": ("easyedit/AlphaEdit/smollm2-135m.yaml", {}),
+    "wise": ("easyedit/WISE/smollm2-135m.yaml", {}),
+    "grace": ("easyedit/GRACE/smollm2-135m.yaml", {}),
+    "ultraedit": ("easyedit/ULTRAEDIT/smollm2-135m.yaml", {}),
+}
+COVARIANCE_METHODS = {"easyedit-rome", "memit", "alphaedit"}  # EasyEdit reads their C through layer_stats
+KNOWN_IN_ROME_FILE = 139
+
+
+def out_dir(stream, edits):
+    return ROOT / "runs" / f"bench-compare-{stream}-{edits}{device_suffix()}"
+
+
+def stream_file(stream, edits) -> tuple:
+    """The data file and the number of its records to edit, in order."""
+    if stream == "zsre":
+        return SHARED / "knowedit_zsre.json", edits
+    if edits > KNOWN_IN_ROME_FILE:
+        sys.exit(f"--stream counterfact has {KNOWN_IN_ROME_FILE} known facts in one file; ask for at most that")
+    path = out_dir(stream, edits) / "known_counterfact.json"
+    if not path.is_file():
+        from edit_plugins.files import atomic_write_text
+        from edit_plugins.models import load_model
+
+        model, tok = load_model("smollm2-135m", bench_device())
+        keep = [r.case_id for r in known_counterfact(model, tok, limit=edits)]
+        raw = {r["case_id"]: r for r in json.loads((SHARED / "counterfact_known.json").read_text())}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps([raw[i] for i in keep]))
+        del model
+    return path, edits
+
+
+def hparams_file(stream, edits, name) -> Path:
+    """The method's hparams, copied as <name>.yaml (compare names each run folder after its file's stem)."""
+    file, fields = METHODS[name]
+    path = out_dir(stream, edits) / "hparams" / f"{name}.yaml"
+    config = yaml.safe_load((ROOT / "hparams" / file).read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# hparams/{file}" + "".join(f", {k}: {v}" for k, v in fields.items()) + "\n"
+                    + yaml.safe_dump({**config, **fields}, sort_keys=False))
+    return path
+
+
+def run(args):
+    names = args.methods.split(",")
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        sys.exit(f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
+    data, edits = stream_file(args.stream, args.edits)
+    files = {name: hparams_file(args.stream, args.edits, name) for name in names}
+    cli = [sys.executable, "-m", "edit_plugins.cli"]
+    for name in names:
+        if name in COVARIANCE_METHODS:
+            subprocess.run([*cli, "stats", "--hparams", str(files[name])], check=True, cwd=ROOT)
+    command = [*cli, "compare", "--data", str(data), "--num-edits", str(edits), "--out", str(out_dir(args.stream, args.edits)),
+               "--checkpoints", ",".join(str(c) for c in (10, 100, 300, 1000) if c < edits) + f",{edits}",
+               "--probe-data", str(SHARED / "known_1000.json"), "--num-probes", "100"]
+    for name in names:
+        command += ["--hparams", str(files[name])]
+    subprocess.run(command, check=True, cwd=ROOT)  # cwd: EasyEdit hparams name stats_dir relative to it
+    report(args)
+
+
+def report(args):
+    """Rows for every run folder of the stream, finished or not; the table and plot into docs/comparison/."""
+    from edit_plugins.lifelong.compare import rows, write_report
+
+    base = out_dir(args.stream, args.edits)
+    folders = sorted(p for p in base.iterdir() if (p / "summary.json").is_file()) if base.is_dir() else []
+    if not folders:
+        sys.exit(f"{base}: no run folders yet")
+    table_path, plot_path = write_report(folders, base)
+    docs = ROOT / "docs" / "comparison"
+    docs.mkdir(exist_ok=True)
+    name = f"{args.stream}_{args.edits}{device_suffix()}"
+    shutil.copyfile(table_path, docs / f"{name}.md")
+    shutil.copyfile(plot_path, docs / f"{name}_retention.png")
+    out = rows(folders)
+    for row in out:
+        file, fields = METHODS[row["label"]]
+        row["hparams"], row["fields"] = file, fields
+    write_result(f"compare_{args.stream}_{args.edits}", {"stream": args.stream, "edits": args.edits, "rows": out},
+                 echo=False)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="mode", required=True)
+    for mode in ("run", "report"):
+        p = sub.add_parser(mode)
+        p.add_argument("--stream", choices=["counterfact", "zsre"], required=True)
+        p.add_argument("--edits", type=int, default=100)
+        if mode == "run":
+            p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {sorted(METHODS)}")
+    args = parser.parse_args()
+    setup(2)
+    {"run": run, "report": report}[args.mode](args)
