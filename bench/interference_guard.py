@@ -29,6 +29,11 @@ METHODS = {  # name: (hparams file, fields set on it)
     "wilke-guard-preserved-repair": ("smollm2-135m-fast", {"interference_guard": True,
                                                            "guard_preserved_knowledge": True, "guard_repair": True}),
     "wilke-guard-repair": ("smollm2-135m-fast", {"interference_guard": True, "guard_repair": True}),
+    # every position the rewrite prompt's score reads, not only the subject's last token
+    "rome-guard-positions": ("smollm2-135m-rome", {"interference_guard": True, "guard_positions": "prompt"}),
+    "wilke-guard-positions": ("smollm2-135m-fast", {"interference_guard": True, "guard_positions": "prompt"}),
+    "wilke-guard-positions-repair": ("smollm2-135m-fast", {"interference_guard": True, "guard_positions": "prompt",
+                                                           "guard_repair": True}),
 }
 CHECKPOINTS = (1, 10, 100, 300, 1000)
 

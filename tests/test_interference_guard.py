@@ -11,7 +11,8 @@ from edit_plugins.editing.interference_guard import (GuardError, GuardSettings, 
                                                      load_guard_state)
 from edit_plugins.editing.keys import compute_keys
 from edit_plugins.editing.layers import get_module, weight_out_in
-from edit_plugins.editing.requests import normalize_requests
+from edit_plugins.editing.requests import normalize_requests, with_leading_space
+from edit_plugins.editing.tokens import encode, target_ids
 from edit_plugins.events import collect_events
 from edit_plugins.methods.wilke import apply_wilke_to_model
 from edit_plugins.methods.wilke.model import layer_inverses
@@ -107,6 +108,40 @@ def test_guarded_edits_keep_every_earlier_key_mapped_to_its_value(model_fixture,
         restore(model, before)
 
 
+def scored_logits(model, tok, request):
+    """Logits at every position a teacher-forced score of the request reads."""
+    r = normalize_requests([request])[0]
+    ids = encode(tok, r.text) + target_ids(tok, with_leading_space(r.target_new))[:-1]
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float()
+
+
+def test_guarding_every_scored_position_leaves_earlier_edits_forward_pass_as_it_was(tiny_gpt2, stats_dir):
+    """With guard_positions: prompt, later edits at the layer leave an earlier edit's whole teacher-forced
+    forward pass as it was right after its own edit (nothing below the layer changes); guarding the subject's
+    last token alone does not."""
+    model, tok = tiny_gpt2
+    before = snapshot(model)
+    moved = {}
+    try:
+        for positions in ("prompt", "subject_last"):
+            restore(model, before)
+            hp = tiny_hp(stats_dir, guard_positions=positions)
+            own, paths = [], []
+            for request in TINY_REQUESTS:
+                with collect_events() as fired:
+                    apply_wilke_to_model(model, tok, [request], hp)
+                paths.append(fired[0][0].info["guard"]["path"])
+                own.append(scored_logits(model, tok, request))
+            assert paths == ["plain"] + ["guard"] * (len(TINY_REQUESTS) - 1)
+            moved[positions] = max(float((scored_logits(model, tok, r) - logits).abs().max() / logits.abs().max())
+                                   for r, logits in zip(TINY_REQUESTS[:-1], own[:-1]))
+    finally:
+        restore(model, before)
+    assert moved["prompt"] < 1e-5
+    assert moved["subject_last"] > 1e-3
+
+
 def _synthetic_guard(d=16, **settings):
     g = torch.Generator().manual_seed(0)
     A = torch.randn(d, d, generator=g, dtype=torch.float64)
@@ -125,7 +160,7 @@ def test_guarded_direction_is_exactly_orthogonal_and_its_cost_is_one_over_rho():
     weight = torch.zeros(1, 16)
     earlier = [torch.randn(16, generator=g) for _ in range(5)]
     for k in earlier:
-        guard.record(k, torch.zeros(1), ("{}", "x"), weight, 0)
+        guard.record([k], [torch.zeros(1)], [("{}", "x", " y", None)], weight, 0)
     key = torch.randn(16, generator=g)
     d = guard.direction(key, key)
     assert d.path == "guard" and d.keys_guarded == 5
@@ -143,7 +178,7 @@ def test_fallback_takes_over_past_the_documented_thresholds():
     for i in range(8):  # 8 = 0.5 × width: the exact guard's capacity
         key = torch.randn(16, generator=g)
         assert guard.direction(key, key).path == ("plain" if i == 0 else "guard")
-        guard.record(key, torch.zeros(1), ("{}", "x"), weight, 0)
+        guard.record([key], [torch.zeros(1)], [("{}", "x", " y", None)], weight, 0)
         earlier.append(key)
     key = torch.randn(16, generator=g)
     full = guard.direction(key, key)
@@ -155,12 +190,12 @@ def test_fallback_takes_over_past_the_documented_thresholds():
     guard, C, g = _synthetic_guard(min_residual=0.1)
     earlier = [torch.randn(16, generator=g) for _ in range(3)]
     for k in earlier:
-        guard.record(k, torch.zeros(1), ("{}", "x"), weight, 0)
+        guard.record([k], [torch.zeros(1)], [("{}", "x", " y", None)], weight, 0)
     near = earlier[0] + 0.5 * earlier[1] + 0.02 * torch.randn(16, generator=g)  # nearly in their span
     d = guard.direction(near, near)
     assert d.path == "fallback" and d.residual_ratio < 0.1
     assert guard.in_basis == [0, 1, 2]
-    guard.record(near, torch.zeros(1), ("{}", "x"), weight, 0)
+    guard.record([near], [torch.zeros(1)], [("{}", "x", " y", None)], weight, 0)
     assert guard.in_basis == [0, 1, 2]  # a nearly dependent key is not admitted to the exact basis
     # the fallback's Sherman–Morrison inverse equals the inverse built from scratch
     Z = torch.stack(earlier + [near]).double()
@@ -182,10 +217,11 @@ def test_weights_copy_restores_every_bit_and_the_guard_forgets_the_undone_edit(t
     assert fired[0][0].info["guard"]["keys_guarded"] == 1  # only the edit still in the weights
 
 
-def test_saved_guard_state_continues_with_the_same_numbers(tiny_gpt2, stats_dir):
+@pytest.mark.parametrize("positions", ["subject_last", "prompt"])
+def test_saved_guard_state_continues_with_the_same_numbers(tiny_gpt2, stats_dir, positions):
     loaded, tok = tiny_gpt2
     model = deepcopy(loaded)  # both sides copies: BLAS results can depend on how a tensor is allocated
-    hp = tiny_hp(stats_dir, layers=(1, 2), guard_repair=True)
+    hp = tiny_hp(stats_dir, layers=(1, 2), guard_repair=True, guard_positions=positions)
     apply_wilke_to_model(model, tok, TINY_REQUESTS[:3], hp)
     tensors, metadata = guard_state(model)
     twin = deepcopy(model)
@@ -247,6 +283,8 @@ def test_stale_keys_are_refreshed_and_slipped_edits_repaired(tiny_gpt2, stats_di
     ({"guard_min_residual": 1.5}, "field 'guard_min_residual' must be at most 1"),
     ({"guard_fallback_weight": 0}, "field 'guard_fallback_weight' must be positive"),
     ({"guard_repair": True}, "'guard_repair' works on refreshed guarded keys"),
+    ({"guard_positions": "all", "interference_guard": True}, "field 'guard_positions' must be one of"),
+    ({"guard_positions": "prompt"}, "'guard_positions' chooses the keys the past-edit guard holds"),
 ])
 def test_bad_guard_settings_are_refused_naming_the_field(change, message):
     config = hparams.read_yaml(HPARAMS / "WilKE" / "tiny-gpt2.yaml")[0]

@@ -25,6 +25,7 @@ from .layers import add_to_weight, get_module, weight_out_in
 
 LOG = logging.getLogger(__name__)
 STATE_FORMAT = "edit-plugins interference guard v1"
+GUARD_POSITIONS = ("subject_last", "prompt")  # keys guarded per edit (GuardSettings.positions)
 
 _guards: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> ModelGuard
 _pending: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> saved state not yet replayed
@@ -45,6 +46,7 @@ class GuardSettings:
     refresh_stale_keys: bool = True  # recompute a layer's keys when a layer below was edited since
     repair: bool = False  # after a refresh, map slipped earlier keys back to their values
     repair_threshold: float = 0.1  # "slipped": ‖W k_j − v_j‖ / ‖v_j‖ above this
+    positions: str = "subject_last"  # keys guarded per edit: the subject's last token, or every "prompt" position
 
     @property
     def active(self) -> bool:
@@ -118,8 +120,10 @@ class LayerGuard:
     def __init__(self, module: str, layer: int, space: _Space, settings: GuardSettings):
         self.module, self.layer, self.space, self.settings = module, layer, space, settings
         self.keys: list[torch.Tensor] = []  # k_j as last computed (float32)
-        self.values: list[torch.Tensor] = []  # v_j = W k_j right after edit j: what k_j should map to
-        self.prompts: list[tuple[str, str]] = []  # (prompt with "{}", subject): to recompute k_j
+        self.values: list[torch.Tensor] = []  # v_j = W k_j right after k_j's edit: what k_j should map to
+        # to recompute k_j: (prompt with "{}", subject, target, position), position None for the subject's
+        # last token, else an index into the prompt-and-target tokens that scoring reads
+        self.sources: list[tuple[str, str, str, int | None]] = []
         self.fresh_at = 0  # position in the model's edit log at which every key here was current
         self.snapshots: list[tuple[int, str]] = []  # (number of keys, digest of W) after each change
         self._reset_factors()
@@ -213,15 +217,15 @@ class LayerGuard:
                 self._fallback(device)
 
     # -- the edit's life ---------------------------------------------------------------------------
-    def record(self, key: torch.Tensor, value: torch.Tensor, prompt: tuple[str, str], weight: torch.Tensor,
-               log_position: int) -> None:
-        """After the edit is applied: guard its key from now on."""
+    def record(self, keys, values, sources: list[tuple], weight: torch.Tensor, log_position: int) -> None:
+        """After the edit is applied: guard its keys from now on."""
         if not self.keys:
             self.fresh_at = log_position
-        self.keys.append(key.detach().float().clone())
-        self.values.append(value.detach().float().clone())
-        self.prompts.append(prompt)
-        self._admit(self.space.project(self.keys[-1].to(weight.device)))
+        for key, value, source in zip(keys, values, sources, strict=True):
+            self.keys.append(key.detach().float().clone())
+            self.values.append(value.detach().float().clone())
+            self.sources.append(source)
+            self._admit(self.space.project(self.keys[-1].to(weight.device)))
         self.snapshots.append((len(self.keys), _digest(weight)))
 
     def sync(self, weight: torch.Tensor) -> None:
@@ -243,7 +247,7 @@ class LayerGuard:
             self.snapshots.append((len(self.keys), digest))
             return
         if n < len(self.keys):
-            self.keys, self.values, self.prompts = self.keys[:n], self.values[:n], self.prompts[:n]
+            self.keys, self.values, self.sources = self.keys[:n], self.values[:n], self.sources[:n]
             if self.fallback_built_at is not None and self.fallback_built_at > n:
                 self.fallback_built_at = None
             self._rebuild(weight.device)
@@ -298,7 +302,7 @@ class ModelGuard:
                                                                             weight.device), self.settings)
             saved = _pending.get(model, {}).pop(module, None)
             if saved is not None:
-                guard.keys, guard.values, guard.prompts = saved["keys"], saved["values"], saved["prompts"]
+                guard.keys, guard.values, guard.sources = saved["keys"], saved["values"], saved["sources"]
                 guard.fresh_at, guard.fallback_built_at = saved["fresh_at"], saved["fallback_built_at"]
                 guard._rebuild(weight.device)
             guard.snapshots = [(len(guard.keys), _digest(weight))]  # the weights these keys belong to
@@ -309,15 +313,33 @@ class ModelGuard:
     def is_stale(self, guard: LayerGuard) -> bool:
         return bool(guard.keys) and any(l < guard.layer for l in self.edit_log[guard.fresh_at:])
 
+    def record_edit(self, model, tok, module_name: str, layer: int, request, key: torch.Tensor,
+                    value: torch.Tensor) -> None:
+        """After an edit is applied at ``module_name``: guard its key (mapped to ``value``) and, with
+        ``positions: prompt``, the layer's input at every other position its score reads (mapped where the
+        edited layer now maps them); log the edit's layer."""
+        from .keys import scored_position_keys
+        from .tokens import subject_last_index
+
+        weight = weight_out_in(get_module(model, module_name))
+        W = weight.detach().float()
+        keys, values = [key.to(W.device)], [value.to(W.device)]
+        sources = [(request.prompt, request.subject, request.target_new, None)]
+        if self.settings.positions == "prompt":
+            own = subject_last_index(tok, "{}", request)  # already guarded, with its value v*
+            sequence = scored_position_keys(model, tok, [request], module_name)[0].float().to(W.device)
+            others = [i for i in range(len(sequence)) if i != own]
+            keys += list(sequence[others])
+            values += list(sequence[others] @ W.T)
+            sources += [(request.prompt, request.subject, request.target_new, i) for i in others]
+        self.layers[module_name].record(keys, values, sources, weight, len(self.edit_log))
+        self.log_edit(layer)
+
     def refresh(self, model, tok, guard: LayerGuard) -> dict:
         """Recompute a stale layer's keys (one batched forward pass cut off at the layer); with ``repair``,
         map the ones that slipped back to their values. Returns what was done, for the edit's report."""
-        from .keys import compute_keys
-        from .requests import EditRequest
-
         module = get_module(model, guard.module)
-        requests = [EditRequest(prompt=p, subject=s, target_new=" x") for p, s in guard.prompts]
-        fresh = compute_keys(model, tok, requests, [guard.module])[guard.module]
+        fresh = current_keys(model, tok, guard.module, guard.sources)
         old = torch.stack(guard.keys).to(fresh.device)
         moved = (fresh - old).norm(dim=1) / old.norm(dim=1).clamp_min(1e-12)
         guard.replace_keys(fresh, len(self.edit_log), weight_out_in(module).device)
@@ -338,6 +360,28 @@ class ModelGuard:
         return {name: g.nbytes() for name, g in self.layers.items()}
 
 
+def current_keys(model, tok, module_name: str, sources: list[tuple]) -> torch.Tensor:
+    """The keys ``sources`` name, recomputed on the model as it is now: (len(sources), d)."""
+    from .keys import compute_keys, scored_position_keys
+    from .requests import EditRequest
+
+    def request(source):
+        return EditRequest(prompt=source[0], subject=source[1], target_new=source[2])
+
+    subject_rows = [i for i, s in enumerate(sources) if s[3] is None]
+    position_rows = [i for i, s in enumerate(sources) if s[3] is not None]
+    parts = {}
+    if subject_rows:
+        found = compute_keys(model, tok, [request(sources[i]) for i in subject_rows], [module_name])[module_name]
+        parts.update(zip(subject_rows, found))
+    if position_rows:
+        texts = list(dict.fromkeys(sources[i][:3] for i in position_rows))  # each prompt once, in order
+        sequences = scored_position_keys(model, tok, [request(t) for t in texts], module_name)
+        row_of = {t: n for n, t in enumerate(texts)}
+        parts.update((i, sequences[row_of[sources[i][:3]]][sources[i][3]].float()) for i in position_rows)
+    return torch.stack([parts[i] for i in range(len(sources))])
+
+
 def guard_for(model, settings: GuardSettings) -> ModelGuard | None:
     """The model's guard (made on first use), or None when no part of the guard is on."""
     if not settings.active:
@@ -353,7 +397,7 @@ def guard_for(model, settings: GuardSettings) -> ModelGuard | None:
 
 # -- saving and loading (a lifelong run's state) ------------------------------------------------------
 def guard_state(model) -> tuple[dict, dict] | None:
-    """(tensors, metadata): each layer's keys, values and prompts; the factors are rebuilt on load by the
+    """(tensors, metadata): each layer's keys, values and their sources; the factors are rebuilt on load by the
     same steps, so a resumed run continues with the same numbers. None where the model has no guard."""
     guard = _guards.get(model)
     pending = dict(_pending.get(model, {}))  # loaded, and not yet used since: saved as they were loaded
@@ -361,7 +405,7 @@ def guard_state(model) -> tuple[dict, dict] | None:
         return None
     edit_log = guard.edit_log if guard is not None else pending.pop("__edit_log__", [])
     pending.pop("__edit_log__", None)
-    entries = {name: {"keys": g.keys, "values": g.values, "prompts": g.prompts, "fresh_at": g.fresh_at,
+    entries = {name: {"keys": g.keys, "values": g.values, "sources": g.sources, "fresh_at": g.fresh_at,
                       "fallback_built_at": g.fallback_built_at}
                for name, g in (guard.layers.items() if guard is not None else ())}
     tensors, layers = {}, {}
@@ -370,7 +414,7 @@ def guard_state(model) -> tuple[dict, dict] | None:
             continue
         tensors[f"{name}.keys"] = torch.stack(entry["keys"]).cpu().contiguous()
         tensors[f"{name}.values"] = torch.stack(entry["values"]).cpu().contiguous()
-        layers[name] = {k: entry[k] for k in ("prompts", "fresh_at", "fallback_built_at")}
+        layers[name] = {k: entry[k] for k in ("sources", "fresh_at", "fallback_built_at")}
     metadata = {"format": STATE_FORMAT, "layers": json.dumps(layers), "edit_log": json.dumps(edit_log)}
     return tensors, metadata
 
@@ -382,6 +426,12 @@ def load_guard_state(model, tensors: dict, metadata: dict) -> None:
     pending = {"__edit_log__": json.loads(metadata["edit_log"])}
     for name, info in json.loads(metadata["layers"]).items():
         pending[name] = {"keys": list(tensors[f"{name}.keys"].float()), "values": list(tensors[f"{name}.values"].float()),
-                         "prompts": [tuple(p) for p in info["prompts"]], "fresh_at": info["fresh_at"],
+                         "sources": [_source(s) for s in info.get("sources", info.get("prompts", []))],
+                         "fresh_at": info["fresh_at"],
                          "fallback_built_at": info["fallback_built_at"]}
     _pending[model] = pending
+
+
+def _source(saved: list) -> tuple:
+    """A saved key's source; states saved before positions were guarded hold (prompt, subject) only."""
+    return tuple(saved) if len(saved) == 4 else (saved[0], saved[1], " x", None)

@@ -1,4 +1,5 @@
-"""Keys: the input of the FFN output projection at the subject's last token, for many layers at once."""
+"""Keys: the input of the FFN output projection at the subject's last token, for many layers at once
+(and, for the interference guard, at every position a prompt's score reads)."""
 from __future__ import annotations
 
 import contextlib
@@ -6,8 +7,8 @@ import contextlib
 import torch
 
 from .layers import get_module, input_device
-from .requests import EditRequest
-from .tokens import encode, pad_batch, subject_last_index
+from .requests import EditRequest, with_leading_space
+from .tokens import encode, pad_batch, subject_last_index, target_ids
 
 
 class _EnoughCaptured(Exception):
@@ -72,15 +73,28 @@ def compute_keys(model, tok, requests: list[EditRequest], module_names: list[str
 @torch.no_grad()
 def module_input_sequences(model, tok, texts: list[str], module_name: str, batch_size: int = 32) -> list[torch.Tensor]:
     """Each text's input sequence (T, d) to one module: a forward pass cut off at that module."""
+    return _module_inputs(model, tok, [encode(tok, t) for t in texts], module_name, batch_size)
+
+
+@torch.no_grad()
+def scored_position_keys(model, tok, requests: list[EditRequest], module_name: str,
+                         batch_size: int = 32) -> list[torch.Tensor]:
+    """The module's input (T, d) at every position a teacher-forced score of each request reads: the prompt
+    and the target less its last token, tokenised as the scoring does."""
+    sequences = [encode(tok, r.text) + target_ids(tok, with_leading_space(r.target_new))[:-1] for r in requests]
+    return _module_inputs(model, tok, sequences, module_name, batch_size)
+
+
+def _module_inputs(model, tok, sequences: list[list[int]], module_name: str, batch_size: int) -> list[torch.Tensor]:
     device = input_device(model)
     out = []
-    for start in range(0, len(texts), batch_size):
-        seqs = [encode(tok, t) for t in texts[start : start + batch_size]]
-        ids, mask = pad_batch(tok, seqs, device)
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start : start + batch_size]
+        ids, mask = pad_batch(tok, chunk, device)
         with capture_inputs(model, [module_name], stop_early=True) as captured:
             run_until_captured(model, input_ids=ids, attention_mask=mask)
         acts = captured[module_name].detach()
-        out.extend(acts[i, : len(s)].clone() for i, s in enumerate(seqs))
+        out.extend(acts[i, : len(s)].clone() for i, s in enumerate(chunk))
     return out
 
 

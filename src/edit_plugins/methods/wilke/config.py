@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, List, Optional
 
-from ...editing.interference_guard import GuardSettings
+from ...editing.interference_guard import GUARD_POSITIONS, GuardSettings
 from ...editing.layers import check_layers
 from ...hparams import EditHyperParams, HparamsError
 
@@ -46,6 +46,7 @@ class WilKEHyperParams(EditHyperParams):
     guard_refresh_stale_keys: bool = True  # recompute a layer's keys after edits at layers below it
     guard_repair: bool = False  # on refresh, map earlier keys that slipped back to their values
     guard_repair_threshold: float = 0.1  # slipped: ‖W k_j − v_j‖ / ‖v_j‖ above this
+    guard_positions: str = "subject_last"  # keys guarded per edit: "subject_last", or every "prompt" position scored
 
     def guard_settings(self) -> GuardSettings:
         return GuardSettings(
@@ -53,7 +54,7 @@ class WilKEHyperParams(EditHyperParams):
             null_space_energy=self.guard_null_space_energy, min_residual=self.guard_min_residual,
             max_keys_fraction=self.guard_max_keys_fraction, fallback_weight=self.guard_fallback_weight,
             refresh_stale_keys=self.guard_refresh_stale_keys, repair=self.guard_repair,
-            repair_threshold=self.guard_repair_threshold)
+            repair_threshold=self.guard_repair_threshold, positions=self.guard_positions)
 
     def check_model(self, model) -> None:
         check_layers(model, self.rewrite_module_tmp, self.layers)
@@ -83,6 +84,12 @@ class WilKEHyperParams(EditHyperParams):
         if self.guard_preserved_knowledge and not self.mom2_adjustment:
             raise HparamsError(f"{source}: field 'guard_preserved_knowledge' needs C's eigenvectors, so "
                                "'mom2_adjustment' must be true")
+        if self.guard_positions not in GUARD_POSITIONS:
+            raise HparamsError(f"{source}: field 'guard_positions' must be one of {list(GUARD_POSITIONS)}, "
+                               f"got {self.guard_positions!r}")
+        if self.guard_positions != "subject_last" and not self.interference_guard:
+            raise HparamsError(f"{source}: field 'guard_positions' chooses the keys the past-edit guard holds: "
+                               "it needs 'interference_guard' true")
         if self.guard_repair and not (self.interference_guard and self.guard_refresh_stale_keys):
             raise HparamsError(f"{source}: field 'guard_repair' works on refreshed guarded keys: it needs "
                                "'interference_guard' and 'guard_refresh_stale_keys' true")

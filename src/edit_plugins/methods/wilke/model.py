@@ -217,9 +217,7 @@ def apply_wilke_to_model(model, tok, requests, hparams: WilKEHyperParams, copy=F
                 total = edit.delta if repair is None else edit.delta + repair
             add_to_weight(module, edit.delta)
             if guard is not None:
-                guard.layers[edit.module].record(edit.key, edit.target, (request.prompt, request.subject),
-                                                 weight_out_in(module), len(guard.edit_log))
-                guard.log_edit(edit.layer)
+                guard.record_edit(model, tok, edit.module, edit.layer, request, edit.key, edit.target)
             LOG.info("WilKE edited layer %d (LA=%.3g); candidates: %s", edit.layer, edit.relative_size,
                      {k: round(v, 5) for k, v in result.layer_scores.items()})
             emit_after_edit(EditEvent(
