@@ -201,6 +201,20 @@ def test_fallback_takes_over_past_the_documented_thresholds():
     Z = torch.stack(earlier + [near]).double()
     inverse_of_c = torch.linalg.inv(guard.space.metric_matrix)
     torch.testing.assert_close(guard.fallback_inverse, torch.linalg.inv(inverse_of_c + Z.T @ Z))
+    # a key that all but repeats an earlier one cannot be held by a small update, not even by the fallback:
+    # past the same bound (an update over 1/min_residual times ROME's), ROME's own direction is taken. Keys
+    # scaled as on real layers (kᵀC⁻¹k ≈ 3,400 here, ≈ 3,300 on SmolLM2's layer 4).
+    guard, C, g = _synthetic_guard(min_residual=0.1)
+    earlier = [10 * torch.randn(16, generator=g) for _ in range(3)]
+    for k in earlier:
+        guard.record([k], [torch.zeros(1)], [("{}", "x", " y", None)], weight, 0)
+    near = earlier[2] + 0.1 * torch.randn(16, generator=g)
+    conflict = guard.direction(near, near)
+    assert conflict.path == "unguarded" and conflict.residual_ratio < 0.1
+    torch.testing.assert_close(conflict.u, (guard.space.metric_matrix @ near.double()).float())
+    fallback = guard._fallback(near.device) @ near.double()  # what the fallback would have done
+    cost = lambda u: float(u.double() @ C @ u.double()) ** 0.5 / abs(float(u.double() @ near.double()))  # ‖ΔW‖_C/‖r‖
+    assert cost(fallback) > 10 * cost(conflict.u)
 
 
 def test_weights_copy_restores_every_bit_and_the_guard_forgets_the_undone_edit(tiny_gpt2, stats_dir):

@@ -109,7 +109,7 @@ class _Space:
 @dataclasses.dataclass
 class Direction:
     u: torch.Tensor  # float32, (d,)
-    path: str  # "plain" (nothing to guard), "guard" (exact), "fallback" (regularised)
+    path: str  # "plain" (nothing to guard), "guard" (exact), "fallback" (regularised), "unguarded" (a conflict)
     residual_ratio: float  # ρ: the guarded ΔW is 1/ρ times the unguarded one in C-norm
     keys_guarded: int
 
@@ -171,7 +171,20 @@ class LayerGuard:
         if ratio >= self.settings.min_residual and self._capacity_left():
             return Direction(self.space.lift(M_perp).float(), "guard", ratio, len(self.keys))
         u = self._fallback(z.device) @ z
+        fallback_ratio = self._fallback_ratio(u, z, z_key, norm_z / abs(along) if along else float("inf"))
+        if fallback_ratio < self.settings.min_residual:
+            # The key all but repeats earlier ones (same subject, same words before it): holding them would
+            # take an update over 1/min_residual times ROME's; ROME's own direction overwrites them instead.
+            return Direction(self.space.lift(Mz).float(), "unguarded", fallback_ratio, len(self.keys))
         return Direction(self.space.lift(u).float(), "fallback", ratio, len(self.keys))
+
+    def _fallback_ratio(self, u: torch.Tensor, z: torch.Tensor, z_key: torch.Tensor, plain_cost: float) -> float:
+        """ρ of the fallback's u = A⁻¹z: ROME's cost ‖u‖_C/|kᵀu| over the fallback's. With A = M⁻¹ + λZᵀZ,
+        ‖u‖²_C = uᵀAu − λ‖Zu‖² = zᵀu − λ‖Zu‖², so no inverse of M is needed."""
+        Z = torch.stack([self.space.project(k.to(z.device)) for k in self.keys])
+        c_norm_sq = max(float(z @ u) - self.settings.fallback_weight * float((Z @ u).square().sum()), 0.0)
+        along = abs(float(z_key @ u))
+        return 0.0 if along == 0 else plain_cost / (c_norm_sq ** 0.5 / along)
 
     def _fallback(self, device) -> torch.Tensor:
         if self.fallback_inverse is None:
