@@ -118,7 +118,7 @@ def report_one(stream, method, edits):
            "repaired_keys": sum(g.get("repair_slipped", 0) for g in guards),
            "guard_memory_mb": json.loads(memory.read_text()) if memory.is_file() else None,
            "guard_layer_mb_max": max((r["hooks"].get("guard_layer_mb_max") or 0 for r in rows), default=None) or None,
-           "immediate": [{"step": r["step"], **r["metrics"]} for r in rows]}
+           "immediate": [{"step": r["step"], "case_id": r["case_id"], **r["metrics"]} for r in rows]}
     write_result(f"guard_{stream}_{method}_{edits}", out, echo=False)
 
 

@@ -452,35 +452,46 @@ def lemoe_routing(lines: list[str]) -> None:
         lines.append("")
 
 
+def forgotten(result, last) -> str:
+    """'forgotten / lost' at the last checkpoint: lost edits that were exact right after their own edit."""
+    lost = set(last.get("lost_case_ids", []))
+    held = {e["case_id"] for e in result["immediate"] if "case_id" in e and e.get("rewrite_acc") == 1.0}
+    if not lost:
+        return "0 / 0"
+    return f"{len(lost & held)} / {len(lost)}" if any("case_id" in e for e in result["immediate"]) else f"? / {len(lost)}"
+
+
 def interference_guard(lines: list[str]) -> None:
     results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("guard_*.json"))]
     if not results:
         return
     lines += ["## Interference guard: lifelong runs", "",
-              "Command: `python -m bench.interference_guard run --stream S --edits 1000 --method M` (one method per "
+              "Command: `python -m bench.interference_guard run --stream S --edits T --method M` (one method per "
               "process; a run folder that exists is resumed), then `python -m bench.interference_guard report`. "
               "Streams: `counterfact`, the 300 CounterFact facts SmolLM2 knows (as in the sequential WilKE runs "
               "above), then `counterfact_easyedit.json` in file order; `zsre`, `knowedit_zsre.json` in file order. "
               "Probes: 100 facts of `known_1000.json`. Derivation and design: [interference_guard.md](interference_guard.md).",
               "", "Retention: exact match (teacher-forced) of all past edits' rewrite prompts; gen EM: the same by "
-              "greedy generation. A run not finished is marked with how far it got. The first 100 edits of these "
-              "runs shared the CPU with test runs (the WilKE run with one thread), so their s/edit are not the "
-              "guard's cost; that comparison is to be made alone.", "",
-              "| stream | method | edits | retention @10 | @100 | @300 | @1000 | gen EM at last checkpoint "
-              "| probe locality at last | immediate paraphrase | s/edit | guard paths | guard memory, largest layer MB "
-              "| peak RSS MB |", "|" + "---|" * 14]
+              "greedy generation. A run not finished is marked with how far it got. The runs planned for 1,000 edits "
+              "and stopped at 100 shared the CPU with test runs (the WilKE run with one thread), so their s/edit are "
+              "not the guard's cost; the 100-edit runs ran alone.", "",
+              "Forgotten: edits lost at the last checkpoint that were exact right after their own edit (the others "
+              "never took hold), where the result records it.", "",
+              "| stream | method | edits | retention @10 | @100 | @300 | @1000 | forgotten / lost at last "
+              "| gen EM at last checkpoint | probe locality at last | immediate paraphrase | s/edit | guard paths "
+              "| guard memory, largest layer MB | peak RSS MB |", "|" + "---|" * 15]
     for r in results:
         at = {c["step"]: c for c in r["checkpoints"]}
         last = r["checkpoints"][-1] if r["checkpoints"] else {}
         immediate = [e.get("paraphrase", e.get("rephrase_acc")) for e in r["immediate"]]
         immediate = [x for x in immediate if x is not None]
         memory = r.get("guard_memory_mb") or ({"largest": r["guard_layer_mb_max"]} if r.get("guard_layer_mb_max") else {})
-        done = f"{r['edits_done']}" + ("" if r["complete"] else f" of {r['edits_planned']} (stopped; resumes)")
+        done = f"{r['edits_done']}" + ("" if r["complete"] else f" of {r['edits_planned']} (stopped)")
         paths = ", ".join(f"{k}: {v}" for k, v in sorted(r["guard_paths"].items())) or "—"
         lines.append(
-            f"| {r['stream']} | {r['method']} | {done} | "
+            f"| {r['stream']} | {r['method']}{' (' + r['note'] + ')' if r.get('note') else ''} | {done} | "
             + " | ".join(f(at[s].get("retention_exact")) if s in at else "—" for s in (10, 100, 300, 1000))
-            + f" | {f(last.get('retention_gen_em'))} (step {last.get('step', '—')}) | {f(last.get('probe_locality'))} "
+            + f" | {forgotten(r, last)} | {f(last.get('retention_gen_em'))} (step {last.get('step', '—')}) | {f(last.get('probe_locality'))} "
             f"| {f(sum(immediate) / len(immediate)) if immediate else 'n/a'} | {f(r['seconds_per_edit'], 2)} | {paths} "
             f"| {f(max(memory.values()), 1) if memory else 'n/a'} | {f(r['peak_rss_mb'])} |")
     lines.append("")
