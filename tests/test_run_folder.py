@@ -401,3 +401,23 @@ def test_an_old_pickled_folder_is_refused_by_the_library_too(tmp_path):
     (tmp_path / "state" / "progress.pkl").write_bytes(b"not even read")
     with pytest.raises(StateError, match="never loaded"):
         recover_state(tmp_path)
+
+
+def test_a_method_state_saved_under_its_former_name_still_loads(tmp_path):
+    """Run folders written before the method's state file was renamed (adaptor.safetensors) resume."""
+    import torch
+
+    from edit_plugins.lifelong.state import LEGACY_METHOD_STATE, METHOD_STATE, STATE, load_state, save_state
+
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(0.5)
+    expert = torch.arange(6.0).reshape(2, 3)
+    save_state(tmp_path, model, ["weight"], {"position": 4}, method_state=({"expert": expert}, {"kind": "test"}))
+    (tmp_path / STATE / METHOD_STATE).rename(tmp_path / STATE / LEGACY_METHOD_STATE)
+    loaded = []
+    fresh = torch.nn.Linear(3, 2)
+    progress = load_state(tmp_path, fresh, load_method_state=lambda m, tensors, metadata: loaded.append((tensors, metadata)))
+    assert progress["position"] == 4 and torch.equal(fresh.weight, model.weight)
+    (tensors, metadata), = loaded
+    assert torch.equal(tensors["expert"], expert) and metadata["kind"] == "test"
