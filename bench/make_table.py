@@ -517,6 +517,8 @@ def method_comparison(lines: list[str]) -> None:
         lines += [f"**{r['stream']}, {r['edits']} edits{' (GPU)' if on_gpu(r) else ''}** "
                   f"(retention plot: [comparison/{name}_retention.png](comparison/{name}_retention.png))", "",
                   table(r["rows"]), ""]
+        if r.get("notes"):
+            lines += ["Notes: " + "; ".join(f"**{k}**: {v}" for k, v in r["notes"].items()) + ".", ""]
         if r.get("not_run"):
             lines += ["Not in this table: " + "; ".join(f"**{k}**: {v}" for k, v in r["not_run"].items()) + ".", ""]
 

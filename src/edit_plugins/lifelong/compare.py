@@ -15,7 +15,6 @@ import yaml
 
 from ..errors import UserError
 from ..files import atomic_write_text
-from .evaluate import mean
 
 
 class CompareError(UserError, ValueError):
@@ -79,7 +78,6 @@ def rows(folders) -> list[dict]:
         folder = Path(folder)
         summary = json.loads((folder / "summary.json").read_text())
         checkpoints = [json.loads(line) for line in (folder / "checkpoints.jsonl").read_text().splitlines()]
-        edits = [json.loads(line) for line in (folder / "edits.jsonl").read_text().splitlines()]
         timing = json.loads((folder / "timing.json").read_text())
         end = summary["protocols"]["end_of_sequence"]
         overhead = (timing["wall_seconds"] - timing["edit_seconds"] - timing["eval_seconds"]) / timing["wall_seconds"] \
@@ -89,7 +87,8 @@ def rows(folders) -> list[dict]:
                     "complete": summary["complete"], "end": end, "checkpoints": checkpoints,
                     "retention_10": _retention_at(checkpoints, 10), "retention_100": _retention_at(checkpoints, 100),
                     "retention_last": checkpoints[-1].get("retention_exact") if checkpoints else None,
-                    "seconds_per_edit": mean(e.get("seconds") for e in edits),
+                    # a batch's seconds are logged once, on its first record: divide the total by the edits
+                    "seconds_per_edit": timing["edit_seconds"] / summary["edits_done"] if summary["edits_done"] else None,
                     "peak_rss_mb": timing.get("peak_rss_mb"), "overhead": overhead})
     return out
 
