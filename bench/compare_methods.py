@@ -51,6 +51,8 @@ NOT_RUN = {
     "wise": "about 135 s/edit (9 min for 4 ZsRE edits, another job sharing the CPU): 100 edits would take "
             "about 4 hours",
 }
+SLOW_FOR_LONG_RUNS = 10.0  # s/edit: slower methods get no 1,000-edit row on this CPU (about 3 hours a run)
+TRIAL_SECONDS_PER_EDIT = {"alphaedit": 34.0, "easyedit-rome": 30.0, "wise": 135.0}  # the trials NOT_RUN describes
 KNOWN_IN_ROME_FILE = 139
 NOTES = {  # what a row's numbers mean, as measured here (reported under the table)
     "grace": "teacher-forced scores far below its generation exact match (0.233 against 0.770 at the end): GRACE "
@@ -59,6 +61,21 @@ NOTES = {  # what a row's numbers mean, as measured here (reported under the tab
     "ultraedit": "does not take hold at the shipped lr 1e-6 (reliability 0.048); in a 4-edit trial lr 1e-4 gave "
                  "rewrite 0.168 and lr 1e-3 broke locality (0.035), so no setting here edits SmolLM2 usefully",
 }
+
+
+def not_run_reason(method, edits) -> str:
+    """Why a method has no row: past the bound on 1,000-edit rows, its measured s/edit at T=100 says why."""
+    if edits >= 1000:
+        shorter = ROOT / "bench" / "results" / "compare_counterfact_100.json"
+        rows = json.loads(shorter.read_text())["rows"] if shorter.is_file() else []
+        seconds = next((r["seconds_per_edit"] for r in rows if r["label"] == method), None)
+        where = "in the 100-edit CounterFact run"
+        if seconds is None and method in TRIAL_SECONDS_PER_EDIT:
+            seconds, where = TRIAL_SECONDS_PER_EDIT[method], "(about) in a short trial"
+        if seconds is not None and seconds > SLOW_FOR_LONG_RUNS:
+            return (f"{seconds:.1f} s/edit {where}, above the {SLOW_FOR_LONG_RUNS:.0f} s/edit bound for "
+                    f"{edits}-edit rows on this CPU")
+    return NOT_RUN.get(method, "not run yet")
 
 
 def out_dir(stream, edits):
@@ -138,7 +155,7 @@ def report(args):
     docs.mkdir(exist_ok=True)
     atomic_write_text(docs / f"{name}.md", table(out))
     plot(out, docs / f"{name}_retention.png")
-    missing = {m: NOT_RUN.get(m, "not run yet") for m in METHODS if m not in by_label}
+    missing = {m: not_run_reason(m, args.edits) for m in METHODS if m not in by_label}
     notes = {m: NOTES[m] for m in by_label if m in NOTES}
     write_result(f"compare_{args.stream}_{args.edits}", {"stream": args.stream, "edits": args.edits, "rows": out,
                                                           "notes": notes, "not_run": missing}, echo=False)

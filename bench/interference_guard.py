@@ -32,6 +32,10 @@ METHODS = {  # name: (hparams file, fields set on it)
     # every position the rewrite prompt's score reads, not only the subject's last token
     "rome-guard-positions": ("smollm2-135m-rome", {"interference_guard": True, "guard_positions": "prompt"}),
     "wilke-guard-positions": ("smollm2-135m-fast", {"interference_guard": True, "guard_positions": "prompt"}),
+    # every earlier edit held at every layer edited after it (guard_scope: model)
+    "wilke-guard-positions-model": ("smollm2-135m-fast", {"interference_guard": True, "guard_positions": "prompt",
+                                                          "guard_scope": "model"}),
+    "wilke-guard-model": ("smollm2-135m-fast", {"interference_guard": True, "guard_scope": "model"}),
     "wilke-guard-positions-repair": ("smollm2-135m-fast", {"interference_guard": True, "guard_positions": "prompt",
                                                            "guard_repair": True}),
 }

@@ -142,6 +142,34 @@ def test_guarding_every_scored_position_leaves_earlier_edits_forward_pass_as_it_
     assert moved["subject_last"] > 1e-3
 
 
+def test_guarding_every_earlier_edit_at_every_layer_leaves_its_forward_pass_as_it_was(tiny_gpt2, stats_dir):
+    """With guard_scope: model, an edit at a layer below an earlier edit's leaves that edit's whole teacher-forced
+    forward pass as it was; guarding each layer's own edits only (scope "layer") does not."""
+    model, tok = tiny_gpt2
+    before = snapshot(model)
+    layers = (2, 1, 0, 2, 1)  # each edit below the one before, then layer 2 again with stale keys
+    moved, reports = {}, {}
+    try:
+        for scope in ("model", "layer"):
+            restore(model, before)
+            own, reports[scope] = [], []
+            for request, layer in zip(TINY_REQUESTS, layers):
+                hp = tiny_hp(stats_dir, layers=(layer,), guard_positions="prompt", guard_scope=scope)
+                with collect_events() as fired:
+                    apply_wilke_to_model(model, tok, [request], hp)
+                reports[scope].append(fired[0][0].info["guard"])
+                own.append(scored_logits(model, tok, request))
+            moved[scope] = max(float((scored_logits(model, tok, r) - logits).abs().max() / logits.abs().max())
+                               for r, logits in zip(TINY_REQUESTS[:-1], own[:-1]))
+    finally:
+        restore(model, before)
+    assert [r["path"] for r in reports["model"]] == ["plain"] + ["guard"] * (len(TINY_REQUESTS) - 1)
+    assert reports["model"][1]["keys_added"] == reports["model"][1]["keys_guarded"] > 1  # edit 0's, every position
+    assert "keys_refreshed" in reports["model"][3] and reports["model"][3]["keys_added"] > 0
+    assert moved["model"] < 1e-5
+    assert moved["layer"] > 1e-3
+
+
 def _synthetic_guard(d=16, **settings):
     g = torch.Generator().manual_seed(0)
     A = torch.randn(d, d, generator=g, dtype=torch.float64)
@@ -160,7 +188,7 @@ def test_guarded_direction_is_exactly_orthogonal_and_its_cost_is_one_over_rho():
     weight = torch.zeros(1, 16)
     earlier = [torch.randn(16, generator=g) for _ in range(5)]
     for k in earlier:
-        guard.record([k], [torch.zeros(1)], [("{}", "x", " y", None)], weight, 0)
+        guard.record([k], [torch.zeros(1)], [("{}", "x", " y", None)], [0], weight, 0)
     key = torch.randn(16, generator=g)
     d = guard.direction(key, key)
     assert d.path == "guard" and d.keys_guarded == 5
@@ -178,7 +206,7 @@ def test_fallback_takes_over_past_the_documented_thresholds():
     for i in range(8):  # 8 = 0.5 × width: the exact guard's capacity
         key = torch.randn(16, generator=g)
         assert guard.direction(key, key).path == ("plain" if i == 0 else "guard")
-        guard.record([key], [torch.zeros(1)], [("{}", "x", " y", None)], weight, 0)
+        guard.record([key], [torch.zeros(1)], [("{}", "x", " y", None)], [0], weight, 0)
         earlier.append(key)
     key = torch.randn(16, generator=g)
     full = guard.direction(key, key)
@@ -190,12 +218,12 @@ def test_fallback_takes_over_past_the_documented_thresholds():
     guard, C, g = _synthetic_guard(min_residual=0.1)
     earlier = [torch.randn(16, generator=g) for _ in range(3)]
     for k in earlier:
-        guard.record([k], [torch.zeros(1)], [("{}", "x", " y", None)], weight, 0)
+        guard.record([k], [torch.zeros(1)], [("{}", "x", " y", None)], [0], weight, 0)
     near = earlier[0] + 0.5 * earlier[1] + 0.02 * torch.randn(16, generator=g)  # nearly in their span
     d = guard.direction(near, near)
     assert d.path == "fallback" and d.residual_ratio < 0.1
     assert guard.in_basis == [0, 1, 2]
-    guard.record([near], [torch.zeros(1)], [("{}", "x", " y", None)], weight, 0)
+    guard.record([near], [torch.zeros(1)], [("{}", "x", " y", None)], [0], weight, 0)
     assert guard.in_basis == [0, 1, 2]  # a nearly dependent key is not admitted to the exact basis
     # the fallback's Sherman–Morrison inverse equals the inverse built from scratch
     Z = torch.stack(earlier + [near]).double()
@@ -207,7 +235,7 @@ def test_fallback_takes_over_past_the_documented_thresholds():
     guard, C, g = _synthetic_guard(min_residual=0.1)
     earlier = [10 * torch.randn(16, generator=g) for _ in range(3)]
     for k in earlier:
-        guard.record([k], [torch.zeros(1)], [("{}", "x", " y", None)], weight, 0)
+        guard.record([k], [torch.zeros(1)], [("{}", "x", " y", None)], [0], weight, 0)
     near = earlier[2] + 0.1 * torch.randn(16, generator=g)
     conflict = guard.direction(near, near)
     assert conflict.path == "unguarded" and conflict.residual_ratio < 0.1
@@ -217,25 +245,30 @@ def test_fallback_takes_over_past_the_documented_thresholds():
     assert cost(fallback) > 10 * cost(conflict.u)
 
 
-def test_weights_copy_restores_every_bit_and_the_guard_forgets_the_undone_edit(tiny_gpt2, stats_dir):
+@pytest.mark.parametrize("scope", ["layer", "model"])
+def test_weights_copy_restores_every_bit_and_the_guard_forgets_the_undone_edit(tiny_gpt2, stats_dir, scope):
     model, tok = tiny_gpt2
-    hp = tiny_hp(stats_dir)
-    apply_wilke_to_model(model, tok, [TINY_REQUESTS[0]], hp)
+    first, later = (tiny_hp(stats_dir, layers=layers, guard_scope=scope) for layers in ((1,), (2, 1)))
+    apply_wilke_to_model(model, tok, [TINY_REQUESTS[0]], first)
     after_first = snapshot(model)
+    hp = later if scope == "model" else first  # in scope "model", undone edits at a second layer too
     _, weights_copy = apply_wilke_to_model(model, tok, TINY_REQUESTS[1:3], hp, return_orig_weights=True)
-    assert changed_parameters(model, after_first) == [hp.rewrite_module_tmp.format(1) + ".weight"]
+    assert changed_parameters(model, after_first)
     restore(model, weights_copy)
     assert changed_parameters(model, after_first) == []  # every bit
-    with collect_events() as fired:
-        apply_wilke_to_model(model, tok, [TINY_REQUESTS[3]], hp)
-    assert fired[0][0].info["guard"]["keys_guarded"] == 1  # only the edit still in the weights
+    for layers in ((2,), (1,)):
+        with collect_events() as fired:
+            apply_wilke_to_model(model, tok, [TINY_REQUESTS[3]], tiny_hp(stats_dir, layers=layers, guard_scope=scope))
+        guarded = fired[0][0].info["guard"]["keys_guarded"]
+        assert guarded == (1 if scope == "model" or layers == (1,) else 0)  # only the edit still in the weights
+        restore(model, after_first)
 
 
-@pytest.mark.parametrize("positions", ["subject_last", "prompt"])
-def test_saved_guard_state_continues_with_the_same_numbers(tiny_gpt2, stats_dir, positions):
+@pytest.mark.parametrize("positions, scope", [("subject_last", "layer"), ("prompt", "layer"), ("prompt", "model")])
+def test_saved_guard_state_continues_with_the_same_numbers(tiny_gpt2, stats_dir, positions, scope):
     loaded, tok = tiny_gpt2
     model = deepcopy(loaded)  # both sides copies: BLAS results can depend on how a tensor is allocated
-    hp = tiny_hp(stats_dir, layers=(1, 2), guard_repair=True, guard_positions=positions)
+    hp = tiny_hp(stats_dir, layers=(1, 2), guard_repair=True, guard_positions=positions, guard_scope=scope)
     apply_wilke_to_model(model, tok, TINY_REQUESTS[:3], hp)
     tensors, metadata = guard_state(model)
     twin = deepcopy(model)
@@ -299,6 +332,8 @@ def test_stale_keys_are_refreshed_and_slipped_edits_repaired(tiny_gpt2, stats_di
     ({"guard_repair": True}, "'guard_repair' works on refreshed guarded keys"),
     ({"guard_positions": "all", "interference_guard": True}, "field 'guard_positions' must be one of"),
     ({"guard_positions": "prompt"}, "'guard_positions' chooses the keys the past-edit guard holds"),
+    ({"guard_scope": "all", "interference_guard": True}, "field 'guard_scope' must be one of"),
+    ({"guard_scope": "model"}, "'guard_scope' chooses whose keys the past-edit guard holds"),
 ])
 def test_bad_guard_settings_are_refused_naming_the_field(change, message):
     config = hparams.read_yaml(HPARAMS / "WilKE" / "tiny-gpt2.yaml")[0]

@@ -26,6 +26,7 @@ from .layers import add_to_weight, get_module, weight_out_in
 LOG = logging.getLogger(__name__)
 STATE_FORMAT = "edit-plugins interference guard v1"
 GUARD_POSITIONS = ("subject_last", "prompt")  # keys guarded per edit (GuardSettings.positions)
+GUARD_SCOPES = ("layer", "model")  # whose keys a layer guards (GuardSettings.scope)
 
 _guards: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> ModelGuard
 _pending: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> saved state not yet replayed
@@ -47,6 +48,9 @@ class GuardSettings:
     repair: bool = False  # after a refresh, map slipped earlier keys back to their values
     repair_threshold: float = 0.1  # "slipped": ‖W k_j − v_j‖ / ‖v_j‖ above this
     positions: str = "subject_last"  # keys guarded per edit: the subject's last token, or every "prompt" position
+    # whose keys an edited layer guards: the earlier edits made at it ("layer"), or every earlier edit at
+    # whatever layer it was made ("model"): then no edit below an earlier one moves that edit's inputs
+    scope: str = "layer"
 
     @property
     def active(self) -> bool:
@@ -124,6 +128,7 @@ class LayerGuard:
         # to recompute k_j: (prompt with "{}", subject, target, position), position None for the subject's
         # last token, else an index into the prompt-and-target tokens that scoring reads
         self.sources: list[tuple[str, str, str, int | None]] = []
+        self.edit_ids: list[int] = []  # the edit (its position in the model's edit log) each key belongs to
         self.fresh_at = 0  # position in the model's edit log at which every key here was current
         self.snapshots: list[tuple[int, str]] = []  # (number of keys, digest of W) after each change
         self._reset_factors()
@@ -230,25 +235,27 @@ class LayerGuard:
                 self._fallback(device)
 
     # -- the edit's life ---------------------------------------------------------------------------
-    def record(self, keys, values, sources: list[tuple], weight: torch.Tensor, log_position: int) -> None:
-        """After the edit is applied: guard its keys from now on."""
+    def record(self, keys, values, sources: list[tuple], edit_ids: list[int], weight: torch.Tensor,
+               log_position: int) -> None:
+        """Guard these keys from now on (an edit's own, once applied, or earlier edits' in scope "model")."""
         if not self.keys:
             self.fresh_at = log_position
-        for key, value, source in zip(keys, values, sources, strict=True):
+        for key, value, source, edit_id in zip(keys, values, sources, edit_ids, strict=True):
             self.keys.append(key.detach().float().clone())
             self.values.append(value.detach().float().clone())
             self.sources.append(source)
+            self.edit_ids.append(edit_id)
             self._admit(self.space.project(self.keys[-1].to(weight.device)))
         self.snapshots.append((len(self.keys), _digest(weight)))
 
-    def sync(self, weight: torch.Tensor) -> None:
+    def sync(self, weight: torch.Tensor) -> list[int]:
         """Follow the weights back if the caller restored them (EasyEdit's weights_copy): keep only the
-        keys of edits still in them."""
+        keys of edits still in them. Returns the edit ids whose keys were dropped."""
         if not self.snapshots:
-            return
+            return []
         digest = _digest(weight)
         if digest == self.snapshots[-1][1]:
-            return
+            return []
         for i in range(len(self.snapshots) - 1, -1, -1):
             if self.snapshots[i][1] == digest:
                 n = self.snapshots[i][0]
@@ -258,12 +265,30 @@ class LayerGuard:
             LOG.warning("%s changed outside the interference guard; its %d earlier keys stay guarded",
                         self.module, len(self.keys))
             self.snapshots.append((len(self.keys), digest))
-            return
+            return []
+        dropped = self.edit_ids[n:]
         if n < len(self.keys):
-            self.keys, self.values, self.sources = self.keys[:n], self.values[:n], self.sources[:n]
-            if self.fallback_built_at is not None and self.fallback_built_at > n:
-                self.fallback_built_at = None
-            self._rebuild(weight.device)
+            self.keep(n, weight.device)
+        return dropped
+
+    def keep(self, n: int, device) -> None:
+        """Only the first n keys."""
+        self.keys, self.values, self.sources, self.edit_ids = (self.keys[:n], self.values[:n], self.sources[:n],
+                                                                self.edit_ids[:n])
+        if self.fallback_built_at is not None and self.fallback_built_at > n:
+            self.fallback_built_at = None
+        self._rebuild(device)
+
+    def forget(self, edit_ids: set, device) -> None:
+        """Drop the keys of these edits (undone at another layer), wherever they are in the list."""
+        kept = [i for i, e in enumerate(self.edit_ids) if e not in edit_ids]
+        if len(kept) == len(self.keys):
+            return
+        self.snapshots = [(sum(1 for i in kept if i < n), digest) for n, digest in self.snapshots]
+        self.keys, self.values = [self.keys[i] for i in kept], [self.values[i] for i in kept]
+        self.sources, self.edit_ids = [self.sources[i] for i in kept], [self.edit_ids[i] for i in kept]
+        self.fallback_built_at = None
+        self._rebuild(device)
 
     def replace_keys(self, keys: torch.Tensor, log_position: int, device) -> None:
         self.keys = [k.float().clone() for k in keys]
@@ -306,6 +331,7 @@ class ModelGuard:
         self.settings = settings
         self.layers: dict[str, LayerGuard] = {}
         self.edit_log: list[int] = []
+        self.sources: list[tuple[int, tuple]] = []  # scope "model": every edit's (edit id, key source), in order
 
     def layer(self, model, module: str, layer: int, c_inv: torch.Tensor | None) -> LayerGuard:
         weight = weight_out_in(get_module(model, module))
@@ -316,15 +342,48 @@ class ModelGuard:
             saved = _pending.get(model, {}).pop(module, None)
             if saved is not None:
                 guard.keys, guard.values, guard.sources = saved["keys"], saved["values"], saved["sources"]
+                guard.edit_ids = saved["edit_ids"]
                 guard.fresh_at, guard.fallback_built_at = saved["fresh_at"], saved["fallback_built_at"]
                 guard._rebuild(weight.device)
             guard.snapshots = [(len(guard.keys), _digest(weight))]  # the weights these keys belong to
         else:
-            guard.sync(weight)
+            self._sync(model, [module])
         return guard
+
+    def sync(self, model) -> None:
+        """Follow every guarded layer back to the weights the caller left (before a call's first edit: in
+        scope "model" an edit undone at one layer must leave every layer's guard)."""
+        self._sync(model, list(self.layers))
+
+    def _sync(self, model, modules: list[str]) -> None:
+        undone = set()
+        for module in modules:
+            guard = self.layers[module]
+            dropped = guard.sync(weight_out_in(get_module(model, module)))
+            undone |= {e for e in dropped if 0 <= e < len(self.edit_log) and self.edit_log[e] == guard.layer}
+        if undone and self.settings.scope == "model":
+            self.sources = [(e, s) for e, s in self.sources if e not in undone]
+            for guard in self.layers.values():
+                guard.forget(undone, guard.basis.device)
 
     def is_stale(self, guard: LayerGuard) -> bool:
         return bool(guard.keys) and any(l < guard.layer for l in self.edit_log[guard.fresh_at:])
+
+    def prepare(self, model, tok, guard: LayerGuard) -> dict:
+        """Before an edit at ``guard``'s layer: recompute its keys if a layer below was edited since; in scope
+        "model", add the keys of earlier edits made at other layers (their outputs here are kept as they are
+        now). Returns what was done, for the edit's report (empty: nothing)."""
+        report = self.refresh(model, tok, guard) if self.settings.refresh_stale_keys and self.is_stale(guard) else {}
+        if self.settings.scope == "model":
+            have = set(guard.edit_ids)
+            missing = [(e, s) for e, s in self.sources if e not in have]
+            if missing:
+                weight = weight_out_in(get_module(model, guard.module))
+                keys = current_keys(model, tok, guard.module, [s for _, s in missing]).to(weight.device)
+                guard.record(list(keys), list(keys @ weight.detach().float().T), [s for _, s in missing],
+                             [e for e, _ in missing], weight, len(self.edit_log))
+                report["keys_added"] = len(missing)
+        return report
 
     def record_edit(self, model, tok, module_name: str, layer: int, request, key: torch.Tensor,
                     value: torch.Tensor) -> None:
@@ -345,7 +404,10 @@ class ModelGuard:
             keys += list(sequence[others])
             values += list(sequence[others] @ W.T)
             sources += [(request.prompt, request.subject, request.target_new, i) for i in others]
-        self.layers[module_name].record(keys, values, sources, weight, len(self.edit_log))
+        edit_id = len(self.edit_log)
+        self.layers[module_name].record(keys, values, sources, [edit_id] * len(keys), weight, edit_id)
+        if self.settings.scope == "model":
+            self.sources += [(edit_id, s) for s in sources]
         self.log_edit(layer)
 
     def refresh(self, model, tok, guard: LayerGuard) -> dict:
@@ -405,6 +467,7 @@ def guard_for(model, settings: GuardSettings) -> ModelGuard | None:
         saved_log = _pending.get(model, {}).pop("__edit_log__", None)
         if saved_log is not None:
             guard.edit_log = saved_log
+            guard.sources = _pending[model].pop("__sources__", [])
     return guard
 
 
@@ -418,8 +481,10 @@ def guard_state(model) -> tuple[dict, dict] | None:
         return None
     edit_log = guard.edit_log if guard is not None else pending.pop("__edit_log__", [])
     pending.pop("__edit_log__", None)
-    entries = {name: {"keys": g.keys, "values": g.values, "sources": g.sources, "fresh_at": g.fresh_at,
-                      "fallback_built_at": g.fallback_built_at}
+    sources = guard.sources if guard is not None else pending.pop("__sources__", [])
+    pending.pop("__sources__", None)
+    entries = {name: {"keys": g.keys, "values": g.values, "sources": g.sources, "edit_ids": g.edit_ids,
+                      "fresh_at": g.fresh_at, "fallback_built_at": g.fallback_built_at}
                for name, g in (guard.layers.items() if guard is not None else ())}
     tensors, layers = {}, {}
     for name, entry in {**pending, **entries}.items():
@@ -427,8 +492,9 @@ def guard_state(model) -> tuple[dict, dict] | None:
             continue
         tensors[f"{name}.keys"] = torch.stack(entry["keys"]).cpu().contiguous()
         tensors[f"{name}.values"] = torch.stack(entry["values"]).cpu().contiguous()
-        layers[name] = {k: entry[k] for k in ("sources", "fresh_at", "fallback_built_at")}
-    metadata = {"format": STATE_FORMAT, "layers": json.dumps(layers), "edit_log": json.dumps(edit_log)}
+        layers[name] = {k: entry[k] for k in ("sources", "edit_ids", "fresh_at", "fallback_built_at")}
+    metadata = {"format": STATE_FORMAT, "layers": json.dumps(layers), "edit_log": json.dumps(edit_log),
+                "sources": json.dumps(sources)}
     return tensors, metadata
 
 
@@ -436,10 +502,13 @@ def load_guard_state(model, tensors: dict, metadata: dict) -> None:
     if metadata.get("format") != STATE_FORMAT:
         raise ValueError(f"not an interference guard state (format {metadata.get('format')!r}, expected {STATE_FORMAT!r})")
     _guards.pop(model, None)
-    pending = {"__edit_log__": json.loads(metadata["edit_log"])}
+    pending = {"__edit_log__": json.loads(metadata["edit_log"]),
+               "__sources__": [(e, tuple(s)) for e, s in json.loads(metadata.get("sources", "[]"))]}
     for name, info in json.loads(metadata["layers"]).items():
-        pending[name] = {"keys": list(tensors[f"{name}.keys"].float()), "values": list(tensors[f"{name}.values"].float()),
+        keys = list(tensors[f"{name}.keys"].float())
+        pending[name] = {"keys": keys, "values": list(tensors[f"{name}.values"].float()),
                          "sources": [_source(s) for s in info.get("sources", info.get("prompts", []))],
+                         "edit_ids": info.get("edit_ids", [-1] * len(keys)),  # states saved before edit ids
                          "fresh_at": info["fresh_at"],
                          "fallback_built_at": info["fallback_built_at"]}
     _pending[model] = pending

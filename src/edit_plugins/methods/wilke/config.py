@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, List, Optional
 
-from ...editing.interference_guard import GUARD_POSITIONS, GuardSettings
+from ...editing.interference_guard import GUARD_POSITIONS, GUARD_SCOPES, GuardSettings
 from ...editing.layers import check_layers
 from ...hparams import EditHyperParams, HparamsError
 
@@ -47,6 +47,7 @@ class WilKEHyperParams(EditHyperParams):
     guard_repair: bool = False  # on refresh, map earlier keys that slipped back to their values
     guard_repair_threshold: float = 0.1  # slipped: ‖W k_j − v_j‖ / ‖v_j‖ above this
     guard_positions: str = "subject_last"  # keys guarded per edit: "subject_last", or every "prompt" position scored
+    guard_scope: str = "layer"  # whose keys an edited layer holds: its own earlier edits, or every earlier "model" edit
 
     def guard_settings(self) -> GuardSettings:
         return GuardSettings(
@@ -54,7 +55,8 @@ class WilKEHyperParams(EditHyperParams):
             null_space_energy=self.guard_null_space_energy, min_residual=self.guard_min_residual,
             max_keys_fraction=self.guard_max_keys_fraction, fallback_weight=self.guard_fallback_weight,
             refresh_stale_keys=self.guard_refresh_stale_keys, repair=self.guard_repair,
-            repair_threshold=self.guard_repair_threshold, positions=self.guard_positions)
+            repair_threshold=self.guard_repair_threshold, positions=self.guard_positions,
+            scope=self.guard_scope)
 
     def check_model(self, model) -> None:
         check_layers(model, self.rewrite_module_tmp, self.layers)
@@ -89,6 +91,12 @@ class WilKEHyperParams(EditHyperParams):
                                f"got {self.guard_positions!r}")
         if self.guard_positions != "subject_last" and not self.interference_guard:
             raise HparamsError(f"{source}: field 'guard_positions' chooses the keys the past-edit guard holds: "
+                               "it needs 'interference_guard' true")
+        if self.guard_scope not in GUARD_SCOPES:
+            raise HparamsError(f"{source}: field 'guard_scope' must be one of {list(GUARD_SCOPES)}, "
+                               f"got {self.guard_scope!r}")
+        if self.guard_scope != "layer" and not self.interference_guard:
+            raise HparamsError(f"{source}: field 'guard_scope' chooses whose keys the past-edit guard holds: "
                                "it needs 'interference_guard' true")
         if self.guard_repair and not (self.interference_guard and self.guard_refresh_stale_keys):
             raise HparamsError(f"{source}: field 'guard_repair' works on refreshed guarded keys: it needs "

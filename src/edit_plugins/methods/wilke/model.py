@@ -177,13 +177,13 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
 
 
 def _guarded_final(model, tok, hp: WilKEHyperParams, guard: ModelGuard, edit: LayerEdit):
-    """The chosen layer's update against fresh keys. If a layer below it was edited since its guarded keys
-    were computed, recompute them (and, with ``guard_repair``, map slipped ones back: that changes W), then
-    u and ΔW. Returns the edit and the repair's ΔW (None if none)."""
+    """The chosen layer's update against its guard made current (``ModelGuard.prepare``: stale keys recomputed,
+    and with ``guard_repair`` slipped ones mapped back, which changes W; in scope "model", other layers'
+    earlier edits added), then u and ΔW. Returns the edit and the repair's ΔW (None if none)."""
     layer_guard = guard.layers[edit.module]
-    if not (hp.guard_refresh_stale_keys and guard.is_stale(layer_guard)):
+    report = guard.prepare(model, tok, layer_guard)
+    if not report:
         return edit, None
-    report = guard.refresh(model, tok, layer_guard)
     repair = report.pop("repair_delta", None)
     W = weight_out_in(get_module(model, edit.module)).detach().float()
     d = layer_guard.direction(edit.key, edit.direction_key)
@@ -202,6 +202,8 @@ def apply_wilke_to_model(model, tok, requests, hparams: WilKEHyperParams, copy=F
         model = deepcopy(model)
     originals: dict = {}
     guard = guard_for(model, hparams.guard_settings())
+    if guard is not None:
+        guard.sync(model)
     try:
         for request in normalized:
             result = execute_wilke(model, tok, request, hparams)
