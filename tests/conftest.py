@@ -38,11 +38,24 @@ def smollm2():
     return load_model("smollm2-135m", "cpu")
 
 
-@pytest.fixture
-def tiny_gpt2():
+@pytest.fixture(scope="session")
+def _tiny_gpt2_as_loaded():
     from edit_plugins.models import load_model
 
-    return load_model("tiny-gpt2", "cpu")
+    model, tok = load_model("tiny-gpt2", "cpu")
+    return model, tok, {"padding_side": tok.padding_side, "truncation_side": tok.truncation_side}
+
+
+@pytest.fixture
+def tiny_gpt2(_tiny_gpt2_as_loaded):
+    """A model of its own for each test (tests edit it); the tokenizer, slow to load and only read, is shared,
+    with the sides a test may set put back."""
+    from copy import deepcopy
+
+    model, tok, sides = _tiny_gpt2_as_loaded
+    for name, value in sides.items():
+        setattr(tok, name, value)
+    return deepcopy(model), tok
 
 
 def next_token(model, tok, prompt):
