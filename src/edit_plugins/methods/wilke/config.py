@@ -86,18 +86,14 @@ class WilKEHyperParams(EditHyperParams):
         if self.guard_preserved_knowledge and not self.mom2_adjustment:
             raise HparamsError(f"{source}: field 'guard_preserved_knowledge' needs C's eigenvectors, so "
                                "'mom2_adjustment' must be true")
-        if self.guard_positions not in GUARD_POSITIONS:
-            raise HparamsError(f"{source}: field 'guard_positions' must be one of {list(GUARD_POSITIONS)}, "
-                               f"got {self.guard_positions!r}")
-        if self.guard_positions != "subject_last" and not self.interference_guard:
-            raise HparamsError(f"{source}: field 'guard_positions' chooses the keys the past-edit guard holds: "
-                               "it needs 'interference_guard' true")
-        if self.guard_scope not in GUARD_SCOPES:
-            raise HparamsError(f"{source}: field 'guard_scope' must be one of {list(GUARD_SCOPES)}, "
-                               f"got {self.guard_scope!r}")
-        if self.guard_scope != "layer" and not self.interference_guard:
-            raise HparamsError(f"{source}: field 'guard_scope' chooses whose keys the past-edit guard holds: "
-                               "it needs 'interference_guard' true")
+        for name, allowed, what in (("guard_positions", GUARD_POSITIONS, "the keys"),
+                                    ("guard_scope", GUARD_SCOPES, "whose keys")):  # allowed[0]: the default
+            value = getattr(self, name)
+            if value not in allowed:
+                raise HparamsError(f"{source}: field {name!r} must be one of {list(allowed)}, got {value!r}")
+            if value != allowed[0] and not self.interference_guard:
+                raise HparamsError(f"{source}: field {name!r} chooses {what} the past-edit guard holds: "
+                                   "it needs 'interference_guard' true")
         if self.guard_repair and not (self.interference_guard and self.guard_refresh_stale_keys):
             raise HparamsError(f"{source}: field 'guard_repair' works on refreshed guarded keys: it needs "
                                "'interference_guard' and 'guard_refresh_stale_keys' true")
