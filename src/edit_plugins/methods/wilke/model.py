@@ -202,8 +202,8 @@ def apply_wilke_to_model(model, tok, requests, hparams: WilKEHyperParams, copy=F
         model = deepcopy(model)
     originals: dict = {}
     guard = guard_for(model, hparams.guard_settings())
-    if guard is not None:
-        guard.sync(model)
+    if guard is not None and guard.settings.scope == "model":
+        guard.sync(model)  # every layer at once: an edit undone at one layer leaves every layer's guard
     try:
         for request in normalized:
             result = execute_wilke(model, tok, request, hparams)
