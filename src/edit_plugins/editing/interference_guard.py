@@ -85,6 +85,7 @@ class _Space:
         else:
             self.metric_matrix, self.metric_diagonal = c_inv.to(device).double(), None
         self.dim = width if self.basis_vectors is None else self.basis_vectors.shape[1]
+        self._cholesky = None  # of M⁻¹, built the first time the bounded fallback is needed
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         x = x.double()
@@ -105,17 +106,32 @@ class _Space:
         diagonal = torch.ones(self.dim, dtype=torch.float64) if self.metric_diagonal is None else 1.0 / self.metric_diagonal
         return torch.diag(diagonal)
 
+    def metric_inverse_cholesky(self, device) -> torch.Tensor:
+        """L with M⁻¹ = LLᵀ, kept: the layer's metric does not change."""
+        if self._cholesky is None:
+            self._cholesky = torch.linalg.cholesky(self.metric_inverse().to(device))
+        return self._cholesky.to(device)
+
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.metric_matrix, self.metric_diagonal, self.basis_vectors)
-                   if t is not None)
+        tensors = (self.metric_matrix, self.metric_diagonal, self.basis_vectors, self._cholesky)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 @dataclasses.dataclass
 class Direction:
     u: torch.Tensor  # float32, (d,)
-    path: str  # "plain" (nothing to guard), "guard" (exact), "fallback" (regularised), "unguarded" (a conflict)
+    # "plain" (nothing to guard), "guard" (exact), "fallback" (regularised, weight λ), "bounded" (regularised,
+    # the largest weight under the cost bound), "unguarded" (ROME's own: no weight is under the bound)
+    path: str
     residual_ratio: float  # ρ: the guarded ΔW is 1/ρ times the unguarded one in C-norm
     keys_guarded: int
+    fallback_weight: float | None = None  # λ, on the regularised paths
+
+    def report(self) -> dict:
+        out = {"path": self.path, "residual_ratio": self.residual_ratio, "keys_guarded": self.keys_guarded}
+        if self.fallback_weight is not None:
+            out["fallback_weight"] = self.fallback_weight
+        return out
 
 
 class LayerGuard:
@@ -140,6 +156,7 @@ class LayerGuard:
         self.in_basis: list[int] = []  # key index of each basis row
         self.fallback_inverse = None  # (M⁻¹ + λ Σ z_j z_jᵀ)⁻¹ once the fallback was needed
         self.fallback_built_at = None  # number of keys it was built from (replayed identically on resume)
+        self.pencil = None  # (P, s) of the bounded fallback for the keys as they are; dropped when they change
 
     # -- the maths ---------------------------------------------------------------------------------
     def _to_device(self, device):
@@ -176,12 +193,55 @@ class LayerGuard:
         if ratio >= self.settings.min_residual and self._capacity_left():
             return Direction(self.space.lift(M_perp).float(), "guard", ratio, len(self.keys))
         u = self._fallback(z.device) @ z
-        fallback_ratio = self._fallback_ratio(u, z, z_key, norm_z / abs(along) if along else float("inf"))
-        if fallback_ratio < self.settings.min_residual:
-            # The key all but repeats earlier ones (same subject, same words before it): holding them would
-            # take an update over 1/min_residual times ROME's; ROME's own direction overwrites them instead.
+        plain_cost = norm_z / abs(along) if along else float("inf")
+        fallback_ratio = self._fallback_ratio(u, z, z_key, plain_cost)
+        weight = self.settings.fallback_weight
+        if fallback_ratio >= self.settings.min_residual:
+            return Direction(self.space.lift(u).float(), "fallback", ratio, len(self.keys), weight)
+        # The key all but repeats earlier ones (same subject, same words before it, or keys filling the
+        # layer): holding them at λ would take an update over 1/min_residual times ROME's. The largest λ
+        # within that bound damps the interference as much as an update of that size can.
+        u, weight, bounded_ratio = self._bounded_fallback(z, z_key, plain_cost)
+        if u is None:
             return Direction(self.space.lift(Mz).float(), "unguarded", fallback_ratio, len(self.keys))
-        return Direction(self.space.lift(u).float(), "fallback", ratio, len(self.keys))
+        return Direction(self.space.lift(u).float(), "bounded", bounded_ratio, len(self.keys), weight)
+
+    def _bounded_fallback(self, z: torch.Tensor, z_key: torch.Tensor, plain_cost: float):
+        """u = (M⁻¹ + λZᵀZ)⁻¹z for the largest λ ≤ fallback_weight whose ρ is at least min_residual, found by
+        bisection on log λ. With M⁻¹ = LLᵀ and L⁻¹ZᵀZL⁻ᵀ = Q diag(s) Qᵀ, P = L⁻ᵀQ: u(λ) = P (y / (1 + λs))
+        with y = Pᵀz, its C-norm is ‖y / (1 + λs)‖, so each λ costs O(d) once P is built (O(d³), once per
+        change of the keys). Returns (u, λ, ρ), or (None, 0, ρ) when no λ > 0 is within the bound."""
+        P, s = self._pencil(z.device)
+        y, y_key = P.T @ z, P.T @ z_key
+
+        def ratio(lam: float) -> float:
+            w = y / (1 + lam * s)
+            along = abs(float(y_key @ w))
+            return 0.0 if along == 0 else plain_cost * along / float(w.norm())
+
+        floor = self.settings.min_residual
+        high = self.settings.fallback_weight
+        low = high
+        for _ in range(24):  # down by decades until within the bound
+            low /= 10
+            if ratio(low) >= floor:
+                break
+        else:
+            return None, 0.0, ratio(low)
+        for _ in range(40):  # ratio(low) ≥ floor > ratio(high)
+            middle = (low * high) ** 0.5
+            low, high = (middle, high) if ratio(middle) >= floor else (low, middle)
+        return P @ (y / (1 + low * s)), low, ratio(low)
+
+    def _pencil(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pencil is None:
+            L = self.space.metric_inverse_cholesky(device)
+            Z = torch.stack([self.space.project(k.to(device)) for k in self.keys])
+            half = torch.linalg.solve_triangular(L, Z.T, upper=False)  # L⁻¹Zᵀ
+            s, Q = torch.linalg.eigh(half @ half.T)
+            self.pencil = (torch.linalg.solve_triangular(L.T, Q, upper=True), s.clamp_min(0))
+        P, s = self.pencil
+        return P.to(device), s.to(device)
 
     def _fallback_ratio(self, u: torch.Tensor, z: torch.Tensor, z_key: torch.Tensor, plain_cost: float) -> float:
         """ρ of the fallback's u = A⁻¹z: ROME's cost ‖u‖_C/|kᵀu| over the fallback's. With A = M⁻¹ + λZᵀZ,
@@ -204,6 +264,7 @@ class LayerGuard:
         is full), and the fallback's inverse by z (Sherman–Morrison)."""
         if not self.settings.past_edits:
             return
+        self.pencil = None
         index = len(self.keys) - 1
         perp, coefficients = self._orthogonal_part(z)
         norm_perp = max(float(perp @ self.space.metric(perp)), 0.0) ** 0.5
@@ -319,8 +380,7 @@ class LayerGuard:
 
     def nbytes(self) -> int:
         tensors = self.keys + self.values + [self.basis, self.metric_basis, self.triangular]
-        if self.fallback_inverse is not None:
-            tensors.append(self.fallback_inverse)
+        tensors += [t for t in (self.fallback_inverse, *(self.pencil or ())) if t is not None]
         return self.space.nbytes() + sum(t.numel() * t.element_size() for t in tensors)
 
 
