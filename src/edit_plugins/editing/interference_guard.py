@@ -150,19 +150,44 @@ class LayerGuard:
         self._reset_factors()
 
     def _reset_factors(self):
-        self.basis = torch.zeros(0, self.space.dim, dtype=torch.float64)  # rows b_i: ⟨b_i, b_j⟩_M = δ_ij
-        self.metric_basis = torch.zeros_like(self.basis)  # rows M b_i
-        self.triangular = torch.zeros(0, 0, dtype=torch.float64)  # R: basis keys z_j = Σ_i R_ij b_i
+        # Buffers with room to grow (doubled when full): appending a row by concatenation would copy the
+        # factors at every key, O(n²d) and O(n³) over a rebuild of n keys.
+        self._basis = torch.zeros(0, self.space.dim, dtype=torch.float64)
+        self._metric_basis = torch.zeros_like(self._basis)
+        self._triangular = torch.zeros(0, 0, dtype=torch.float64)
         self.in_basis: list[int] = []  # key index of each basis row
         self.fallback_inverse = None  # (M⁻¹ + λ Σ z_j z_jᵀ)⁻¹ once the fallback was needed
         self.fallback_built_at = None  # number of keys it was built from (replayed identically on resume)
         self.pencil = None  # (P, s) of the bounded fallback for the keys as they are; dropped when they change
 
+    @property
+    def basis(self) -> torch.Tensor:
+        """Rows b_i: ⟨b_i, b_j⟩_M = δ_ij."""
+        return self._basis[: len(self.in_basis)]
+
+    @property
+    def metric_basis(self) -> torch.Tensor:
+        """Rows M b_i."""
+        return self._metric_basis[: len(self.in_basis)]
+
+    @property
+    def triangular(self) -> torch.Tensor:
+        """R: basis keys z_j = Σ_i R_ij b_i."""
+        n = len(self.in_basis)
+        return self._triangular[:n, :n]
+
     # -- the maths ---------------------------------------------------------------------------------
     def _to_device(self, device):
-        if self.basis.device != device:
-            self.basis, self.metric_basis = self.basis.to(device), self.metric_basis.to(device)
-            self.triangular = self.triangular.to(device)
+        if self._basis.device != device:
+            self._basis, self._metric_basis = self._basis.to(device), self._metric_basis.to(device)
+            self._triangular = self._triangular.to(device)
+
+    def _grow(self, rows: int, device) -> None:
+        n = len(self.in_basis)
+        basis = torch.zeros(rows, self.space.dim, dtype=torch.float64, device=device)
+        metric_basis, triangular = torch.zeros_like(basis), torch.zeros(rows, rows, dtype=torch.float64, device=device)
+        basis[:n], metric_basis[:n], triangular[:n, :n] = self.basis, self.metric_basis, self.triangular
+        self._basis, self._metric_basis, self._triangular = basis, metric_basis, triangular
 
     def _orthogonal_part(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z less its M-projection on the basis (classical Gram–Schmidt, twice), and the coefficients."""
@@ -271,12 +296,12 @@ class LayerGuard:
         norm_z = float(z @ self.space.metric(z)) ** 0.5
         if self._capacity_left() and norm_z > 0 and norm_perp >= self.settings.min_residual * norm_z:
             n = len(self.in_basis)
-            R = torch.zeros(n + 1, n + 1, dtype=torch.float64, device=z.device)
-            R[:n, :n] = self.triangular.to(z.device)
-            R[:n, n], R[n, n] = coefficients, norm_perp
-            self.triangular = R
-            self.basis = torch.cat([self.basis.to(z.device), (perp / norm_perp)[None]])
-            self.metric_basis = torch.cat([self.metric_basis.to(z.device), (self.space.metric(perp) / norm_perp)[None]])
+            self._to_device(z.device)
+            if n == len(self._basis):
+                self._grow(max(n + 1, min(2 * n, self.space.dim), 16), z.device)
+            self._triangular[:n, n], self._triangular[n, n] = coefficients, norm_perp
+            self._basis[n] = perp / norm_perp
+            self._metric_basis[n] = self.space.metric(perp) / norm_perp
             self.in_basis.append(index)
         if self.fallback_inverse is not None:
             Az = self.fallback_inverse.to(z.device) @ z
@@ -379,7 +404,7 @@ class LayerGuard:
         return residuals[slipped].T @ duals, info
 
     def nbytes(self) -> int:
-        tensors = self.keys + self.values + [self.basis, self.metric_basis, self.triangular]
+        tensors = self.keys + self.values + [self._basis, self._metric_basis, self._triangular]
         tensors += [t for t in (self.fallback_inverse, *(self.pencil or ())) if t is not None]
         return self.space.nbytes() + sum(t.numel() * t.element_size() for t in tensors)
 
