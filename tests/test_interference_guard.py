@@ -229,20 +229,28 @@ def test_fallback_takes_over_past_the_documented_thresholds():
     Z = torch.stack(earlier + [near]).double()
     inverse_of_c = torch.linalg.inv(guard.space.metric_matrix)
     torch.testing.assert_close(guard.fallback_inverse, torch.linalg.inv(inverse_of_c + Z.T @ Z))
-    # a key that all but repeats an earlier one cannot be held by a small update, not even by the fallback:
-    # past the same bound (an update over 1/min_residual times ROME's), ROME's own direction is taken. Keys
-    # scaled as on real layers (kᵀC⁻¹k ≈ 3,400 here, ≈ 3,300 on SmolLM2's layer 4).
+    # a key that all but repeats an earlier one cannot be held by a small update, not even by the fallback
+    # at λ = 1: past the same bound (an update over 1/min_residual times ROME's) the largest λ within it is
+    # taken. Keys scaled as on real layers (kᵀC⁻¹k ≈ 3,400 here, ≈ 3,300 on SmolLM2's layer 4).
     guard, C, g = _synthetic_guard(min_residual=0.1)
     earlier = [10 * torch.randn(16, generator=g) for _ in range(3)]
     for k in earlier:
         guard.record([k], [torch.zeros(1)], [("{}", "x", " y", None)], [0], weight, 0)
     near = earlier[2] + 0.1 * torch.randn(16, generator=g)
     conflict = guard.direction(near, near)
-    assert conflict.path == "unguarded" and conflict.residual_ratio < 0.1
-    torch.testing.assert_close(conflict.u, (guard.space.metric_matrix @ near.double()).float())
-    fallback = guard._fallback(near.device) @ near.double()  # what the fallback would have done
     cost = lambda u: float(u.double() @ C @ u.double()) ** 0.5 / abs(float(u.double() @ near.double()))  # ‖ΔW‖_C/‖r‖
-    assert cost(fallback) > 10 * cost(conflict.u)
+    plain = torch.linalg.solve(C, near.double())
+    fallback = guard._fallback(near.device) @ near.double()  # what the fallback at λ = 1 would have done
+    assert cost(fallback) > 10 * cost(plain)
+    assert conflict.path == "bounded" and 0 < conflict.fallback_weight < 1
+    assert conflict.residual_ratio == pytest.approx(0.1, rel=1e-6)
+    assert cost(conflict.u) == pytest.approx(10 * cost(plain), rel=1e-4)  # at the bound, not past it
+    # it is the regularised direction at that λ, and it moves the earlier keys less than ROME's direction does
+    Z = torch.stack(earlier).double()
+    direct = torch.linalg.solve(C + conflict.fallback_weight * Z.T @ Z, near.double())
+    torch.testing.assert_close(conflict.u.double() / conflict.u.norm(), direct / direct.norm(), rtol=1e-4, atol=1e-6)
+    squared = lambda u: sum(float(u.double() @ k.double()) ** 2 for k in earlier) / float(u.double() @ near.double()) ** 2
+    assert squared(conflict.u) < 0.8 * squared(plain)  # Σ_j p(k, k_j)²: 0.80 against ROME's 1.21 here
 
 
 @pytest.mark.parametrize("scope", ["layer", "model"])

@@ -85,6 +85,7 @@ class _Space:
         else:
             self.metric_matrix, self.metric_diagonal = c_inv.to(device).double(), None
         self.dim = width if self.basis_vectors is None else self.basis_vectors.shape[1]
+        self._cholesky = None  # of M⁻¹, built the first time the bounded fallback is needed
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         x = x.double()
@@ -105,17 +106,32 @@ class _Space:
         diagonal = torch.ones(self.dim, dtype=torch.float64) if self.metric_diagonal is None else 1.0 / self.metric_diagonal
         return torch.diag(diagonal)
 
+    def metric_inverse_cholesky(self, device) -> torch.Tensor:
+        """L with M⁻¹ = LLᵀ, kept: the layer's metric does not change."""
+        if self._cholesky is None:
+            self._cholesky = torch.linalg.cholesky(self.metric_inverse().to(device))
+        return self._cholesky.to(device)
+
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.metric_matrix, self.metric_diagonal, self.basis_vectors)
-                   if t is not None)
+        tensors = (self.metric_matrix, self.metric_diagonal, self.basis_vectors, self._cholesky)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 @dataclasses.dataclass
 class Direction:
     u: torch.Tensor  # float32, (d,)
-    path: str  # "plain" (nothing to guard), "guard" (exact), "fallback" (regularised), "unguarded" (a conflict)
+    # "plain" (nothing to guard), "guard" (exact), "fallback" (regularised, weight λ), "bounded" (regularised,
+    # the largest weight under the cost bound), "unguarded" (ROME's own: no weight is under the bound)
+    path: str
     residual_ratio: float  # ρ: the guarded ΔW is 1/ρ times the unguarded one in C-norm
     keys_guarded: int
+    fallback_weight: float | None = None  # λ, on the regularised paths
+
+    def report(self) -> dict:
+        out = {"path": self.path, "residual_ratio": self.residual_ratio, "keys_guarded": self.keys_guarded}
+        if self.fallback_weight is not None:
+            out["fallback_weight"] = self.fallback_weight
+        return out
 
 
 class LayerGuard:
@@ -134,18 +150,44 @@ class LayerGuard:
         self._reset_factors()
 
     def _reset_factors(self):
-        self.basis = torch.zeros(0, self.space.dim, dtype=torch.float64)  # rows b_i: ⟨b_i, b_j⟩_M = δ_ij
-        self.metric_basis = torch.zeros_like(self.basis)  # rows M b_i
-        self.triangular = torch.zeros(0, 0, dtype=torch.float64)  # R: basis keys z_j = Σ_i R_ij b_i
+        # Buffers with room to grow (doubled when full): appending a row by concatenation would copy the
+        # factors at every key, O(n²d) and O(n³) over a rebuild of n keys.
+        self._basis = torch.zeros(0, self.space.dim, dtype=torch.float64)
+        self._metric_basis = torch.zeros_like(self._basis)
+        self._triangular = torch.zeros(0, 0, dtype=torch.float64)
         self.in_basis: list[int] = []  # key index of each basis row
         self.fallback_inverse = None  # (M⁻¹ + λ Σ z_j z_jᵀ)⁻¹ once the fallback was needed
         self.fallback_built_at = None  # number of keys it was built from (replayed identically on resume)
+        self.pencil = None  # (P, s) of the bounded fallback for the keys as they are; dropped when they change
+
+    @property
+    def basis(self) -> torch.Tensor:
+        """Rows b_i: ⟨b_i, b_j⟩_M = δ_ij."""
+        return self._basis[: len(self.in_basis)]
+
+    @property
+    def metric_basis(self) -> torch.Tensor:
+        """Rows M b_i."""
+        return self._metric_basis[: len(self.in_basis)]
+
+    @property
+    def triangular(self) -> torch.Tensor:
+        """R: basis keys z_j = Σ_i R_ij b_i."""
+        n = len(self.in_basis)
+        return self._triangular[:n, :n]
 
     # -- the maths ---------------------------------------------------------------------------------
     def _to_device(self, device):
-        if self.basis.device != device:
-            self.basis, self.metric_basis = self.basis.to(device), self.metric_basis.to(device)
-            self.triangular = self.triangular.to(device)
+        if self._basis.device != device:
+            self._basis, self._metric_basis = self._basis.to(device), self._metric_basis.to(device)
+            self._triangular = self._triangular.to(device)
+
+    def _grow(self, rows: int, device) -> None:
+        n = len(self.in_basis)
+        basis = torch.zeros(rows, self.space.dim, dtype=torch.float64, device=device)
+        metric_basis, triangular = torch.zeros_like(basis), torch.zeros(rows, rows, dtype=torch.float64, device=device)
+        basis[:n], metric_basis[:n], triangular[:n, :n] = self.basis, self.metric_basis, self.triangular
+        self._basis, self._metric_basis, self._triangular = basis, metric_basis, triangular
 
     def _orthogonal_part(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """z less its M-projection on the basis (classical Gram–Schmidt, twice), and the coefficients."""
@@ -176,12 +218,55 @@ class LayerGuard:
         if ratio >= self.settings.min_residual and self._capacity_left():
             return Direction(self.space.lift(M_perp).float(), "guard", ratio, len(self.keys))
         u = self._fallback(z.device) @ z
-        fallback_ratio = self._fallback_ratio(u, z, z_key, norm_z / abs(along) if along else float("inf"))
-        if fallback_ratio < self.settings.min_residual:
-            # The key all but repeats earlier ones (same subject, same words before it): holding them would
-            # take an update over 1/min_residual times ROME's; ROME's own direction overwrites them instead.
+        plain_cost = norm_z / abs(along) if along else float("inf")
+        fallback_ratio = self._fallback_ratio(u, z, z_key, plain_cost)
+        weight = self.settings.fallback_weight
+        if fallback_ratio >= self.settings.min_residual:
+            return Direction(self.space.lift(u).float(), "fallback", ratio, len(self.keys), weight)
+        # The key all but repeats earlier ones (same subject, same words before it, or keys filling the
+        # layer): holding them at λ would take an update over 1/min_residual times ROME's. The largest λ
+        # within that bound damps the interference as much as an update of that size can.
+        u, weight, bounded_ratio = self._bounded_fallback(z, z_key, plain_cost)
+        if u is None:
             return Direction(self.space.lift(Mz).float(), "unguarded", fallback_ratio, len(self.keys))
-        return Direction(self.space.lift(u).float(), "fallback", ratio, len(self.keys))
+        return Direction(self.space.lift(u).float(), "bounded", bounded_ratio, len(self.keys), weight)
+
+    def _bounded_fallback(self, z: torch.Tensor, z_key: torch.Tensor, plain_cost: float):
+        """u = (M⁻¹ + λZᵀZ)⁻¹z for the largest λ ≤ fallback_weight whose ρ is at least min_residual, found by
+        bisection on log λ. With M⁻¹ = LLᵀ and L⁻¹ZᵀZL⁻ᵀ = Q diag(s) Qᵀ, P = L⁻ᵀQ: u(λ) = P (y / (1 + λs))
+        with y = Pᵀz, its C-norm is ‖y / (1 + λs)‖, so each λ costs O(d) once P is built (O(d³), once per
+        change of the keys). Returns (u, λ, ρ), or (None, 0, ρ) when no λ > 0 is within the bound."""
+        P, s = self._pencil(z.device)
+        y, y_key = P.T @ z, P.T @ z_key
+
+        def ratio(lam: float) -> float:
+            w = y / (1 + lam * s)
+            along = abs(float(y_key @ w))
+            return 0.0 if along == 0 else plain_cost * along / float(w.norm())
+
+        floor = self.settings.min_residual
+        high = self.settings.fallback_weight
+        low = high
+        for _ in range(24):  # down by decades until within the bound
+            low /= 10
+            if ratio(low) >= floor:
+                break
+        else:
+            return None, 0.0, ratio(low)
+        for _ in range(40):  # ratio(low) ≥ floor > ratio(high)
+            middle = (low * high) ** 0.5
+            low, high = (middle, high) if ratio(middle) >= floor else (low, middle)
+        return P @ (y / (1 + low * s)), low, ratio(low)
+
+    def _pencil(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pencil is None:
+            L = self.space.metric_inverse_cholesky(device)
+            Z = torch.stack([self.space.project(k.to(device)) for k in self.keys])
+            half = torch.linalg.solve_triangular(L, Z.T, upper=False)  # L⁻¹Zᵀ
+            s, Q = torch.linalg.eigh(half @ half.T)
+            self.pencil = (torch.linalg.solve_triangular(L.T, Q, upper=True), s.clamp_min(0))
+        P, s = self.pencil
+        return P.to(device), s.to(device)
 
     def _fallback_ratio(self, u: torch.Tensor, z: torch.Tensor, z_key: torch.Tensor, plain_cost: float) -> float:
         """ρ of the fallback's u = A⁻¹z: ROME's cost ‖u‖_C/|kᵀu| over the fallback's. With A = M⁻¹ + λZᵀZ,
@@ -204,18 +289,19 @@ class LayerGuard:
         is full), and the fallback's inverse by z (Sherman–Morrison)."""
         if not self.settings.past_edits:
             return
+        self.pencil = None
         index = len(self.keys) - 1
         perp, coefficients = self._orthogonal_part(z)
         norm_perp = max(float(perp @ self.space.metric(perp)), 0.0) ** 0.5
         norm_z = float(z @ self.space.metric(z)) ** 0.5
         if self._capacity_left() and norm_z > 0 and norm_perp >= self.settings.min_residual * norm_z:
             n = len(self.in_basis)
-            R = torch.zeros(n + 1, n + 1, dtype=torch.float64, device=z.device)
-            R[:n, :n] = self.triangular.to(z.device)
-            R[:n, n], R[n, n] = coefficients, norm_perp
-            self.triangular = R
-            self.basis = torch.cat([self.basis.to(z.device), (perp / norm_perp)[None]])
-            self.metric_basis = torch.cat([self.metric_basis.to(z.device), (self.space.metric(perp) / norm_perp)[None]])
+            self._to_device(z.device)
+            if n == len(self._basis):
+                self._grow(max(n + 1, min(2 * n, self.space.dim), 16), z.device)
+            self._triangular[:n, n], self._triangular[n, n] = coefficients, norm_perp
+            self._basis[n] = perp / norm_perp
+            self._metric_basis[n] = self.space.metric(perp) / norm_perp
             self.in_basis.append(index)
         if self.fallback_inverse is not None:
             Az = self.fallback_inverse.to(z.device) @ z
@@ -318,9 +404,8 @@ class LayerGuard:
         return residuals[slipped].T @ duals, info
 
     def nbytes(self) -> int:
-        tensors = self.keys + self.values + [self.basis, self.metric_basis, self.triangular]
-        if self.fallback_inverse is not None:
-            tensors.append(self.fallback_inverse)
+        tensors = self.keys + self.values + [self._basis, self._metric_basis, self._triangular]
+        tensors += [t for t in (self.fallback_inverse, *(self.pencil or ())) if t is not None]
         return self.space.nbytes() + sum(t.numel() * t.element_size() for t in tensors)
 
 

@@ -96,7 +96,7 @@ def update_directions(model, guard: ModelGuard | None, names: dict, keys, mean_k
             out[name] = (update_direction(mean_keys[name], c_invs[name]), {})
         else:
             d = guard.layer(model, name, layer, c_invs[name]).direction(keys[name], mean_keys[name])
-            out[name] = (d.u, {"path": d.path, "residual_ratio": d.residual_ratio, "keys_guarded": d.keys_guarded})
+            out[name] = (d.u, d.report())
     return out
 
 
@@ -188,7 +188,7 @@ def _guarded_final(model, tok, hp: WilKEHyperParams, guard: ModelGuard, edit: La
     W = weight_out_in(get_module(model, edit.module)).detach().float()
     d = layer_guard.direction(edit.key, edit.direction_key)
     delta = rank_one_update(W, edit.key, edit.target, None, direction=d.u)
-    info = {"path": d.path, "residual_ratio": d.residual_ratio, "keys_guarded": d.keys_guarded, **report}
+    info = {**d.report(), **report}
     return replace(edit, delta=delta, relative_size=relative_size(delta, W), residual=edit.target - W @ edit.key,
                    c_inv_key=d.u.to(W.device), guard=info), repair
 
