@@ -36,6 +36,14 @@ METHODS = {  # name: (hparams file, fields set on it)
     "wilke-guard-positions-model": ("smollm2-135m-fast", {"interference_guard": True, "guard_positions": "prompt",
                                                           "guard_scope": "model"}),
     "wilke-guard-model": ("smollm2-135m-fast", {"interference_guard": True, "guard_scope": "model"}),
+    # ablations of wilke-guard-model: layers ranked by ROME's u, the preserved-knowledge projection, repair
+    "wilke-guard-model-plain-ranking": ("smollm2-135m-fast", {"interference_guard": True, "guard_scope": "model",
+                                                              "guard_layer_choice": "plain"}),
+    "wilke-guard-model-preserved": ("smollm2-135m-fast", {"interference_guard": True, "guard_scope": "model",
+                                                          "guard_preserved_knowledge": True}),
+    "wilke-guard-model-preserved-repair": ("smollm2-135m-fast", {"interference_guard": True, "guard_scope": "model",
+                                                                 "guard_preserved_knowledge": True,
+                                                                 "guard_repair": True}),
     "wilke-guard-positions-repair": ("smollm2-135m-fast", {"interference_guard": True, "guard_positions": "prompt",
                                                            "guard_repair": True}),
 }

@@ -333,6 +333,35 @@ def test_stale_keys_are_refreshed_and_slipped_edits_repaired(tiny_gpt2, stats_di
             torch.testing.assert_close(W @ key_at(model, tok, request, module), value, rtol=1e-4, atol=1e-4)
 
 
+def _one_edit(model, tok, request, hp):
+    with collect_events() as fired:
+        apply_wilke_to_model(model, tok, [request], hp)
+    (event, _), = fired
+    return event
+
+
+def test_layers_ranked_without_the_guard_rank_as_unguarded_wilke_and_the_chosen_layer_is_still_guarded(
+        tiny_gpt2, stats_dir):
+    model, tok = tiny_gpt2
+    other = deepcopy(model)  # for the same edits ranked with the guard
+    layers = (0, 1, 2)
+    hp, guarded, plain = (tiny_hp(stats_dir, layers=layers, guard_layer_choice=c) for c in ("plain", "guarded", "plain"))
+    plain.interference_guard, plain.guard_layer_choice = False, "guarded"
+    scores, guarded_scores, paths = [], [], []
+    for request in TINY_REQUESTS[:4]:
+        state = snapshot(model)
+        unguarded = _one_edit(model, tok, request, plain)  # unguarded WilKE from the same weights
+        restore(model, state)
+        event = _one_edit(model, tok, request, hp)
+        assert event.info["layer_scores"] == unguarded.info["layer_scores"]
+        assert event.info["layer"] == unguarded.info["layer"]
+        scores.append(event.info["layer_scores"])
+        paths.append(event.info["guard"]["path"])
+        guarded_scores.append(_one_edit(other, tok, request, guarded).info["layer_scores"])
+    assert "guard" in paths  # a layer edited twice: its second update held the first edit's key
+    assert guarded_scores != scores  # ranking with the guard's u differs (so the checks above can fail)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"guard_preserved_knowledge": True, "mom2_adjustment": False}, "'mom2_adjustment' must be true"),
     ({"guard_min_residual": 1.5}, "field 'guard_min_residual' must be at most 1"),
@@ -342,6 +371,8 @@ def test_stale_keys_are_refreshed_and_slipped_edits_repaired(tiny_gpt2, stats_di
     ({"guard_positions": "prompt"}, "'guard_positions' chooses the keys the past-edit guard holds"),
     ({"guard_scope": "all", "interference_guard": True}, "field 'guard_scope' must be one of"),
     ({"guard_scope": "model"}, "'guard_scope' chooses whose keys the past-edit guard holds"),
+    ({"guard_layer_choice": "best", "interference_guard": True}, "field 'guard_layer_choice' must be one of"),
+    ({"guard_layer_choice": "plain"}, "'guard_layer_choice' chooses how layers are ranked under the past-edit guard"),
 ])
 def test_bad_guard_settings_are_refused_naming_the_field(change, message):
     config = hparams.read_yaml(HPARAMS / "WilKE" / "tiny-gpt2.yaml")[0]

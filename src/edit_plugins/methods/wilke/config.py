@@ -8,6 +8,10 @@ from ...editing.interference_guard import GUARD_POSITIONS, GUARD_SCOPES, GuardSe
 from ...editing.layers import check_layers
 from ...hparams import EditHyperParams, HparamsError
 
+# How candidate layers are ranked when the guard is on: by the update the guard would make there (its cost
+# counts against a layer), or by ROME's C⁻¹k̄ with the guard applied only at the layer chosen.
+GUARD_LAYER_CHOICES = ("guarded", "plain")
+
 
 @dataclasses.dataclass(kw_only=True)
 class WilKEHyperParams(EditHyperParams):
@@ -48,6 +52,7 @@ class WilKEHyperParams(EditHyperParams):
     guard_repair_threshold: float = 0.1  # slipped: ‖W k_j − v_j‖ / ‖v_j‖ above this
     guard_positions: str = "subject_last"  # keys guarded per edit: "subject_last", or every "prompt" position scored
     guard_scope: str = "layer"  # whose keys an edited layer holds: its own earlier edits, or every earlier "model" edit
+    guard_layer_choice: str = "guarded"  # rank candidate layers by the guarded update, or by the "plain" one
 
     def guard_settings(self) -> GuardSettings:
         return GuardSettings(
@@ -86,14 +91,15 @@ class WilKEHyperParams(EditHyperParams):
         if self.guard_preserved_knowledge and not self.mom2_adjustment:
             raise HparamsError(f"{source}: field 'guard_preserved_knowledge' needs C's eigenvectors, so "
                                "'mom2_adjustment' must be true")
-        for name, allowed, what in (("guard_positions", GUARD_POSITIONS, "the keys"),
-                                    ("guard_scope", GUARD_SCOPES, "whose keys")):  # allowed[0]: the default
-            value = getattr(self, name)
+        for name, allowed, what in (
+                ("guard_positions", GUARD_POSITIONS, "the keys the past-edit guard holds"),
+                ("guard_scope", GUARD_SCOPES, "whose keys the past-edit guard holds"),
+                ("guard_layer_choice", GUARD_LAYER_CHOICES, "how layers are ranked under the past-edit guard")):
+            value = getattr(self, name)  # allowed[0]: the default, which needs no guard
             if value not in allowed:
                 raise HparamsError(f"{source}: field {name!r} must be one of {list(allowed)}, got {value!r}")
             if value != allowed[0] and not self.interference_guard:
-                raise HparamsError(f"{source}: field {name!r} chooses {what} the past-edit guard holds: "
-                                   "it needs 'interference_guard' true")
+                raise HparamsError(f"{source}: field {name!r} chooses {what}: it needs 'interference_guard' true")
         if self.guard_repair and not (self.interference_guard and self.guard_refresh_stale_keys):
             raise HparamsError(f"{source}: field 'guard_repair' works on refreshed guarded keys: it needs "
                                "'interference_guard' and 'guard_refresh_stale_keys' true")

@@ -89,7 +89,8 @@ def layer_inverses(model, tok, hp: WilKEHyperParams, module_names) -> dict:
 
 
 def update_directions(model, guard: ModelGuard | None, names: dict, keys, mean_keys, c_invs) -> dict:
-    """u per candidate module: C⁻¹k̄ (k̄: template mean), or the interference guard's direction."""
+    """u per candidate module: C⁻¹k̄ (k̄: template mean), or the interference guard's direction (with no
+    guard, or with the guard applied only at the chosen layer, ``guard_layer_choice: plain``)."""
     out = {}
     for layer, name in names.items():
         if guard is None:
@@ -141,7 +142,8 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
     mean_keys = {n: k[0] for n, k in compute_keys(model, tok, [request], modules, templates).items()}
     keys = {n: k[0] for n, k in compute_keys(model, tok, [request], modules, ("{}",)).items()}
     c_invs = layer_inverses(model, tok, hp, list(names.values()))
-    directions = update_directions(model, guard_for(model, hp.guard_settings()), names, keys, mean_keys, c_invs)
+    ranking_guard = guard_for(model, hp.guard_settings()) if hp.guard_layer_choice == "guarded" else None
+    directions = update_directions(model, ranking_guard, names, keys, mean_keys, c_invs)
     runner = SuffixRunner.for_request(model, tok, request, templates)  # shared by every candidate
     if hp.fast_scan and len(names) > 1:
         estimates = estimate_layer_scores(model, runner, modules, keys, {n: u for n, (u, _) in directions.items()})
@@ -180,9 +182,12 @@ def _guarded_final(model, tok, hp: WilKEHyperParams, guard: ModelGuard, edit: La
     """The chosen layer's update against its guard made current (``ModelGuard.prepare``: stale keys recomputed,
     and with ``guard_repair`` slipped ones mapped back, which changes W; in scope "model", other layers'
     earlier edits added), then u and ΔW. Returns the edit and the repair's ΔW (None if none)."""
-    layer_guard = guard.layers[edit.module]
+    layer_guard = guard.layers.get(edit.module)  # None if the layers were ranked without the guard
+    if layer_guard is None:
+        c_inv = layer_inverses(model, tok, hp, [edit.module])[edit.module]
+        layer_guard = guard.layer(model, edit.module, edit.layer, c_inv)
     report = guard.prepare(model, tok, layer_guard)
-    if not report:
+    if not report and edit.guard:  # ranked with the guard's u, and nothing changed since
         return edit, None
     repair = report.pop("repair_delta", None)
     W = weight_out_in(get_module(model, edit.module)).detach().float()
