@@ -220,9 +220,9 @@ class LayerGuard:
         u = self._fallback(z.device) @ z
         plain_cost = norm_z / abs(along) if along else float("inf")
         fallback_ratio = self._fallback_ratio(u, z, z_key, plain_cost)
-        weight = self.settings.fallback_weight
         if fallback_ratio >= self.settings.min_residual:
-            return Direction(self.space.lift(u).float(), "fallback", ratio, len(self.keys), weight)
+            return Direction(self.space.lift(u).float(), "fallback", ratio, len(self.keys),
+                             self.settings.fallback_weight)
         # The key all but repeats earlier ones (same subject, same words before it, or keys filling the
         # layer): holding them at λ would take an update over 1/min_residual times ROME's. The largest λ
         # within that bound damps the interference as much as an update of that size can.
@@ -261,24 +261,28 @@ class LayerGuard:
     def _pencil(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pencil is None:
             L = self.space.metric_inverse_cholesky(device)
-            Z = torch.stack([self.space.project(k.to(device)) for k in self.keys])
+            Z = self._projected_keys(device)
             half = torch.linalg.solve_triangular(L, Z.T, upper=False)  # L⁻¹Zᵀ
             s, Q = torch.linalg.eigh(half @ half.T)
             self.pencil = (torch.linalg.solve_triangular(L.T, Q, upper=True), s.clamp_min(0))
         P, s = self.pencil
         return P.to(device), s.to(device)
 
+    def _projected_keys(self, device) -> torch.Tensor:
+        """Z: every key at this layer, a row each, in the space u lives in."""
+        return torch.stack([self.space.project(k.to(device)) for k in self.keys])
+
     def _fallback_ratio(self, u: torch.Tensor, z: torch.Tensor, z_key: torch.Tensor, plain_cost: float) -> float:
         """ρ of the fallback's u = A⁻¹z: ROME's cost ‖u‖_C/|kᵀu| over the fallback's. With A = M⁻¹ + λZᵀZ,
         ‖u‖²_C = uᵀAu − λ‖Zu‖² = zᵀu − λ‖Zu‖², so no inverse of M is needed."""
-        Z = torch.stack([self.space.project(k.to(z.device)) for k in self.keys])
+        Z = self._projected_keys(z.device)
         c_norm_sq = max(float(z @ u) - self.settings.fallback_weight * float((Z @ u).square().sum()), 0.0)
         along = abs(float(z_key @ u))
         return 0.0 if along == 0 else plain_cost / (c_norm_sq ** 0.5 / along)
 
     def _fallback(self, device) -> torch.Tensor:
         if self.fallback_inverse is None:
-            Z = torch.stack([self.space.project(k.to(device)) for k in self.keys])
+            Z = self._projected_keys(device)
             A = self.space.metric_inverse().to(device) + self.settings.fallback_weight * (Z.T @ Z)
             self.fallback_inverse = torch.cholesky_inverse(torch.linalg.cholesky(A))
             self.fallback_built_at = len(self.keys)
