@@ -44,6 +44,12 @@ METHODS = {  # name: (hparams file, fields set on it)
     "wilke-guard-model-preserved-repair": ("smollm2-135m-fast", {"interference_guard": True, "guard_scope": "model",
                                                                  "guard_preserved_knowledge": True,
                                                                  "guard_repair": True}),
+    # C from ~100k tokens the model samples itself instead of CPython's docs (the same count of tokens)
+    "wilke-self-c": ("smollm2-135m-fast", {"mom2_dataset": "self", "mom2_n_samples": 1600}),
+    "wilke-guard-model-plain-ranking-self-c": ("smollm2-135m-fast", {"interference_guard": True,
+                                                                     "guard_scope": "model",
+                                                                     "guard_layer_choice": "plain",
+                                                                     "mom2_dataset": "self", "mom2_n_samples": 1600}),
     "wilke-guard-positions-repair": ("smollm2-135m-fast", {"interference_guard": True, "guard_positions": "prompt",
                                                            "guard_repair": True}),
 }
@@ -130,8 +136,54 @@ def report_one(stream, method, edits):
            "repaired_keys": sum(g.get("repair_slipped", 0) for g in guards),
            "guard_memory_mb": json.loads(memory.read_text()) if memory.is_file() else None,
            "guard_layer_mb_max": max((r["hooks"].get("guard_layer_mb_max") or 0 for r in rows), default=None) or None,
+           "lost_edits": lost_edits(rows, checkpoints),
            "immediate": [{"step": r["step"], "case_id": r["case_id"], **r["metrics"]} for r in rows]}
     write_result(f"guard_{stream}_{method}_{edits}", out, echo=False)
+
+
+def lost_edits(rows, checkpoints):
+    """Why the edits lost at the last checkpoint were lost, from the run's own log: never held (not exact right
+    after their own edit), or held and then forgotten; for both kinds, how many later edits changed a layer
+    below theirs (stale keys), and how many later edits at their own layer took a path that does not hold
+    every earlier key (`bounded`, `unguarded`: capacity at one layer). An older edit has more later edits of
+    every kind, so the medians of all later edits are given beside them."""
+    if not checkpoints:
+        return None
+    last = checkpoints[-1]
+    rows = [r for r in rows if r["step"] <= last["step"]]
+    lost = set(last.get("lost_case_ids", []))
+
+    def later(i, test):
+        return sum(test(r) for r in rows[i + 1:])
+
+    def describe(i, r):
+        loose = later(i, lambda o: o["layer"] == r["layer"]
+                      and (o["info"].get("guard") or {}).get("path") in ("bounded", "unguarded"))
+        return {"case_id": r["case_id"], "step": r["step"], "layer": r["layer"],
+                "held_after_own_edit": r["metrics"].get("rewrite_acc") == 1.0,
+                "path": (r["info"].get("guard") or {}).get("path"),
+                "later_edits": len(rows) - 1 - i, "later_edits_below": later(i, lambda o: o["layer"] < r["layer"]),
+                "later_unguarding_edits_at_layer": loose}
+
+    described = [describe(i, r) for i, r in enumerate(rows)]
+    lost_rows = [d for d in described if d["case_id"] in lost]
+    kept_rows = [d for d in described if d["case_id"] not in lost]
+
+    def median(values):
+        values = sorted(values)
+        return None if not values else (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2
+
+    forgotten = [d for d in lost_rows if d["held_after_own_edit"]]
+    return {"step": last["step"], "lost": len(lost_rows), "never_held": len(lost_rows) - len(forgotten),
+            "forgotten": len(forgotten),
+            "median_later_edits": {"forgotten": median([d["later_edits"] for d in forgotten]),
+                                   "kept": median([d["later_edits"] for d in kept_rows])},
+            "median_later_edits_below": {"forgotten": median([d["later_edits_below"] for d in forgotten]),
+                                         "kept": median([d["later_edits_below"] for d in kept_rows])},
+            "median_later_unguarding_edits_at_layer": {
+                "forgotten": median([d["later_unguarding_edits_at_layer"] for d in forgotten]),
+                "kept": median([d["later_unguarding_edits_at_layer"] for d in kept_rows])},
+            "edits": lost_rows}
 
 
 def report(_args):

@@ -495,6 +495,22 @@ def interference_guard(lines: list[str]) -> None:
             f"| {f(sum(immediate) / len(immediate)) if immediate else 'n/a'} | {f(r['seconds_per_edit'], 2)} | {paths} "
             f"| {f(max(memory.values()), 1) if memory else 'n/a'} | {f(r['peak_rss_mb'])} |")
     lines.append("")
+    explained = [r for r in results if r.get("lost_edits")]
+    if not explained:
+        return
+    lines += ["Why edits were lost, at the last checkpoint (from each run's log; medians, forgotten edits / kept "
+              "edits). Later edits: all edits after it (older edits have more of every kind). Below: later edits "
+              "at a layer under its own, which move its keys (stale keys). Unguarding: later edits at its own "
+              "layer that took the `bounded` or `unguarded` path (capacity at one layer).", "",
+              "| stream | method | step | lost | never held | forgotten | later edits | later edits below "
+              "| later unguarding edits at its layer |", "|" + "---|" * 9]
+    for r in explained:
+        x = r["lost_edits"]
+        pair = lambda key: f"{f(x[key]['forgotten'], 1)} / {f(x[key]['kept'], 1)}"
+        lines.append(f"| {r['stream']} | {r['method']} | {x['step']} | {x['lost']} | {x['never_held']} "
+                     f"| {x['forgotten']} | {pair('median_later_edits')} | {pair('median_later_edits_below')} "
+                     f"| {pair('median_later_unguarding_edits_at_layer')} |")
+    lines.append("")
 
 
 def method_comparison(lines: list[str]) -> None:
