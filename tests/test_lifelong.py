@@ -192,8 +192,9 @@ def cli(*args, env=None):
 
 @pytest.mark.parametrize("method", ["WilKE", "WilKE-guarded", "LEMoE"])
 def test_resume_after_sigkill_gives_the_same_summary(tmp_path, stats_dir, method):
-    # WilKE's edits live in the weights; the guard's keys and LEMoE's adaptor in the method's state beside them.
-    guard = "interference_guard: true\nguard_repair: true\nguard_positions: prompt\nguard_scope: model\n"
+    # WilKE's edits live in the weights; the guard's keys, the layer norms LA divides by and LEMoE's adaptor in
+    # the method's state beside them.
+    guard = "interference_guard: true\nguard_repair: true\nguard_positions: prompt\nguard_scope: model\nla_norm: original\n"
     hp = {"WilKE": lambda: tiny_hparams(stats_dir, tmp_path),
           "WilKE-guarded": lambda: tiny_hparams(stats_dir, tmp_path, guard),
           "LEMoE": lambda: HPARAMS / "LEMoE" / "tiny-gpt2.yaml"}[method]()

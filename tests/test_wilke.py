@@ -342,3 +342,43 @@ def test_a_soft_capped_head_falls_back_to_capped_logits():
         capped = torch.log_softmax(torch.tanh(linear(hidden) / 2.0) * 2.0, dim=-1)
         assert torch.allclose(head.token_log_probs(hidden, labels), capped.gather(1, labels[:, None])[:, 0], atol=1e-5)
         assert not torch.allclose(capped, torch.log_softmax(linear(hidden), dim=-1), atol=1e-2)
+
+
+@pytest.mark.parametrize("la_norm", ["current", "original"])
+def test_la_divides_by_the_layers_norm_now_or_before_the_first_edit(tiny_gpt2, tiny_hparams, la_norm):
+    model, tok = tiny_gpt2
+    model = deepcopy(model)
+    hp = deepcopy(tiny_hparams)
+    hp.layers, hp.la_norm = [2], la_norm  # both edits at one layer, whose norm the first one changes
+    name = hp.rewrite_module_tmp.format(2) + ".weight"
+    second = {"prompt": "The capital city of Italy", "subject": "Italy", "target_new": "Paris"}
+    weights = [model.get_parameter(name).detach().clone()]
+    with collect_events() as events:
+        for request in (TINY_REQUEST, second):
+            apply_wilke_to_model(model, tok, [request], hp, copy=False)
+            weights.append(model.get_parameter(name).detach().clone())
+    norms = [float(w.norm()) for w in weights]
+    assert abs(norms[1] - norms[0]) > 1e-3 * norms[0]  # so the two rules differ
+    delta = float((weights[2] - weights[1]).norm())
+    score = events[1][0].info["layer_scores"]["2"]
+    assert score == pytest.approx(delta / (norms[1] if la_norm == "current" else norms[0]), rel=1e-5)
+
+
+def test_original_norms_survive_a_saved_state(tiny_gpt2, tiny_hparams, tmp_path):
+    from edit_plugins.files import load_tensors, save_tensors
+    from edit_plugins.methods.wilke.layer_selection import la_norms
+    from edit_plugins.methods.wilke.serialization import load_wilke_state, wilke_state
+
+    model, tok = tiny_gpt2
+    model = deepcopy(model)
+    hp = deepcopy(tiny_hparams)
+    hp.la_norm = "original"
+    names = [hp.rewrite_module_tmp.format(layer) for layer in hp.layers]
+    assert wilke_state(model) is None
+    apply_wilke_to_model(model, tok, [TINY_REQUEST], hp, copy=False)
+    save_tensors(tmp_path / "state.safetensors", *wilke_state(model))
+    resumed = deepcopy(model)  # the edited weights, and no record of the norms before the edit
+    assert la_norms(resumed, names, "original") == la_norms(resumed, names, "current")
+    resumed = deepcopy(model)
+    load_wilke_state(resumed, *load_tensors(tmp_path / "state.safetensors"))
+    assert la_norms(resumed, names, "original") == la_norms(model, names, "original") != la_norms(model, names, "current")

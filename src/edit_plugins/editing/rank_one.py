@@ -39,7 +39,3 @@ def rank_one_update(weight_out_in: torch.Tensor, key: torch.Tensor, target_value
     residual = require_finite(target_value.to(W.device).float(), "the target value v*") - W @ k
     return require_finite(torch.outer(residual, u) / torch.dot(k, u), "the rank-one update ΔW")
 
-
-def relative_size(delta: torch.Tensor, weight_out_in: torch.Tensor) -> float:
-    """WilKE's layer score LA = ‖ΔW‖_F / ‖W‖_F."""
-    return float(delta.norm() / weight_out_in.detach().float().norm())

@@ -7,6 +7,7 @@ from typing import ClassVar, List, Optional
 from ...editing.interference_guard import GUARD_POSITIONS, GUARD_SCOPES, GuardSettings
 from ...editing.layers import check_layers
 from ...hparams import EditHyperParams, HparamsError
+from .layer_selection import LA_NORMS
 
 # How candidate layers are ranked when the guard is on: by the update the guard would make there (its cost
 # counts against a layer), or by ROME's C⁻¹k̄ with the guard applied only at the layer chosen.
@@ -39,6 +40,7 @@ class WilKEHyperParams(EditHyperParams):
     # Faithful scan: how many candidate layers (neighbours) have their δ optimised together, one copy of the
     # batch each. Same result as one at a time (1); larger passes run closer to the CPU's speed but cost memory.
     scan_layers_per_pass: int = 5
+    la_norm: str = "current"  # LA's ‖W‖: the layer's norm now, or its "original" one (before this model's first WilKE edit)
     batch_size: int = 1
     # The interference guard (docs/interference_guard.md): each part on or off, for ablations.
     interference_guard: bool = False  # ΔW leaves every earlier edit's key at the layer mapped as it was
@@ -91,6 +93,8 @@ class WilKEHyperParams(EditHyperParams):
         if self.guard_preserved_knowledge and not self.mom2_adjustment:
             raise HparamsError(f"{source}: field 'guard_preserved_knowledge' needs C's eigenvectors, so "
                                "'mom2_adjustment' must be true")
+        if self.la_norm not in LA_NORMS:
+            raise HparamsError(f"{source}: field 'la_norm' must be one of {list(LA_NORMS)}, got {self.la_norm!r}")
         for name, allowed, what in (
                 ("guard_positions", GUARD_POSITIONS, "the keys the past-edit guard holds"),
                 ("guard_scope", GUARD_SCOPES, "whose keys the past-edit guard holds"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 
@@ -9,6 +10,35 @@ from ...editing.layers import get_module, input_device, weight_out_in
 from ...editing.output_head import OutputHead
 from ...editing.runtime import SuffixRunner, add_at_positions, frozen_parameters
 from ...editing.values import rewrite_nll
+
+
+# The norm LA divides by. "current": the layer's norm now (the paper's rule, for one edit). In a long sequence
+# a layer's norm grows with the edits it takes, so each edit there looks smaller than the last and the layer
+# draws ever more of them; "original" divides by the norm it had when the model first came to WilKE.
+LA_NORMS = ("current", "original")
+_original_norms: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {module: ‖W‖_F}
+
+
+def la_norms(model, module_names, reference: str) -> dict[str, float]:
+    """‖W_l‖_F for each module, as LA's denominator: now, or as first seen by WilKE on this model."""
+    def now(name):
+        return float(weight_out_in(get_module(model, name)).detach().float().norm())
+
+    if reference == "current":
+        return {name: now(name) for name in module_names}
+    seen = _original_norms.setdefault(model, {})
+    for name in module_names:
+        if name not in seen:
+            seen[name] = now(name)
+    return {name: seen[name] for name in module_names}
+
+
+def original_norms(model) -> dict[str, float]:
+    return dict(_original_norms.get(model, {}))
+
+
+def set_original_norms(model, norms: dict[str, float]) -> None:
+    _original_norms[model] = dict(norms)
 
 
 def reachable_layers(model, runner: SuffixRunner, module_names) -> set[str]:
@@ -31,7 +61,8 @@ def reachable_layers(model, runner: SuffixRunner, module_names) -> set[str]:
     return {name for name in module_names if deltas[name].grad is not None and bool(deltas[name].grad.any())}
 
 
-def estimate_layer_scores(model, runner: SuffixRunner, module_names, keys, directions) -> dict[str, float]:
+def estimate_layer_scores(model, runner: SuffixRunner, module_names, keys, directions,
+                          norms: dict[str, float]) -> dict[str, float]:
     """fast_scan: estimate LA_l for every candidate without optimising δ there.
 
     The v* loss measures δ in units of ‖v₀‖: the weight decay is ‖δ‖²/‖v₀‖² and the clamp is a multiple
@@ -39,7 +70,7 @@ def estimate_layer_scores(model, runner: SuffixRunner, module_names, keys, direc
     ‖δ_l‖/‖v₀,l‖ spans a factor of about 2 over the layers of one edit, ‖v₀,l‖ a factor of 5–12. So
     ‖δ_l‖ ∝ ‖v₀,l‖ roughly and, with the update's direction u (``directions``: C⁻¹k̄, or the guard's),
 
-        LA_l ≈ ‖v₀,l‖ · ‖u_l‖ / |k_lᵀu_l| / ‖W_l‖   (up to a factor common to all layers).
+        LA_l ≈ ‖v₀,l‖ · ‖u_l‖ / |k_lᵀu_l| / ‖W_l‖   (up to a factor common to all layers; ‖W_l‖ from ``la_norms``).
 
     Only candidates where δ can reach the loss are scored. (A first-order estimate ‖δ‖ ≈ NLL/‖g_l‖
     came first: it ignores that Adam moves every coordinate by about the learning rate whatever the
@@ -54,5 +85,5 @@ def estimate_layer_scores(model, runner: SuffixRunner, module_names, keys, direc
         v0 = W @ k
         if getattr(module, "bias", None) is not None:
             v0 = v0 + module.bias.detach().float()
-        scores[name] = float(v0.norm() * u.norm() / torch.dot(k, u).abs() / W.norm())  # ‖ΔW‖ has |kᵀu|
+        scores[name] = float(v0.norm() * u.norm() / torch.dot(k, u).abs()) / norms[name]  # ‖ΔW‖ has |kᵀu|
     return scores

@@ -14,14 +14,14 @@ from ...editing.covariance import safe_inverse, second_moments, stats_model_key
 from ...editing.interference_guard import ModelGuard, guard_for
 from ...editing.keys import compute_keys
 from ...editing.layers import add_to_weight, check_layers, get_module, is_transposed, weight_out_in
-from ...editing.rank_one import rank_one_update, relative_size, update_direction
+from ...editing.rank_one import rank_one_update, update_direction
 from ...editing.requests import EditRequest, normalize_requests
 from ...editing.runtime import SuffixRunner
 from ...editing.templates import context_templates
 from ...editing.values import Candidate, optimise_deltas
 from ...events import EditEvent, LinearEdit, emit_after_edit
 from .config import WilKEHyperParams
-from .layer_selection import estimate_layer_scores
+from .layer_selection import estimate_layer_scores, la_norms
 
 LOG = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class LayerEdit:
     layer: int
     module: str
     delta: torch.Tensor  # ΔW, (out, in)
-    relative_size: float  # LA = ‖ΔW‖_F / ‖W‖_F
+    relative_size: float  # LA = ‖ΔW‖_F / ‖W‖_F (‖W‖ as hparams.la_norm says)
     key: torch.Tensor  # the prompt's own key k (mapped exactly to v*)
     residual: torch.Tensor  # r = v* − W k = δ
     c_inv_key: torch.Tensor  # the update direction u: C⁻¹k̄, or the interference guard's
@@ -101,7 +101,7 @@ def update_directions(model, guard: ModelGuard | None, names: dict, keys, mean_k
     return out
 
 
-def _layer_edits(model, runner, hp, layers, names, keys, mean_keys, directions) -> Iterator[LayerEdit]:
+def _layer_edits(model, runner, hp, layers, names, keys, mean_keys, directions, norms) -> Iterator[LayerEdit]:
     """ROME's edit at each of ``layers``: v* = W k + δ at the prompt's own key k, direction u from
     ``update_directions``. The δ of all of them are optimised together, one copy of the batch each; the
     edits are built one at a time, so a caller keeping only the best holds one ΔW besides it."""
@@ -120,7 +120,7 @@ def _layer_edits(model, runner, hp, layers, names, keys, mean_keys, directions) 
         u, guard_info = directions[name]
         target = current + value.delta.to(W.device)
         delta = rank_one_update(W, key, target, None, direction=u)
-        yield LayerEdit(layer, name, delta, relative_size(delta, W), key, value.delta.to(W.device), u.to(W.device),
+        yield LayerEdit(layer, name, delta, float(delta.norm()) / norms[name], key, value.delta.to(W.device), u.to(W.device),
                         target, mean_key, value.steps, value.nll, value.initial_nll, dict(guard_info))
 
 
@@ -144,9 +144,11 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
     c_invs = layer_inverses(model, tok, hp, list(names.values()))
     ranking_guard = guard_for(model, hp.guard_settings()) if hp.guard_layer_choice == "guarded" else None
     directions = update_directions(model, ranking_guard, names, keys, mean_keys, c_invs)
+    norms = la_norms(model, modules, hp.la_norm)
     runner = SuffixRunner.for_request(model, tok, request, templates)  # shared by every candidate
     if hp.fast_scan and len(names) > 1:
-        estimates = estimate_layer_scores(model, runner, modules, keys, {n: u for n, (u, _) in directions.items()})
+        estimates = estimate_layer_scores(model, runner, modules, keys, {n: u for n, (u, _) in directions.items()},
+                                          norms)
         scores = {layer: estimates[name] for layer, name in names.items() if name in estimates}
         ineligible = [layer for layer in names if layer not in scores]
         ranked = sorted(scores, key=scores.get)[: max(hp.fast_scan_candidates, FAST_SCAN_TRIES)] or hp.layers[:1]
@@ -157,7 +159,7 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
         chosen = None
         passes = [ranked[: hp.fast_scan_candidates]] + [[layer] for layer in ranked[hp.fast_scan_candidates:]]
         for layers in passes:
-            for edit in _layer_edits(model, runner, hp, layers, names, keys, mean_keys, directions):
+            for edit in _layer_edits(model, runner, hp, layers, names, keys, mean_keys, directions, norms):
                 if _better(edit, chosen):  # reached the target with the smallest LA, else the closest so far
                     chosen = edit
                 if not edit.reached_target and edit.layer not in ineligible:
@@ -169,7 +171,7 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
     layers = sorted(names)  # neighbours share a pass: each pass starts at its lowest layer
     for start in range(0, len(layers), hp.scan_layers_per_pass):
         for edit in _layer_edits(model, runner, hp, layers[start: start + hp.scan_layers_per_pass],
-                                 names, keys, mean_keys, directions):
+                                 names, keys, mean_keys, directions, norms):
             scores[edit.layer] = edit.relative_size
             if not edit.reached_target:
                 ineligible.append(edit.layer)
@@ -194,7 +196,8 @@ def _guarded_final(model, tok, hp: WilKEHyperParams, guard: ModelGuard, edit: La
     d = layer_guard.direction(edit.key, edit.direction_key)
     delta = rank_one_update(W, edit.key, edit.target, None, direction=d.u)
     info = {**d.report(), **report}
-    return replace(edit, delta=delta, relative_size=relative_size(delta, W), residual=edit.target - W @ edit.key,
+    norm = la_norms(model, [edit.module], hp.la_norm)[edit.module]
+    return replace(edit, delta=delta, relative_size=float(delta.norm()) / norm, residual=edit.target - W @ edit.key,
                    c_inv_key=d.u.to(W.device), guard=info), repair
 
 
