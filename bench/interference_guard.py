@@ -50,6 +50,9 @@ METHODS = {  # name: (hparams file, fields set on it)
                                                                      "guard_scope": "model",
                                                                      "guard_layer_choice": "plain",
                                                                      "mom2_dataset": "self", "mom2_n_samples": 1600}),
+    "wilke-guard-model-plain-ranking-preserved-self-c": ("smollm2-135m-fast", {
+        "interference_guard": True, "guard_scope": "model", "guard_layer_choice": "plain",
+        "guard_preserved_knowledge": True, "mom2_dataset": "self", "mom2_n_samples": 1600}),
     # LA divided by each layer's norm before the first edit (la_norm: original), not its grown norm now
     "wilke-original-norm": ("smollm2-135m-fast", {"la_norm": "original"}),
     "wilke-guard-model-plain-ranking-original-norm": ("smollm2-135m-fast", {"interference_guard": True,
