@@ -14,7 +14,8 @@ from ...editing.values import rewrite_nll
 
 # The norm LA divides by. "current": the layer's norm now (the paper's rule, for one edit). In a long sequence
 # a layer's norm grows with the edits it takes, so each edit there looks smaller than the last and the layer
-# draws ever more of them; "original" divides by the norm it had when the model first came to WilKE.
+# draws ever more of them; "original" divides by the norm it had when the model first came to WilKE. That
+# spreads the edits, and in lifelong runs breaks the model sooner (docs/wilke.md), so "current" stays the default.
 LA_NORMS = ("current", "original")
 _original_norms: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {module: ‖W‖_F}
 
