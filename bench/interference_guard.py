@@ -13,6 +13,7 @@ import argparse
 import collections
 import json
 import resource
+import statistics
 
 from bench.common import ROOT, SHARED, bench_device, device_suffix, known_counterfact, setup, write_result
 from edit_plugins.hookspecs import hookimpl
@@ -179,8 +180,7 @@ def lost_edits(rows, checkpoints):
     kept_rows = [d for d in described if d["case_id"] not in lost]
 
     def median(values):
-        values = sorted(values)
-        return None if not values else (values[(len(values) - 1) // 2] + values[len(values) // 2]) / 2
+        return float(statistics.median(values)) if values else None
 
     forgotten = [d for d in lost_rows if d["held_after_own_edit"]]
     return {"step": last["step"], "lost": len(lost_rows), "never_held": len(lost_rows) - len(forgotten),
