@@ -384,6 +384,55 @@ def test_covariance_methods_run_offline_after_stats(alg_name, tmp_path, monkeypa
 
 
 @pytest.mark.slow
+def test_alphaedit_keeps_its_past_edits_term_across_a_kill_and_resume(tmp_path):
+    """AlphaEdit keeps the sum of past edits' key outer products (cache_c) in a module global, not in the
+    weights: a killed run must save it and load it back, so that its later edits solve the same system and
+    the run ends in the weights and summary of a run never killed."""
+    import json
+
+    import yaml
+
+    from conftest import SHARED_DATA, kill_at_position
+    from edit_plugins import easyedit_compat
+    from edit_plugins.easyedit_stats import fill_stats
+    from edit_plugins.files import load_tensors
+    from edit_plugins.models import materialize
+
+    if not easyedit_compat.is_head():
+        pytest.skip("AlphaEdit is EasyEdit HEAD's")
+    config = {**SMOLLM2_COVARIANCE_HPARAMS, "alg_name": "AlphaEdit", "model_name": str(materialize("smollm2-135m")),
+              "stats_dir": str(tmp_path / "stats"), "v_num_grad_steps": 5, "nullspace_threshold": 2e-2, "L2": 10,
+              "P_loc": str(tmp_path / "P.pt")}
+    hp = tmp_path / "hp.yaml"
+    hp.write_text(yaml.safe_dump(config))
+    fill_stats(hp)
+    common = ["--hparams", hp, "--data", SHARED_DATA / "zsre_mend_eval.json", "--num-edits", 3, "--save-every", 1,
+              "--checkpoints", "1,3", "--quiet"]
+    cli = lambda *args: [sys.executable, "-m", "edit_plugins.cli", "lifelong", *map(str, args)]  # noqa: E731
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    straight = subprocess.run(cli(*common, "--out", tmp_path / "straight"), capture_output=True, text=True, env=env,
+                              cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    victim = subprocess.Popen(cli(*common, "--out", tmp_path / "killed"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
+    kill_at_position(victim, tmp_path / "killed" / "state" / "progress.json", 2, timeout=600)
+    assert not (tmp_path / "killed" / "summary.json").exists()  # it died mid-run
+    saved, _ = load_tensors(tmp_path / "killed" / "state" / "method_state.safetensors")
+    assert saved["cache_c"].shape == (2, 1536, 1536) and float(saved["cache_c"].abs().sum()) > 0
+
+    resumed = subprocess.run(cli("--out", tmp_path / "killed", "--resume", "--quiet"), capture_output=True, text=True,
+                             env=env, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    killed, reference = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("killed", "straight"))
+    assert killed == reference
+    weights = [load_tensors(tmp_path / d / "state" / "edited_parameters.safetensors")[0] for d in ("killed", "straight")]
+    assert weights[0].keys() == weights[1].keys() and len(weights[0]) == 2
+    for name in weights[1]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("alg_name, fast", [("GRACE", {"n_iter": 20}), ("WISE", {"n_iter": 5})])
 def test_restore_callable_methods_survive_a_kill_and_resume_by_replay(alg_name, fast, tmp_path):
     """EasyEdit's WISE and GRACE keep their edits in adaptor objects the runner cannot save: a resumed run

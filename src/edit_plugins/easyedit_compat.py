@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import inspect
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,6 +162,65 @@ def prepare_for_sequential_use(alg_name: str, hparams) -> None:
     if alg_name == "WISE":
         # HEAD's WISE keeps its side memory across calls only with this set in code.
         hparams.sequential_edit = True
+
+
+# Module globals in which EasyEdit's editors keep state across apply calls, besides the weights:
+# CONTEXT_TEMPLATES_CACHE (ROME, MEMIT, AlphaEdit, ...): prefixes sampled from the model at the first call, so a
+# fresh process would sample other ones from the edited model; cache_c (AlphaEdit, SPHERE): Σ k kᵀ of the past
+# edits' keys, the past-edits term of every later solve, with cache_c_new saying whether it exists yet.
+# A lifelong run saves them with its state, and clears them when it starts: a second run in one process would
+# otherwise begin with the first run's.
+_TEMPLATES = "CONTEXT_TEMPLATES_CACHE"
+MODULE_STATE_FORMAT = "edit-plugins easyedit module state v1"
+
+
+def _state_module(alg_name: str):
+    """The module of EasyEdit's apply function for ``alg_name``, where it keeps any of those globals."""
+    if easyeditor_module() is None:
+        return None
+    apply_fn = alg_dict().get(alg_name)
+    module = inspect.getmodule(apply_fn) if apply_fn is not None else None
+    if module is None or not module.__name__.startswith("easyeditor."):
+        return None
+    return module if hasattr(module, _TEMPLATES) or hasattr(module, "cache_c_new") else None
+
+
+def clear_module_state(alg_name: str) -> None:
+    """The method's next call starts as in a fresh process: no templates yet, no past edits."""
+    module = _state_module(alg_name)
+    if module is not None:
+        if hasattr(module, _TEMPLATES):
+            setattr(module, _TEMPLATES, None)
+        if hasattr(module, "cache_c_new"):
+            module.cache_c_new = False  # what its own reset_cache does
+
+
+def module_state_functions(alg_name: str):
+    """(save_state(model), load_state(model, tensors, metadata)) for an EasyEdit method that keeps state in
+    those globals, as a registered method's; None for every other method."""
+    module = _state_module(alg_name)
+    if module is None:
+        return None
+
+    def save_state(model):
+        tensors, metadata = {}, {"format": MODULE_STATE_FORMAT, "alg_name": alg_name}
+        if getattr(module, _TEMPLATES, None) is not None:
+            metadata["context_templates"] = json.dumps(getattr(module, _TEMPLATES))
+        if getattr(module, "cache_c_new", False):
+            tensors["cache_c"] = module.cache_c.detach().cpu().contiguous()
+        return (tensors, metadata) if len(metadata) > 2 or tensors else None
+
+    def load_state(model, tensors, metadata):
+        if metadata.get("format") != MODULE_STATE_FORMAT or metadata.get("alg_name") != alg_name:
+            raise ValueError(f"not {alg_name}'s saved state (format {metadata.get('format')!r}, method "
+                             f"{metadata.get('alg_name')!r}; expected {MODULE_STATE_FORMAT!r}, {alg_name!r})")
+        if "context_templates" in metadata:
+            setattr(module, _TEMPLATES, json.loads(metadata["context_templates"]))
+        if "cache_c" in tensors:
+            module.cache_c = tensors["cache_c"].clone()
+            module.cache_c_new = True
+
+    return save_state, load_state
 
 
 def method_request(alg_name: str, request: dict, locality: list) -> dict:

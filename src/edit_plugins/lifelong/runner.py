@@ -135,6 +135,10 @@ class _Run:
         self.probe_pairs = [(p.prompt, p.answer) for p in probes]
         self.apply_fn = apply_fn
         self.method = registry().methods.get(hp.alg_name)  # None for EasyEdit's own methods
+        # (save, load) of state the weights do not hold: a registered method's, or an EasyEdit method's globals
+        own = ((self.method.save_state, self.method.load_state) if self.method and self.method.save_state
+               else easyedit_compat.module_state_functions(hp.alg_name))
+        self.save_method_state, self.load_method_state = own or (None, None)
         per_call = hp.edits_per_call() if hasattr(hp, "edits_per_call") else getattr(hp, "batch_size", None)
         self.batch_size = max(1, options.batch_size or per_call or 1)  # EasyEdit's own hparams: their batch_size
         self.checkpoints = checkpoint_steps(len(records), options.checkpoints)
@@ -194,7 +198,7 @@ class _Run:
         atomic_write_jsonl(self.dir / "edits.jsonl", self.edits)
         atomic_write_jsonl(self.dir / "checkpoints.jsonl", self.checkpoint_rows)
         # (tensors, metadata) of the method's own state; None where it has none (WilKE without the guard)
-        own = self.method.save_state(self.model) if self.method and self.method.save_state and self.position else None
+        own = self.save_method_state(self.model) if self.save_method_state and self.position else None
         save_state(self.dir, self.model, self.changed_params, method_state=own, progress={
             "position": self.position, "edits": self.edits, "checkpoints": self.checkpoint_rows,
             "timings": self.timings, "changed_params": sorted(self.changed_params), "loop_seconds": self.loop_seconds,
@@ -358,6 +362,7 @@ def _prepare(hparams, model, tok, apply_fn=None):
 
     apply_fn = apply_fn or resolve(hparams.alg_name).apply
     easyedit_compat.prepare_for_sequential_use(hparams.alg_name, hparams)
+    easyedit_compat.clear_module_state(hparams.alg_name)  # a resumed run loads it back with its state
     if model is None:
         model, tok = load_model(hparams.model_name, hparams.device, hparams.model_parallel)
     return apply_fn, model, tok
@@ -471,7 +476,6 @@ def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True,
             run.compute_references()
             return _execute(run, progress_bar)
         run = _Run(run_dir, hparams, model, tok, records, probes, options, apply_fn)
-        load_method_state = run.method.load_state if run.method else None
-        return _execute(run, progress_bar, progress=load_state(run_dir, model, load_method_state))
+        return _execute(run, progress_bar, progress=load_state(run_dir, model, run.load_method_state))
     finally:
         folder.release()
