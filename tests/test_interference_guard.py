@@ -382,10 +382,10 @@ def test_bad_guard_settings_are_refused_naming_the_field(change, message):
 
 
 def test_the_weight_digest_sees_every_bit_in_any_dtype():
-    from edit_plugins.editing.interference_guard import _digest
+    from edit_plugins.editing.layers import weight_digest
 
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         weight = torch.randn(6, 4).to(dtype)
         changed = weight.clone()
         changed.view(torch.int16 if dtype != torch.float32 else torch.int32)[2, 1] ^= 1  # one bit
-        assert _digest(weight) == _digest(weight.clone()) != _digest(changed)
+        assert weight_digest(weight) == weight_digest(weight.clone()) != weight_digest(changed)

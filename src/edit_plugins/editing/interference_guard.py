@@ -13,7 +13,6 @@ whose inverse is built once and then kept by Sherman–Morrison updates (O(d²) 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import weakref
@@ -21,7 +20,7 @@ import weakref
 import torch
 
 from ..errors import UserError
-from .layers import add_to_weight, get_module, weight_out_in
+from .layers import add_to_weight, get_module, weight_digest, weight_out_in
 
 LOG = logging.getLogger(__name__)
 STATE_FORMAT = "edit-plugins interference guard v1"
@@ -55,11 +54,6 @@ class GuardSettings:
     @property
     def active(self) -> bool:
         return self.past_edits or self.preserved_knowledge
-
-
-def _digest(weight: torch.Tensor) -> str:
-    raw = weight.detach().contiguous().view(torch.uint8).cpu().numpy()  # the bytes, whatever the dtype (bf16 too)
-    return hashlib.blake2b(raw.tobytes(), digest_size=16).hexdigest()
 
 
 class _Space:
@@ -336,14 +330,14 @@ class LayerGuard:
             self.sources.append(source)
             self.edit_ids.append(edit_id)
             self._admit(self.space.project(self.keys[-1].to(weight.device)))
-        self.snapshots.append((len(self.keys), _digest(weight)))
+        self.snapshots.append((len(self.keys), weight_digest(weight)))
 
     def sync(self, weight: torch.Tensor) -> list[int]:
         """Follow the weights back if the caller restored them (EasyEdit's weights_copy): keep only the
         keys of edits still in them. Returns the edit ids whose keys were dropped."""
         if not self.snapshots:
             return []
-        digest = _digest(weight)
+        digest = weight_digest(weight)
         if digest == self.snapshots[-1][1]:
             return []
         for i in range(len(self.snapshots) - 1, -1, -1):
@@ -434,7 +428,7 @@ class ModelGuard:
                 guard.edit_ids = saved["edit_ids"]
                 guard.fresh_at, guard.fallback_built_at = saved["fresh_at"], saved["fallback_built_at"]
                 guard._rebuild(weight.device)
-            guard.snapshots = [(len(guard.keys), _digest(weight))]  # the weights these keys belong to
+            guard.snapshots = [(len(guard.keys), weight_digest(weight))]  # the weights these keys belong to
         else:
             self._sync(model, [module])
         return guard
@@ -514,7 +508,7 @@ class ModelGuard:
             if delta is not None:
                 add_to_weight(module, delta)
                 report["repair_delta"] = delta
-        guard.snapshots.append((len(guard.keys), _digest(weight_out_in(module))))
+        guard.snapshots.append((len(guard.keys), weight_digest(weight_out_in(module))))
         return report
 
     def log_edit(self, layer: int) -> None:

@@ -1,6 +1,8 @@
 """Finding modules by name template and reading/writing FFN output projections as (out, in)."""
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from ..errors import UserError
@@ -52,6 +54,12 @@ def add_to_weight(module, delta_out_in: torch.Tensor) -> None:
     with torch.no_grad():
         delta = delta_out_in.to(module.weight.device, module.weight.dtype)
         module.weight.add_(delta.t() if is_transposed(module) else delta)
+
+
+def weight_digest(weight: torch.Tensor) -> str:
+    """A fingerprint of the weight's bytes, whatever its dtype (bf16 too): has anything written to it since?"""
+    raw = weight.detach().contiguous().view(torch.uint8).cpu().numpy()
+    return hashlib.blake2b(raw.tobytes(), digest_size=16).hexdigest()
 
 
 def decoder_layers(model):
