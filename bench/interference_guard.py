@@ -60,6 +60,12 @@ METHODS = {  # name: (hparams file, fields set on it)
                                                                             "guard_scope": "model",
                                                                             "guard_layer_choice": "plain",
                                                                             "la_norm": "original"}),
+    # a layer whose output on C's text has moved by 10% (‖W − W₀‖_C/‖W₀‖_C) takes no more edits; C self-sampled
+    "wilke-self-c-budget": ("smollm2-135m-fast", {"mom2_dataset": "self", "mom2_n_samples": 1600,
+                                                  "layer_change_budget": 0.1}),
+    "wilke-guard-model-plain-ranking-self-c-budget": ("smollm2-135m-fast", {
+        "interference_guard": True, "guard_scope": "model", "guard_layer_choice": "plain",
+        "mom2_dataset": "self", "mom2_n_samples": 1600, "layer_change_budget": 0.1}),
     "wilke-guard-positions-repair": ("smollm2-135m-fast", {"interference_guard": True, "guard_positions": "prompt",
                                                            "guard_repair": True}),
 }
@@ -136,7 +142,9 @@ def report_one(stream, method, edits):
     guards = [r["info"].get("guard") for r in rows if r["info"].get("guard")]
     memory = folder / "guard_memory.json"
     out = {"stream": stream, "method": method, "fields": METHODS[method][1], "hparams": METHODS[method][0],
-           "edits_planned": edits, "edits_done": len(rows), "complete": summary is not None,
+           "edits_planned": edits, "edits_done": len(rows),
+           "complete": summary is not None and summary.get("complete", True),
+           "stopped_by": (summary or {}).get("stopped_by"),  # the method could take no more edits
            "checkpoints": checkpoints, "summary": summary,
            "seconds_per_edit": sum(r["seconds"] for r in rows) / max(len(rows), 1),
            "peak_rss_mb": max((r["hooks"].get("peak_rss_mb", 0) for r in rows), default=None),

@@ -472,7 +472,8 @@ def interference_guard(lines: list[str]) -> None:
               "above), then `counterfact_easyedit.json` in file order; `zsre`, `knowedit_zsre.json` in file order. "
               "Probes: 100 facts of `known_1000.json`. Derivation and design: [interference_guard.md](interference_guard.md).",
               "", "Retention: exact match (teacher-forced) of all past edits' rewrite prompts; gen EM: the same by "
-              "greedy generation. A run not finished is marked with how far it got. The runs planned for 1,000 edits "
+              "greedy generation. A run not finished is marked with how far it got: \"at capacity\" where the method "
+              "refused the next edit (a spent `layer_change_budget`), \"stopped\" where the run was stopped. The runs planned for 1,000 edits "
               "and stopped at 100 shared the CPU with test runs (the WilKE run with one thread), so their s/edit are "
               "not the guard's cost; the 100-edit runs ran alone.", "",
               "Forgotten: edits lost at the last checkpoint that were exact right after their own edit (the others "
@@ -486,7 +487,8 @@ def interference_guard(lines: list[str]) -> None:
         immediate = [e.get("paraphrase", e.get("rephrase_acc")) for e in r["immediate"]]
         immediate = [x for x in immediate if x is not None]
         memory = r.get("guard_memory_mb") or ({"largest": r["guard_layer_mb_max"]} if r.get("guard_layer_mb_max") else {})
-        done = f"{r['edits_done']}" + ("" if r["complete"] else f" of {r['edits_planned']} (stopped)")
+        done = f"{r['edits_done']}" + ("" if r["complete"] else f" of {r['edits_planned']} "
+                                       + ("(at capacity)" if r.get("stopped_by") else "(stopped)"))
         paths = ", ".join(f"{k}: {v}" for k, v in sorted(r["guard_paths"].items())) or "—"
         lines.append(
             f"| {r['stream']} | {r['method']}{' (' + r['note'] + ')' if r.get('note') else ''} | {done} | "

@@ -129,6 +129,23 @@ def test_short_run_on_tiny_gpt2_writes_every_output(tmp_path, tiny_gpt2, stats_d
     assert all(0 <= e["metrics"]["rephrase_gen_em"] <= 1 for e in edits)
 
 
+def test_a_method_at_capacity_ends_the_run_with_a_checkpoint_and_says_why(tmp_path, tiny_gpt2, stats_dir):
+    # A change budget no edit fits in: each of the two candidate layers takes one edit, then WilKE refuses.
+    from copy import deepcopy
+
+    model, tok = tiny_gpt2
+    model = deepcopy(model)
+    hp = tiny_hparams(stats_dir, tmp_path, "layer_change_budget: 1.0e-9\n")
+    summary = run_lifelong(hp, CF_ROME, tmp_path / "run", model=model, tok=tok,
+                           options=RunOptions(num_edits=5, checkpoints=[1, 5]), progress_bar=False)
+    edits = [json.loads(line) for line in (tmp_path / "run" / "edits.jsonl").read_text().splitlines()]
+    assert sorted(e["layer"] for e in edits) == [1, 2]
+    assert summary["edits_done"] == 2 and not summary["complete"]
+    assert "layer_change_budget 1e-09: every candidate layer" in summary["stopped_by"]
+    assert summary["final_checkpoint"]["step"] == 2  # the model as the method left it, measured
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
+
+
 def test_generation_exact_match_is_what_greedy_decoding_produces(tiny_gpt2):
     model, tok = tiny_gpt2
     prompt = "The capital city of France"

@@ -364,6 +364,81 @@ def test_la_divides_by_the_layers_norm_now_or_before_the_first_edit(tiny_gpt2, t
     assert score == pytest.approx(delta / (norms[1] if la_norm == "current" else norms[0]), rel=1e-5)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"la_norm": "initial"}, r"field 'la_norm' must be one of \['current', 'original'\]"),
+    ({"layer_change_budget": 0}, "field 'layer_change_budget' must be a positive number"),
+    ({"layer_change_budget": 0.5, "mom2_adjustment": False}, "'layer_change_budget' measures change with C"),
+])
+def test_bad_layer_choice_settings_are_refused_naming_the_field(change, message):
+    config = hparams.read_yaml(HPARAMS / "WilKE" / "tiny-gpt2.yaml")[0]
+    with pytest.raises(hparams.HparamsError, match=message):
+        hparams.from_dict({**config, **change}, "wilke.yaml")
+
+
+def _output_change(model, tok, hp, name, original) -> float:
+    """‖W − W₀‖_C / ‖W₀‖_C as RMS outputs: √tr(A C Aᵀ) over √tr(W₀ C W₀ᵀ), C from the edit's statistics."""
+    from edit_plugins.editing.covariance import second_moments, stats_model_key
+    from edit_plugins.editing.layers import get_module, weight_out_in
+
+    C = second_moments(model, tok, [name], source=hp.mom2_dataset, n_samples=hp.mom2_n_samples,
+                       stats_dir=hp.stats_dir, model_key=stats_model_key(hp.model_name, model))[name].double()
+    W0 = original.double()
+    A = weight_out_in(get_module(model, name)).detach().double() - W0
+    return float(torch.trace(A @ C @ A.T) / torch.trace(W0 @ C @ W0.T)) ** 0.5
+
+
+def test_a_layer_past_its_change_budget_takes_no_more_edits(tiny_gpt2, tiny_hparams):
+    from edit_plugins.editing.layers import get_module, weight_out_in
+    from edit_plugins.methods.wilke.change_budget import LayerBudgetSpent
+
+    model, tok = tiny_gpt2
+    model = deepcopy(model)
+    hp = deepcopy(tiny_hparams)
+    hp.layers, hp.layer_change_budget = [1, 2], 100.0
+    originals = {layer: weight_out_in(get_module(model, hp.rewrite_module_tmp.format(layer))).detach().clone()
+                 for layer in hp.layers}
+    second = {"prompt": "The capital city of Italy", "subject": "Italy", "target_new": "Paris"}
+    with collect_events() as events:
+        apply_wilke_to_model(model, tok, [TINY_REQUEST], hp, copy=False)
+    first = events[0][0].info
+    name = hp.rewrite_module_tmp.format(first["layer"])
+    measured = _output_change(model, tok, hp, name, originals[first["layer"]])
+    assert measured > 0 and first["layer_change"] == pytest.approx(measured, rel=1e-4)
+
+    hp.layer_change_budget = 0.9 * measured  # the first edit's layer has now spent it; the other has not
+    with collect_events() as events:
+        apply_wilke_to_model(model, tok, [second], hp, copy=False)
+    assert events[0][0].info["layer"] != first["layer"]
+
+    hp.layer_change_budget = 1e-9  # both spent: refused, naming the field, and nothing written
+    before = snapshot(model)
+    with pytest.raises(LayerBudgetSpent, match="layer_change_budget 1e-09: every candidate layer"):
+        apply_wilke_to_model(model, tok, [TINY_REQUEST], hp, copy=False)
+    assert changed_parameters(model, before) == []
+
+
+def test_the_change_budgets_original_weights_survive_a_saved_state(tiny_gpt2, tiny_hparams, tmp_path):
+    from edit_plugins.files import load_tensors, save_tensors
+    from edit_plugins.methods.wilke.change_budget import layer_change
+    from edit_plugins.methods.wilke.model import second_moment
+    from edit_plugins.methods.wilke.serialization import load_wilke_state, wilke_state
+
+    model, tok = tiny_gpt2
+    model = deepcopy(model)
+    hp = deepcopy(tiny_hparams)
+    hp.layer_change_budget = 100.0
+    with collect_events() as events:
+        apply_wilke_to_model(model, tok, [TINY_REQUEST], hp, copy=False)
+    name = hp.rewrite_module_tmp.format(events[0][0].info["layer"])
+    save_tensors(tmp_path / "state.safetensors", *wilke_state(model))
+    moment = second_moment(model, tok, hp)
+    resumed = deepcopy(model)  # the edited weights, and no record of the layer before the edit
+    assert layer_change(resumed, name, moment) == 0.0
+    resumed = deepcopy(model)
+    load_wilke_state(resumed, *load_tensors(tmp_path / "state.safetensors"))
+    assert layer_change(resumed, name, moment) == layer_change(model, name, moment) > 0
+
+
 def test_original_norms_survive_a_saved_state(tiny_gpt2, tiny_hparams, tmp_path):
     from edit_plugins.files import load_tensors, save_tensors
     from edit_plugins.methods.wilke.layer_selection import la_norms

@@ -296,9 +296,10 @@ def protocols(immediate: dict, checkpoint_rows: list[dict]) -> dict:
 
 
 def run_summary(method: str, records, position: int, edits: list[dict], checkpoint_rows: list[dict],
-                diagnostics=()) -> dict:
+                diagnostics=(), stopped_by: str | None = None) -> dict:
     """A lifelong run's summary: mean immediate metrics, the last checkpoint, and WilKE's score S, the
-    harmonic mean of edit success, generalisation, locality, and retention of edits and of probe facts."""
+    harmonic mean of edit success, generalisation, locality, and retention of edits and of probe facts.
+    ``stopped_by``: why the method could take no more edits, where it ended the run early."""
     immediate = {m: mean(e["metrics"].get(m) for e in edits) for m in SUMMARY_METRICS}
     final = checkpoint_rows[-1] if checkpoint_rows else {}
     es = immediate["efficacy"] if immediate["efficacy"] is not None else immediate["rewrite_acc"]
@@ -307,7 +308,7 @@ def run_summary(method: str, records, position: int, edits: list[dict], checkpoi
     components = {"ES": es, "GS": gs, "LS": ls, "ERS": final.get("retention_exact"), "ORS": final.get("probe_locality")}
     return {
         "method": method, "edits_done": len(records[:position]), "edits_planned": len(records),
-        "complete": position == len(records),
+        "complete": position == len(records), "stopped_by": stopped_by,
         "immediate": immediate, "final_checkpoint": {k: v for k, v in final.items() if k != "lost_case_ids"},
         "protocols": protocols(immediate, checkpoint_rows),
         "lost_edits_at_end": len(final.get("lost_case_ids", [])),

@@ -28,7 +28,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .. import easyedit_compat
-from ..errors import UserError
+from ..errors import CapacityReached, UserError
 from ..events import EditEvent, collect_events, emit_after_edit
 from ..files import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from ..plugins import pm, registry, resolve, start_diagnostic
@@ -146,6 +146,7 @@ class _Run:
         self.changed_params: set = set()
         self.position = 0
         self.stop_requested = False
+        self.stopped_by = None  # why the method could take no more edits (CapacityReached), if it said so
         self.saved = False  # whether a state has been saved (before that, a failed new run leaves no folder)
         self.resume_by_replay = False  # the method's edits cannot be saved: a resume re-applies them
         self.diagnostics = []
@@ -247,7 +248,7 @@ class _Run:
 
     def summary(self) -> dict:
         return evaluate.run_summary(self.hp.alg_name, self.records, self.position, self.edits, self.checkpoint_rows,
-                                    self.diagnostics)
+                                    self.diagnostics, stopped_by=self.stopped_by)
 
     def finish(self) -> dict:
         self.save()
@@ -277,7 +278,14 @@ class _Run:
         while self.position < len(self.records) and not self.stop_requested:
             wall = time.perf_counter()
             batch = self.records[self.position : self.position + bs]
-            events, edit_seconds = self.apply(batch)
+            try:
+                events, edit_seconds = self.apply(batch)
+            except CapacityReached as reached:  # nothing was written: measure the model as it is, and end here
+                self.stopped_by = str(reached)
+                tqdm.write(f"stopped after {self.position} edits: {reached}")
+                if self.position and (not self.checkpoint_rows or self.checkpoint_rows[-1]["step"] != self.position):
+                    self.checkpoint_rows.append(self.evaluate_checkpoint(self.position))
+                break
             started = time.perf_counter()
             for i, record in enumerate(batch):
                 step = self.position + i + 1

@@ -41,6 +41,8 @@ class WilKEHyperParams(EditHyperParams):
     # batch each. Same result as one at a time (1); larger passes run closer to the CPU's speed but cost memory.
     scan_layers_per_pass: int = 5
     la_norm: str = "current"  # LA's ‖W‖: the layer's norm now, or its "original" one (before this model's first WilKE edit)
+    # A layer whose output on C's text has moved by this share, ‖W − W₀‖_C/‖W₀‖_C, takes no more edits; None: no bound
+    layer_change_budget: Optional[float] = None
     batch_size: int = 1
     # The interference guard (docs/interference_guard.md): each part on or off, for ablations.
     interference_guard: bool = False  # ΔW leaves every earlier edit's key at the layer mapped as it was
@@ -93,6 +95,13 @@ class WilKEHyperParams(EditHyperParams):
         if self.guard_preserved_knowledge and not self.mom2_adjustment:
             raise HparamsError(f"{source}: field 'guard_preserved_knowledge' needs C's eigenvectors, so "
                                "'mom2_adjustment' must be true")
+        if self.layer_change_budget is not None:
+            if self.layer_change_budget <= 0:
+                raise HparamsError(f"{source}: field 'layer_change_budget' must be a positive number (a share of "
+                                   f"the layer's output) or null, got {self.layer_change_budget!r}")
+            if not self.mom2_adjustment:
+                raise HparamsError(f"{source}: field 'layer_change_budget' measures change with C, so "
+                                   "'mom2_adjustment' must be true")
         if self.la_norm not in LA_NORMS:
             raise HparamsError(f"{source}: field 'la_norm' must be one of {list(LA_NORMS)}, got {self.la_norm!r}")
         for name, allowed, what in (

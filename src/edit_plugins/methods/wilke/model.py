@@ -20,6 +20,7 @@ from ...editing.runtime import SuffixRunner
 from ...editing.templates import context_templates
 from ...editing.values import Candidate, optimise_deltas
 from ...events import EditEvent, LinearEdit, emit_after_edit
+from .change_budget import LayerBudgetSpent, layer_change, remember_original, spent_layers
 from .config import WilKEHyperParams
 from .layer_selection import estimate_layer_scores, la_norms
 
@@ -88,6 +89,28 @@ def layer_inverses(model, tok, hp: WilKEHyperParams, module_names) -> dict:
     return {n: cache[(n, settings)] for n in module_names}
 
 
+def second_moment(model, tok, hp: WilKEHyperParams):
+    """name -> C at that module (from the statistics cache layer_inverses filled)."""
+    def moment(name):
+        return second_moments(model, tok, [name], source=hp.mom2_dataset, n_samples=hp.mom2_n_samples,
+                              stats_dir=hp.stats_dir, model_key=stats_model_key(hp.model_name, model))[name]
+    return moment
+
+
+def candidate_modules(model, tok, hp: WilKEHyperParams) -> dict[int, str]:
+    """{layer: module} of the candidate layers, less those past ``layer_change_budget``."""
+    names = {layer: hp.rewrite_module_tmp.format(layer) for layer in hp.layers}
+    if hp.layer_change_budget is None:
+        return names
+    spent = spent_layers(model, names.values(), hp.layer_change_budget, second_moment(model, tok, hp))
+    if len(spent) == len(names):
+        changes = {layer: round(spent[name], 4) for layer, name in names.items()}
+        raise LayerBudgetSpent(f"layer_change_budget {hp.layer_change_budget}: every candidate layer has moved its "
+                               f"output by that share or more (‖W − W₀‖_C/‖W₀‖_C per layer: {changes}); no edit was "
+                               "made. Raise the budget or add candidate layers")
+    return {layer: name for layer, name in names.items() if name not in spent}
+
+
 def update_directions(model, guard: ModelGuard | None, names: dict, keys, mean_keys, c_invs) -> dict:
     """u per candidate module: C⁻¹k̄ (k̄: template mean), or the interference guard's direction (with no
     guard, or with the guard applied only at the chosen layer, ``guard_layer_choice: plain``)."""
@@ -136,7 +159,7 @@ def _better(edit: LayerEdit, best: LayerEdit | None) -> bool:
 
 def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> WilKEResult:
     """Compute (but do not apply) WilKE's edit for one request."""
-    names = {layer: hp.rewrite_module_tmp.format(layer) for layer in hp.layers}
+    names = candidate_modules(model, tok, hp)
     templates = context_templates(model, tok, hp.context_template_length_params)
     modules = list(names.values())
     mean_keys = {n: k[0] for n, k in compute_keys(model, tok, [request], modules, templates).items()}
@@ -151,7 +174,7 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
                                           norms)
         scores = {layer: estimates[name] for layer, name in names.items() if name in estimates}
         ineligible = [layer for layer in names if layer not in scores]
-        ranked = sorted(scores, key=scores.get)[: max(hp.fast_scan_candidates, FAST_SCAN_TRIES)] or hp.layers[:1]
+        ranked = sorted(scores, key=scores.get)[: max(hp.fast_scan_candidates, FAST_SCAN_TRIES)] or list(names)[:1]
         # The best-estimated fast_scan_candidates layers are optimised together and the faithful rule picks
         # among them. A layer where δ does not reach the target is not eligible, so if none of them is,
         # the next estimates are tried one at a time (in sequential runs, late layers of an already-edited
@@ -163,7 +186,7 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
                 if _better(edit, chosen):  # reached the target with the smallest LA, else the closest so far
                     chosen = edit
                 if not edit.reached_target and edit.layer not in ineligible:
-                    ineligible.append(edit.layer)  # hp.layers[0] stands in when no layer is reachable
+                    ineligible.append(edit.layer)  # the first candidate stands in when no layer is reachable
             if chosen.reached_target:
                 break
         return WilKEResult(chosen, scores, estimated=True, ineligible=ineligible)
@@ -221,6 +244,8 @@ def apply_wilke_to_model(model, tok, requests, hparams: WilKEHyperParams, copy=F
             if param_name not in originals:
                 originals[param_name] = module.weight.detach().clone()
             total = edit.delta
+            if hparams.layer_change_budget is not None:
+                remember_original(model, edit.module)
             if guard is not None:
                 edit, repair = _guarded_final(model, tok, hparams, guard, edit)
                 result.chosen = edit  # the report shows the update applied
@@ -228,13 +253,16 @@ def apply_wilke_to_model(model, tok, requests, hparams: WilKEHyperParams, copy=F
             add_to_weight(module, edit.delta)
             if guard is not None:
                 guard.record_edit(model, tok, edit.module, edit.layer, request, edit.key, edit.target)
+            report = result.report()
+            if hparams.layer_change_budget is not None:
+                report["layer_change"] = layer_change(model, edit.module, second_moment(model, tok, hparams))
             LOG.info("WilKE edited layer %d (LA=%.3g); candidates: %s", edit.layer, edit.relative_size,
                      {k: round(v, 5) for k, v in result.layer_scores.items()})
             emit_after_edit(EditEvent(
                 method=hparams.alg_name, request=request.raw, model=model, hparams=hparams, modules=[edit.module],
                 weight_deltas={param_name: total.t() if is_transposed(module) else total},
                 linear_edits=[LinearEdit(edit.module, edit.key, edit.residual, edit.c_inv_key)],
-                info=result.report()))
+                info=report))
     except BaseException:
         with torch.no_grad():  # never leave the model half-edited
             for name, value in originals.items():

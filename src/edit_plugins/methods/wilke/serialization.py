@@ -1,25 +1,38 @@
-"""WilKE's state in a lifelong run: the interference guard's, and the original layer norms LA divides by
-(``la_norm: original``), so a resumed run ranks layers as the uninterrupted one did."""
+"""WilKE's state in a lifelong run: the interference guard's, the original layer norms LA divides by
+(``la_norm: original``) and the original weights the change budget measures from (``layer_change_budget``),
+so a resumed run ranks layers as the uninterrupted one did."""
 from __future__ import annotations
 
 import json
 
 from ...editing.interference_guard import guard_state, load_guard_state
+from .change_budget import originals, set_originals
 from .layer_selection import original_norms, set_original_norms
 
 NORMS_KEY = "wilke_original_norms"
+BUDGET_KEY = "wilke_budget_layers"  # modules whose W₀ is saved, each as the tensor BUDGET_PREFIX + module
+BUDGET_PREFIX = "wilke_original_weight."
+OWN_KEYS = {NORMS_KEY, BUDGET_KEY}
 
 
 def wilke_state(model) -> tuple[dict, dict] | None:
-    guarded, norms = guard_state(model), original_norms(model)
-    if guarded is None and not norms:
+    guarded, norms, weights = guard_state(model), original_norms(model), originals(model)
+    if guarded is None and not norms and not weights:
         return None
     tensors, metadata = guarded if guarded is not None else ({}, {})
-    return tensors, ({**metadata, NORMS_KEY: json.dumps(norms)} if norms else metadata)
+    tensors, metadata = dict(tensors), dict(metadata)
+    if norms:
+        metadata[NORMS_KEY] = json.dumps(norms)
+    if weights:
+        metadata[BUDGET_KEY] = json.dumps(sorted(weights))
+        tensors.update({BUDGET_PREFIX + name: w.contiguous() for name, w in weights.items()})
+    return tensors, metadata
 
 
 def load_wilke_state(model, tensors: dict, metadata: dict) -> None:
     if NORMS_KEY in metadata:
         set_original_norms(model, json.loads(metadata[NORMS_KEY]))
-    if set(metadata) - {NORMS_KEY}:  # the guard's part, which names its own format
+    if BUDGET_KEY in metadata:
+        set_originals(model, {name: tensors[BUDGET_PREFIX + name] for name in json.loads(metadata[BUDGET_KEY])})
+    if set(metadata) - OWN_KEYS:  # the guard's part, which names its own format
         load_guard_state(model, tensors, metadata)
