@@ -316,6 +316,8 @@ def test_compare_runs_each_method_on_the_same_edits_and_writes_one_table_and_plo
     assert done.returncode == 0, done.stderr[-3000:]
     orders = [yaml_order(out / name) for name in ("tiny", "tiny-gpt2")]
     assert orders[0] == orders[1]  # same records in the same order (LEMoE's own order planning off)
+    from edit_plugins.lifelong.compare import rows
+    assert [r["planned_order"] for r in rows([out / "tiny", out / "tiny-gpt2"])] == [False, False]
     table = (out / "comparison.md").read_text().splitlines()
     assert [line.split("|")[1].strip() for line in table[2:]] == ["tiny (WilKE)", "tiny-gpt2 (LEMoE)"]
     assert "end of sequence" in table[0] and (out / "retention.png").stat().st_size > 0

@@ -72,6 +72,19 @@ def _retention_at(checkpoints: list[dict], step) -> float | None:
     return None if row is None else row.get("retention_exact")
 
 
+def _reordered(config: dict) -> bool | None:
+    """Did the run edit its records in an order of its own (LEMoE's planning) rather than the data's? None
+    where the records came from memory."""
+    from .data import load_records
+
+    path, options = config["data"].get("path"), config["options"]
+    if not path:
+        return None
+    records = load_records(path, options.get("num_edits"), options.get("start", 0), options.get("shuffle", False),
+                           options.get("seed", 0))
+    return [str(r.case_id) for r in records] != config["data"]["order"]
+
+
 def rows(folders) -> list[dict]:
     out = []
     for folder in folders:
@@ -82,8 +95,9 @@ def rows(folders) -> list[dict]:
         end = summary["protocols"]["end_of_sequence"]
         overhead = (timing["wall_seconds"] - timing["edit_seconds"] - timing["eval_seconds"]) / timing["wall_seconds"] \
             if timing.get("wall_seconds") else None
-        order = yaml.safe_load((folder / "config.yaml").read_text())["data"]["order"]
-        out.append({"label": folder.name, "method": summary["method"], "edits": summary["edits_done"], "order": order,
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        out.append({"label": folder.name, "method": summary["method"], "edits": summary["edits_done"],
+                    "order": config["data"]["order"], "planned_order": _reordered(config),
                     "complete": summary["complete"], "end": end, "checkpoints": checkpoints,
                     "retention_10": _retention_at(checkpoints, 10), "retention_100": _retention_at(checkpoints, 100),
                     "retention_last": checkpoints[-1].get("retention_exact") if checkpoints else None,
@@ -102,7 +116,10 @@ def table(rows_: list[dict]) -> str:
     lines = [head, "|" + "---|" * 12]
     for r in rows_:
         e = r["end"]
-        own_order = " (in its own planned order)" if r["order"] != rows_[0]["order"] else ""
+        planned = r.get("planned_order")
+        if planned is None:  # records from memory, or a row kept from before the flag: tell by the first row
+            planned = r["order"] != rows_[0]["order"]
+        own_order = " (in its own planned order)" if planned else ""
         lines.append(
             f"| {r['label']} ({r['method']}){own_order} | {r['edits']}{'' if r['complete'] else ' (stopped)'} "
             f"| {_fmt(e['reliability'])} / {_fmt(e['reliability_gen_em'])} "
