@@ -43,7 +43,6 @@ COVARIANCE_METHODS = {"easyedit-rome", "memit", "alphaedit"}  # EasyEdit reads t
 NOT_RUN = {
     "easyedit-rome": "about 30 s/edit here (6 edits in its first 3 minutes): 100 edits take about 50 minutes, "
                      "not yet run beside the other rows",
-    "memit": "not yet run (five layers, EasyEdit's v optimisation per edit as for its ROME)",
     "wilke": "not run yet (5.0 s/edit in the 100-edit CounterFact run: about 1.5 hours for 1,000 edits)",
     "wilke-guard": "its runs on the same facts are in the interference guard section",
     "wise": "about 135 s/edit (9 min for 4 ZsRE edits, another job sharing the CPU): 100 edits would take "
