@@ -41,13 +41,10 @@ METHODS = {  # name (its run folder): (hparams file under hparams/, fields set o
 COVARIANCE_METHODS = {"easyedit-rome", "memit", "alphaedit"}  # EasyEdit reads their C through layer_stats
 # Methods not in a stream's table, and why, as measured here (reported beside the table).
 NOT_RUN = {
-    "easyedit-rome": "18.8 s/edit run alone (edits 6 to 80 of a 100-edit run stopped at 80 when its session ended; "
-                     "run folders do not outlive a session): 100 edits take about 32 minutes, not yet run to the end",
     "wilke": "not run yet (5.0 s/edit in the 100-edit CounterFact run: about 1.5 hours for 1,000 edits)",
     "wilke-guard": "its runs on the same facts are in the interference guard section",
 }
 SLOW_FOR_LONG_RUNS = 10.0  # s/edit: slower methods get no 1,000-edit row on this CPU (about 3 hours a run)
-TRIAL_SECONDS_PER_EDIT = {"easyedit-rome": 18.8}  # the trials NOT_RUN describes
 KNOWN_IN_ROME_FILE = 139
 NOTES = {  # what a row's numbers mean, as measured here (reported under the table)
     "grace": "teacher-forced scores far below its generation exact match (0.233 against 0.770 at the end): GRACE "
@@ -77,9 +74,6 @@ def not_run_reason(method, edits) -> str:
         rows = json.loads(shorter.read_text())["rows"] if shorter.is_file() else []
         seconds = next((r["seconds_per_edit"] for r in rows if r["label"] == method), None)
         measured = f"{seconds:.1f} s/edit in the 100-edit CounterFact run" if seconds is not None else None
-        if seconds is None and method in TRIAL_SECONDS_PER_EDIT:
-            seconds = TRIAL_SECONDS_PER_EDIT[method]
-            measured = f"about {seconds:.0f} s/edit in a trial run alone"
         if seconds is not None and seconds > SLOW_FOR_LONG_RUNS:
             return f"{measured}, above the {SLOW_FOR_LONG_RUNS:.0f} s/edit bound for {edits}-edit rows on this CPU"
     return NOT_RUN.get(method, "not run yet")
