@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -63,6 +65,14 @@ def known_counterfact(model, tok, limit=None):
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({"limit": len(known), "case_ids": [r.case_id for r in known]}))
     return known
+
+
+def fill_covariance_stats(hparams_file) -> None:
+    """EasyEdit's covariance methods (its ROME, MEMIT, AlphaEdit) read C, and AlphaEdit its null space, through
+    layer_stats, which would download Wikipedia: fill them first from the hparams' own corpus, offline
+    (`edit-plugins stats`; files already there are kept). In the checkout root, where their stats_dir points."""
+    subprocess.run([sys.executable, "-m", "edit_plugins.cli", "stats", "--hparams", str(hparams_file)], check=True,
+                   cwd=ROOT)
 
 
 def peak_rss_mb() -> float:

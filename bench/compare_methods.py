@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import ROOT, SHARED, bench_device, device_suffix, known_counterfact, setup, write_result
+from bench.common import (ROOT, SHARED, bench_device, device_suffix, fill_covariance_stats, known_counterfact, setup,
+                          write_result)
 
 METHODS = {  # name (its run folder): (hparams file under hparams/, fields set on it)
     "rome": ("WilKE/smollm2-135m-rome.yaml", {}),  # our fixed-layer baseline
@@ -41,7 +42,6 @@ METHODS = {  # name (its run folder): (hparams file under hparams/, fields set o
 COVARIANCE_METHODS = {"easyedit-rome", "memit", "alphaedit"}  # EasyEdit reads their C through layer_stats
 # Methods not in a stream's table, and why, as measured here (reported beside the table).
 NOT_RUN = {
-    "wilke": "not run yet (5.0 s/edit in the 100-edit CounterFact run: about 1.5 hours for 1,000 edits)",
     "wilke-guard": "its runs on the same facts are in the interference guard section",
 }
 SLOW_FOR_LONG_RUNS = 10.0  # s/edit: slower methods get no 1,000-edit row on this CPU (about 3 hours a run)
@@ -121,10 +121,10 @@ def run(args):
         sys.exit(f"unknown method(s) {unknown}; known: {sorted(METHODS)}")
     data, edits = stream_file(args.stream, args.edits)
     files = {name: hparams_file(args.stream, args.edits, name) for name in names}
-    cli = [sys.executable, "-m", "edit_plugins.cli"]
     for name in names:
         if name in COVARIANCE_METHODS:
-            subprocess.run([*cli, "stats", "--hparams", str(files[name])], check=True, cwd=ROOT)
+            fill_covariance_stats(files[name])
+    cli = [sys.executable, "-m", "edit_plugins.cli"]
     command = [*cli, "compare", "--data", str(data), "--num-edits", str(edits), "--out", str(out_dir(args.stream, args.edits)),
                "--checkpoints", ",".join(str(c) for c in (10, 100, 300, 1000) if c < edits) + f",{edits}",
                "--probe-data", str(SHARED / "known_1000.json"), "--num-probes", "100"]

@@ -1,7 +1,10 @@
-"""The interference guard in long lifelong runs on SmolLM2-135M: guarded vs unguarded WilKE and ROME.
+"""The interference guard in long lifelong runs on SmolLM2-135M: guarded vs unguarded WilKE and ROME, and
+EasyEdit's AlphaEdit on the same stream.
 
     python -m bench.interference_guard run --stream counterfact --edits 1000 --method wilke-guard
     python -m bench.interference_guard run --stream zsre --edits 1000 --method rome-guard
+    PYTHONPATH=../shared/easyedit-head .venv-easyedit-head/bin/python -m bench.interference_guard run \
+        --stream counterfact --edits 300 --method alphaedit    # EasyEdit's methods need EasyEdit HEAD
     python -m bench.interference_guard report        # results of every run folder, finished or not
 
 One method per process (its peak RSS is its own). A run folder that exists is resumed, so a run stopped by
@@ -15,60 +18,60 @@ import json
 import resource
 import statistics
 
-from bench.common import ROOT, SHARED, bench_device, device_suffix, known_counterfact, setup, write_result
+from bench.common import (ROOT, SHARED, bench_device, device_suffix, fill_covariance_stats, known_counterfact, setup,
+                          write_result)
 from edit_plugins.hookspecs import hookimpl
 
-METHODS = {  # name: (hparams file, fields set on it)
-    "rome": ("smollm2-135m-rome", {}),
-    "rome-guard": ("smollm2-135m-rome", {"interference_guard": True}),
-    "rome-preserved": ("smollm2-135m-rome", {"guard_preserved_knowledge": True}),
-    "rome-guard-preserved": ("smollm2-135m-rome", {"interference_guard": True, "guard_preserved_knowledge": True}),
-    "wilke": ("smollm2-135m-fast", {}),
-    "wilke-guard": ("smollm2-135m-fast", {"interference_guard": True}),
-    "wilke-preserved": ("smollm2-135m-fast", {"guard_preserved_knowledge": True}),
-    "wilke-guard-preserved": ("smollm2-135m-fast", {"interference_guard": True, "guard_preserved_knowledge": True}),
-    "wilke-guard-preserved-repair": ("smollm2-135m-fast", {"interference_guard": True,
-                                                           "guard_preserved_knowledge": True, "guard_repair": True}),
-    "wilke-guard-repair": ("smollm2-135m-fast", {"interference_guard": True, "guard_repair": True}),
+ROME, WILKE = "WilKE/smollm2-135m-rome.yaml", "WilKE/smollm2-135m-fast.yaml"  # under hparams/
+METHODS = {  # name: (hparams file under hparams/, fields set on it)
+    "rome": (ROME, {}),
+    "rome-guard": (ROME, {"interference_guard": True}),
+    "rome-preserved": (ROME, {"guard_preserved_knowledge": True}),
+    "rome-guard-preserved": (ROME, {"interference_guard": True, "guard_preserved_knowledge": True}),
+    "wilke": (WILKE, {}),
+    "wilke-guard": (WILKE, {"interference_guard": True}),
+    "wilke-preserved": (WILKE, {"guard_preserved_knowledge": True}),
+    "wilke-guard-preserved": (WILKE, {"interference_guard": True, "guard_preserved_knowledge": True}),
+    "wilke-guard-preserved-repair": (WILKE, {"interference_guard": True, "guard_preserved_knowledge": True,
+                                             "guard_repair": True}),
+    "wilke-guard-repair": (WILKE, {"interference_guard": True, "guard_repair": True}),
     # every position the rewrite prompt's score reads, not only the subject's last token
-    "rome-guard-positions": ("smollm2-135m-rome", {"interference_guard": True, "guard_positions": "prompt"}),
-    "wilke-guard-positions": ("smollm2-135m-fast", {"interference_guard": True, "guard_positions": "prompt"}),
+    "rome-guard-positions": (ROME, {"interference_guard": True, "guard_positions": "prompt"}),
+    "wilke-guard-positions": (WILKE, {"interference_guard": True, "guard_positions": "prompt"}),
     # every earlier edit held at every layer edited after it (guard_scope: model)
-    "wilke-guard-positions-model": ("smollm2-135m-fast", {"interference_guard": True, "guard_positions": "prompt",
-                                                          "guard_scope": "model"}),
-    "wilke-guard-model": ("smollm2-135m-fast", {"interference_guard": True, "guard_scope": "model"}),
+    "wilke-guard-positions-model": (WILKE, {"interference_guard": True, "guard_positions": "prompt",
+                                            "guard_scope": "model"}),
+    "wilke-guard-model": (WILKE, {"interference_guard": True, "guard_scope": "model"}),
     # ablations of wilke-guard-model: layers ranked by ROME's u, the preserved-knowledge projection, repair
-    "wilke-guard-model-plain-ranking": ("smollm2-135m-fast", {"interference_guard": True, "guard_scope": "model",
-                                                              "guard_layer_choice": "plain"}),
-    "wilke-guard-model-preserved": ("smollm2-135m-fast", {"interference_guard": True, "guard_scope": "model",
-                                                          "guard_preserved_knowledge": True}),
-    "wilke-guard-model-preserved-repair": ("smollm2-135m-fast", {"interference_guard": True, "guard_scope": "model",
-                                                                 "guard_preserved_knowledge": True,
-                                                                 "guard_repair": True}),
+    "wilke-guard-model-plain-ranking": (WILKE, {"interference_guard": True, "guard_scope": "model",
+                                                "guard_layer_choice": "plain"}),
+    "wilke-guard-model-preserved": (WILKE, {"interference_guard": True, "guard_scope": "model",
+                                            "guard_preserved_knowledge": True}),
+    "wilke-guard-model-preserved-repair": (WILKE, {"interference_guard": True, "guard_scope": "model",
+                                                   "guard_preserved_knowledge": True, "guard_repair": True}),
     # C from ~100k tokens the model samples itself instead of CPython's docs (the same count of tokens)
-    "wilke-self-c": ("smollm2-135m-fast", {"mom2_dataset": "self", "mom2_n_samples": 1600}),
-    "wilke-guard-model-plain-ranking-self-c": ("smollm2-135m-fast", {"interference_guard": True,
-                                                                     "guard_scope": "model",
-                                                                     "guard_layer_choice": "plain",
-                                                                     "mom2_dataset": "self", "mom2_n_samples": 1600}),
-    "wilke-guard-model-plain-ranking-preserved-self-c": ("smollm2-135m-fast", {
+    "wilke-self-c": (WILKE, {"mom2_dataset": "self", "mom2_n_samples": 1600}),
+    "wilke-guard-model-plain-ranking-self-c": (WILKE, {"interference_guard": True, "guard_scope": "model",
+                                                       "guard_layer_choice": "plain", "mom2_dataset": "self",
+                                                       "mom2_n_samples": 1600}),
+    "wilke-guard-model-plain-ranking-preserved-self-c": (WILKE, {
         "interference_guard": True, "guard_scope": "model", "guard_layer_choice": "plain",
         "guard_preserved_knowledge": True, "mom2_dataset": "self", "mom2_n_samples": 1600}),
     # LA divided by each layer's norm before the first edit (la_norm: original), not its grown norm now
-    "wilke-original-norm": ("smollm2-135m-fast", {"la_norm": "original"}),
-    "wilke-guard-model-plain-ranking-original-norm": ("smollm2-135m-fast", {"interference_guard": True,
-                                                                            "guard_scope": "model",
-                                                                            "guard_layer_choice": "plain",
-                                                                            "la_norm": "original"}),
+    "wilke-original-norm": (WILKE, {"la_norm": "original"}),
+    "wilke-guard-model-plain-ranking-original-norm": (WILKE, {"interference_guard": True, "guard_scope": "model",
+                                                              "guard_layer_choice": "plain", "la_norm": "original"}),
     # a layer whose output on C's text has moved by 10% (‖W − W₀‖_C/‖W₀‖_C) takes no more edits; C self-sampled
-    "wilke-self-c-budget": ("smollm2-135m-fast", {"mom2_dataset": "self", "mom2_n_samples": 1600,
-                                                  "layer_change_budget": 0.1}),
-    "wilke-guard-model-plain-ranking-self-c-budget": ("smollm2-135m-fast", {
+    "wilke-self-c-budget": (WILKE, {"mom2_dataset": "self", "mom2_n_samples": 1600, "layer_change_budget": 0.1}),
+    "wilke-guard-model-plain-ranking-self-c-budget": (WILKE, {
         "interference_guard": True, "guard_scope": "model", "guard_layer_choice": "plain",
         "mom2_dataset": "self", "mom2_n_samples": 1600, "layer_change_budget": 0.1}),
-    "wilke-guard-positions-repair": ("smollm2-135m-fast", {"interference_guard": True, "guard_positions": "prompt",
-                                                           "guard_repair": True}),
+    "wilke-guard-positions-repair": (WILKE, {"interference_guard": True, "guard_positions": "prompt",
+                                             "guard_repair": True}),
+    # EasyEdit HEAD's AlphaEdit, unmodified (layers 3-7; C and its null space from pydoc, as for WilKE)
+    "alphaedit": ("easyedit/AlphaEdit/smollm2-135m.yaml", {}),
 }
+COVARIANCE_METHODS = {"alphaedit"}  # EasyEdit's: their statistics are filled offline first
 CHECKPOINTS = (1, 10, 100, 300, 1000)
 
 
@@ -112,10 +115,12 @@ def run(args):
     from edit_plugins.plugins import pm
 
     pm.register(PeakRss(), name="bench-peak-rss")
+    file, fields = METHODS[args.method]
+    if args.method in COVARIANCE_METHODS:
+        fill_covariance_stats(ROOT / "hparams" / file)
     model, tok = load_model("smollm2-135m", bench_device())
     records = stream_records(model, tok, args.stream, args.edits)
-    file, fields = METHODS[args.method]
-    hp = hparams.load(ROOT / "hparams" / "WilKE" / f"{file}.yaml")
+    hp = hparams.load(ROOT / "hparams" / file)
     hp.stats_dir = str(ROOT / "data" / "stats")
     for name, value in fields.items():
         setattr(hp, name, value)
@@ -180,7 +185,9 @@ def lost_edits(rows, checkpoints):
         return {"case_id": r["case_id"], "step": r["step"], "layer": r["layer"],
                 "held_after_own_edit": r["metrics"].get("rewrite_acc") == 1.0,
                 "path": (r["info"].get("guard") or {}).get("path"),
-                "later_edits": len(rows) - 1 - i, "later_edits_below": later(i, lambda o: o["layer"] < r["layer"]),
+                "later_edits": len(rows) - 1 - i,
+                "later_edits_below": None if r["layer"] is None  # a method that logs no one layer (AlphaEdit)
+                else later(i, lambda o: o["layer"] is not None and o["layer"] < r["layer"]),
                 "later_unguarding_edits_at_layer": loose}
 
     described = [describe(i, r) for i, r in enumerate(rows)]
@@ -188,6 +195,7 @@ def lost_edits(rows, checkpoints):
     kept_rows = [d for d in described if d["case_id"] not in lost]
 
     def median(values):
+        values = [v for v in values if v is not None]
         return float(statistics.median(values)) if values else None
 
     forgotten = [d for d in lost_rows if d["held_after_own_edit"]]
