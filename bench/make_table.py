@@ -467,7 +467,9 @@ def interference_guard(lines: list[str]) -> None:
         return
     lines += ["## Interference guard: lifelong runs", "",
               "Command: `python -m bench.interference_guard run --stream S --edits T --method M` (one method per "
-              "process; a run folder that exists is resumed), then `python -m bench.interference_guard report`. "
+              "process; a run folder that exists is resumed; EasyEdit's `alphaedit` under EasyEdit HEAD: "
+              "`PYTHONPATH=../shared/easyedit-head .venv-easyedit-head/bin/python -m bench.interference_guard run ...`), "
+              "then `python -m bench.interference_guard report`. "
               "Streams: `counterfact`, the 300 CounterFact facts SmolLM2 knows (as in the sequential WilKE runs "
               "above), then `counterfact_easyedit.json` in file order; `zsre`, `knowedit_zsre.json` in file order. "
               "Probes: 100 facts of `known_1000.json`. Derivation and design: [interference_guard.md](interference_guard.md).",
