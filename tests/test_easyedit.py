@@ -482,3 +482,15 @@ def test_the_shipped_easyedit_hparams_load_into_easyeditors_classes(alg_name):
     hp = hparams.load(ROOT / "hparams" / "easyedit" / alg_name / "smollm2-135m.yaml")
     assert type(hp).__module__.startswith("easyeditor.")
     assert hp.model_name == str(materialize("smollm2-135m")) and "llama" in hp.model_name.lower()
+
+
+@pytest.mark.parametrize("alg_name", ["AlphaEdit", "WISE", "ULTRAEDIT"])
+def test_hparams_for_a_method_the_installed_easyedit_lacks_are_refused_by_name(alg_name):
+    """0.0.1.dev0 predates these methods: loading their hparams names the field and the methods it does have."""
+    from edit_plugins import easyedit_compat, hparams
+
+    if easyedit_compat.is_head():
+        pytest.skip("EasyEdit HEAD has these methods")
+    with pytest.raises(hparams.HparamsError,
+                       match=rf"field 'alg_name': unknown method '{alg_name}'; registered methods: \[.*'ROME'.*\]"):
+        hparams.load(ROOT / "hparams" / "easyedit" / alg_name / "smollm2-135m.yaml")
