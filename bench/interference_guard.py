@@ -17,6 +17,7 @@ import collections
 import json
 import resource
 import statistics
+from pathlib import Path
 
 from bench.common import (ROOT, SHARED, bench_device, device_suffix, fill_covariance_stats, known_counterfact, setup,
                           write_result)
@@ -160,6 +161,7 @@ def report_one(stream, method, edits):
            "guard_memory_mb": json.loads(memory.read_text()) if memory.is_file() else None,
            "guard_layer_mb_max": max((r["hooks"].get("guard_layer_mb_max") or 0 for r in rows), default=None) or None,
            "lost_edits": lost_edits(rows, checkpoints),
+           "holding": holding(rows),
            "immediate": [{"step": r["step"], "case_id": r["case_id"], **r["metrics"]} for r in rows]}
     write_result(f"guard_{stream}_{method}_{edits}", out, echo=False)
 
@@ -211,6 +213,34 @@ def lost_edits(rows, checkpoints):
             "edits": lost_rows}
 
 
+def holding(rows, block=50, reached=0.2):
+    """Whether each edit took hold right after it was made (exact match on its rewrite prompt), per block of
+    edits, beside how well its value optimisation reached the target (`v_nll`, the target's NLL with v* in
+    place): separates an update that does not carry its v* from a v* that was never found."""
+    def share(rs):
+        return sum(r["metrics"].get("rewrite_acc") == 1.0 for r in rs) / len(rs) if rs else None
+
+    def v_nll(r):
+        return r["info"].get("v_nll")
+
+    found = [r for r in rows if v_nll(r) is not None and v_nll(r) < reached]
+    missed = [r for r in rows if v_nll(r) is not None and v_nll(r) >= reached]
+    blocks = [rows[i:i + block] for i in range(0, len(rows), block)]
+    return {"block": block, "v_nll_reached": reached,
+            "held_per_block": [share(b) for b in blocks],
+            "median_v_nll_per_block": [statistics.median(v) if (v := [v_nll(r) for r in b if v_nll(r) is not None])
+                                       else None for b in blocks],
+            "v_reached": {"edits": len(found), "held": share(found)},
+            "v_not_reached": {"edits": len(missed), "held": share(missed)}}
+
+
+def held(args):
+    """`holding` for any lifelong run folder (this benchmark's or compare_methods'), first `--edits` edits."""
+    for folder in args.folders:
+        rows = [json.loads(line) for line in (Path(folder) / "edits.jsonl").read_text().splitlines()][: args.edits]
+        print(folder, json.dumps(holding(rows)))
+
+
 def report(_args):
     for folder in sorted((ROOT / "runs").glob("bench-guard-*")):
         name = folder.name[len("bench-guard-"):]
@@ -230,6 +260,9 @@ if __name__ == "__main__":
     p.add_argument("--edits", type=int, default=1000)
     p.add_argument("--method", choices=sorted(METHODS), required=True)
     sub.add_parser("report")
+    p = sub.add_parser("held", help="per block of edits: held right after their own edit, and v*'s NLL")
+    p.add_argument("folders", nargs="+")
+    p.add_argument("--edits", type=int)
     args = parser.parse_args()
     setup(2)
-    {"run": run, "report": report}[args.mode](args)
+    {"run": run, "report": report, "held": held}[args.mode](args)
