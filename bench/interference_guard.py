@@ -69,6 +69,11 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
         "mom2_dataset": "self", "mom2_n_samples": 1600, "layer_change_budget": 0.1}),
     "wilke-guard-positions-repair": (WILKE, {"interference_guard": True, "guard_positions": "prompt",
                                              "guard_repair": True}),
+    # soft: no exact keys (max_keys_fraction 0), every earlier key held by the regularised form at a small λ,
+    # which divides an isolated earlier key's interference by about 1 + λ·kᵀC⁻¹k ≈ 4 on SmolLM2
+    "wilke-soft-guard-model-plain-ranking": (WILKE, {"interference_guard": True, "guard_scope": "model",
+                                                      "guard_layer_choice": "plain", "guard_max_keys_fraction": 0.0,
+                                                      "guard_fallback_weight": 1e-3}),
     # EasyEdit HEAD's AlphaEdit, unmodified (layers 3-7; C and its null space from pydoc, as for WilKE)
     "alphaedit": ("easyedit/AlphaEdit/smollm2-135m.yaml", {}),
 }

@@ -253,6 +253,32 @@ def test_fallback_takes_over_past_the_documented_thresholds():
     assert squared(conflict.u) < 0.8 * squared(plain)  # Σ_j p(k, k_j)²: 0.80 against ROME's 1.21 here
 
 
+def test_max_keys_fraction_zero_is_a_soft_guard_whose_weight_trades_interference_for_size():
+    """guard_max_keys_fraction: 0 keeps no exact keys: every edit after a layer's first takes the regularised
+    direction, which moves the earlier keys less the larger λ is, and never to zero."""
+    interference, size = [], []
+    for weight in (1e-3, 1e-1, 10.0):
+        guard, C, g = _synthetic_guard(max_keys_fraction=0.0, fallback_weight=weight, min_residual=1e-3)
+        earlier = []
+        for i in range(6):
+            key = torch.randn(16, generator=g)
+            assert guard.direction(key, key).path == ("plain" if i == 0 else "fallback")
+            guard.record([key], [torch.zeros(1)], [("{}", "x", " y", None)], [0], torch.zeros(1, 16), 0)
+            earlier.append(key)
+        assert guard.in_basis == []
+        key = torch.randn(16, generator=g)
+        d = guard.direction(key, key)
+        assert d.path == "fallback" and d.fallback_weight == weight
+        Z = torch.stack(earlier).double()
+        direct = torch.linalg.solve(C + weight * Z.T @ Z, key.double())
+        torch.testing.assert_close(d.u.double() / d.u.norm(), direct / direct.norm(), rtol=1e-4, atol=1e-6)
+        interference.append(_interference(d.u, key, earlier))
+        size.append(float(d.u.double() @ C @ d.u.double()) ** 0.5 / abs(float(d.u.double() @ key.double())))
+    plain = torch.linalg.solve(C, key.double())
+    assert _interference(plain, key, earlier) > interference[0] > interference[1] > interference[2] > 1e-4
+    assert size[0] < size[1] < size[2]
+
+
 @pytest.mark.parametrize("scope", ["layer", "model"])
 def test_weights_copy_restores_every_bit_and_the_guard_forgets_the_undone_edit(tiny_gpt2, stats_dir, scope):
     model, tok = tiny_gpt2
@@ -366,6 +392,8 @@ def test_layers_ranked_without_the_guard_rank_as_unguarded_wilke_and_the_chosen_
     ({"guard_preserved_knowledge": True, "mom2_adjustment": False}, "'mom2_adjustment' must be true"),
     ({"guard_min_residual": 1.5}, "field 'guard_min_residual' must be at most 1"),
     ({"guard_fallback_weight": 0}, "field 'guard_fallback_weight' must be positive"),
+    ({"guard_max_keys_fraction": -0.1}, "field 'guard_max_keys_fraction' must be between 0 and 1"),
+    ({"guard_max_keys_fraction": 1.5}, "field 'guard_max_keys_fraction' must be at most 1"),
     ({"guard_repair": True}, "'guard_repair' works on refreshed guarded keys"),
     ({"guard_positions": "all", "interference_guard": True}, "field 'guard_positions' must be one of"),
     ({"guard_positions": "prompt"}, "'guard_positions' chooses the keys the past-edit guard holds"),

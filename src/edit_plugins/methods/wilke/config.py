@@ -49,7 +49,7 @@ class WilKEHyperParams(EditHyperParams):
     guard_preserved_knowledge: bool = False  # u in C's low-variance eigenvectors (AlphaEdit's null space)
     guard_null_space_energy: float = 0.05  # ... C's smallest eigen-directions carrying this share of its trace
     guard_min_residual: float = 0.1  # regularised fallback when the exact guard would grow ΔW over 1/this
-    guard_max_keys_fraction: float = 0.9  # ... or once exact keys fill this share of the layer's width
+    guard_max_keys_fraction: float = 0.9  # ... or once exact keys fill this share of the layer's width (0: always)
     guard_fallback_weight: float = 1.0  # λ of the fallback's (C + λ Σ k_j k_jᵀ)
     guard_refresh_stale_keys: bool = True  # recompute a layer's keys after edits at layers below it
     guard_repair: bool = False  # on refresh, map earlier keys that slipped back to their values
@@ -85,10 +85,13 @@ class WilKEHyperParams(EditHyperParams):
                      "fast_scan_candidates"):
             if getattr(self, name) <= 0:
                 raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")
-        for name in ("guard_null_space_energy", "guard_min_residual", "guard_max_keys_fraction",
-                     "guard_fallback_weight", "guard_repair_threshold"):
+        for name in ("guard_null_space_energy", "guard_min_residual", "guard_fallback_weight",
+                     "guard_repair_threshold"):
             if getattr(self, name) <= 0:
                 raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")
+        if self.guard_max_keys_fraction < 0:  # 0: no exact keys, every edit takes the regularised form
+            raise HparamsError(f"{source}: field 'guard_max_keys_fraction' must be between 0 and 1, got "
+                               f"{self.guard_max_keys_fraction!r}")
         for name in ("guard_min_residual", "guard_max_keys_fraction", "guard_null_space_energy"):
             if getattr(self, name) > 1:
                 raise HparamsError(f"{source}: field {name!r} must be at most 1, got {getattr(self, name)!r}")
