@@ -50,9 +50,10 @@ def main(args):
         edited = load_file(str(folder / "state" / "edited_parameters.safetensors"))
         progress = json.loads((folder / "state" / "progress.json").read_text())
         rows = layer_report(model, tok, edited, texts)
-        write_result(f"edited_layers_{folder.name}", {"run": folder.name, "step": progress.get("position"),
-                                                      "layers": rows}, echo=False)
-        print(f"{folder.name} (step {progress.get('position')})")
+        name = folder.name if folder.parent.name == "runs" else f"{folder.parent.name}-{folder.name}"  # compare's
+        write_result(f"edited_layers_{name}", {"run": name, "step": progress.get("position"), "layers": rows},
+                     echo=False)
+        print(f"{name} (step {progress.get('position')})")
         for r in rows:
             print(f"  {r['parameter']}: ‖ΔW‖/‖W‖ {r['delta_rel_norm']:.3f}, top σ {r['delta_top_singular']:.1f} "
                   f"(W {r['weight_top_singular']:.1f}), ‖ΔWx‖/‖Wx‖ " + ", ".join(
