@@ -515,6 +515,23 @@ def interference_guard(lines: list[str]) -> None:
                      f"| {x['forgotten']} | {pair('median_later_edits')} | {pair('median_later_edits_below')} "
                      f"| {pair('median_later_unguarding_edits_at_layer')} |")
     lines.append("")
+    holding = [r for r in results if r.get("holding")]
+    if not holding:
+        return
+    lines += ["Edits that took hold right after their own edit (exact match on the rewrite prompt), per block of 50 "
+              "edits, beside the final NLL of the target with the edit's value v* in place (`v_nll`, from its "
+              "optimisation): an edit whose v* reached the target (NLL < 0.2) and did not hold points at the update; "
+              "one whose v* was not found points at the value search. "
+              "`python -m bench.interference_guard held FOLDER --edits T` gives the same for any run folder.", "",
+              "| stream | method | held, per block of 50 | median v_nll, per block | held with v* reached (edits) "
+              "| held with v* not reached (edits) |", "|" + "---|" * 6]
+    for r in holding:
+        h = r["holding"]
+        lines.append(f"| {r['stream']} | {r['method']} | {' '.join(f(x, 2) for x in h['held_per_block'])} "
+                     f"| {' '.join(f(x, 2) for x in h['median_v_nll_per_block'])} "
+                     f"| {f(h['v_reached']['held'], 2)} ({h['v_reached']['edits']}) "
+                     f"| {f(h['v_not_reached']['held'], 2)} ({h['v_not_reached']['edits']}) |")
+    lines.append("")
 
 
 def method_comparison(lines: list[str]) -> None:
