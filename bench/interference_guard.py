@@ -74,6 +74,9 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
     "wilke-soft-guard-model-plain-ranking": (WILKE, {"interference_guard": True, "guard_scope": "model",
                                                       "guard_layer_choice": "plain", "guard_max_keys_fraction": 0.0,
                                                       "guard_fallback_weight": 1e-3}),
+    "wilke-soft-guard-model-plain-ranking-weight-0.01": (WILKE, {
+        "interference_guard": True, "guard_scope": "model", "guard_layer_choice": "plain",
+        "guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-2}),
     # EasyEdit HEAD's AlphaEdit, unmodified (layers 3-7; C and its null space from pydoc, as for WilKE)
     "alphaedit": ("easyedit/AlphaEdit/smollm2-135m.yaml", {}),
 }
