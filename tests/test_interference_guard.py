@@ -210,9 +210,11 @@ def test_fallback_takes_over_past_the_documented_thresholds():
         earlier.append(key)
     key = torch.randn(16, generator=g)
     full = guard.direction(key, key)
-    assert full.path == "fallback" and full.residual_ratio > 0.1  # full, though the key itself is independent
+    assert full.path == "fallback" and full.exact_ratio > 0.1  # full, though the key itself is independent
     # the regularised direction still damps interference on the earlier keys, far below the unguarded one
     plain = torch.linalg.solve(C, key.double())
+    cost = lambda u: float(u.double() @ C @ u.double()) ** 0.5 / abs(float(u.double() @ key.double()))
+    assert cost(full.u) / cost(plain) == pytest.approx(1 / full.residual_ratio, rel=1e-5)  # ρ of the update taken
     assert _interference(full.u, key, earlier) < 0.2 * _interference(plain, key, earlier)
 
     guard, C, g = _synthetic_guard(min_residual=0.1)
@@ -221,7 +223,7 @@ def test_fallback_takes_over_past_the_documented_thresholds():
         guard.record([k], [torch.zeros(1)], [("{}", "x", " y", None)], [0], weight, 0)
     near = earlier[0] + 0.5 * earlier[1] + 0.02 * torch.randn(16, generator=g)  # nearly in their span
     d = guard.direction(near, near)
-    assert d.path == "fallback" and d.residual_ratio < 0.1
+    assert d.path == "fallback" and d.exact_ratio < 0.1 <= d.residual_ratio
     assert guard.in_basis == [0, 1, 2]
     guard.record([near], [torch.zeros(1)], [("{}", "x", " y", None)], [0], weight, 0)
     assert guard.in_basis == [0, 1, 2]  # a nearly dependent key is not admitted to the exact basis
@@ -243,7 +245,7 @@ def test_fallback_takes_over_past_the_documented_thresholds():
     fallback = guard._fallback(near.device) @ near.double()  # what the fallback at λ = 1 would have done
     assert cost(fallback) > 10 * cost(plain)
     assert conflict.path == "bounded" and 0 < conflict.fallback_weight < 1
-    assert conflict.residual_ratio == pytest.approx(0.1, rel=1e-6)
+    assert conflict.residual_ratio == pytest.approx(0.1, rel=1e-6) and conflict.exact_ratio < 0.1
     assert cost(conflict.u) == pytest.approx(10 * cost(plain), rel=1e-4)  # at the bound, not past it
     # it is the regularised direction at that λ, and it moves the earlier keys less than ROME's direction does
     Z = torch.stack(earlier).double()

@@ -117,14 +117,16 @@ class Direction:
     # "plain" (nothing to guard), "guard" (exact), "fallback" (regularised, weight λ), "bounded" (regularised,
     # the largest weight under the cost bound), "unguarded" (ROME's own: no weight is under the bound)
     path: str
-    residual_ratio: float  # ρ: the guarded ΔW is 1/ρ times the unguarded one in C-norm
+    residual_ratio: float  # ρ of the update taken: it is 1/ρ times the unguarded one in C-norm
     keys_guarded: int
     fallback_weight: float | None = None  # λ, on the regularised paths
+    exact_ratio: float | None = None  # the exact guard's ρ, where another path was taken: why it was
 
     def report(self) -> dict:
         out = {"path": self.path, "residual_ratio": self.residual_ratio, "keys_guarded": self.keys_guarded}
-        if self.fallback_weight is not None:
-            out["fallback_weight"] = self.fallback_weight
+        for name in ("fallback_weight", "exact_ratio"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         return out
 
 
@@ -215,15 +217,15 @@ class LayerGuard:
         plain_cost = norm_z / abs(along) if along else float("inf")
         fallback_ratio = self._fallback_ratio(u, z, z_key, plain_cost)
         if fallback_ratio >= self.settings.min_residual:
-            return Direction(self.space.lift(u).float(), "fallback", ratio, len(self.keys),
-                             self.settings.fallback_weight)
+            return Direction(self.space.lift(u).float(), "fallback", fallback_ratio, len(self.keys),
+                             self.settings.fallback_weight, ratio)
         # The key all but repeats earlier ones (same subject, same words before it, or keys filling the
         # layer): holding them at λ would take an update over 1/min_residual times ROME's. The largest λ
         # within that bound damps the interference as much as an update of that size can.
         u, weight, bounded_ratio = self._bounded_fallback(z, z_key, plain_cost)
         if u is None:
-            return Direction(self.space.lift(Mz).float(), "unguarded", fallback_ratio, len(self.keys))
-        return Direction(self.space.lift(u).float(), "bounded", bounded_ratio, len(self.keys), weight)
+            return Direction(self.space.lift(Mz).float(), "unguarded", 1.0, len(self.keys), exact_ratio=ratio)
+        return Direction(self.space.lift(u).float(), "bounded", bounded_ratio, len(self.keys), weight, ratio)
 
     def _bounded_fallback(self, z: torch.Tensor, z_key: torch.Tensor, plain_cost: float):
         """u = (M⁻¹ + λZᵀZ)⁻¹z for the largest λ ≤ fallback_weight whose ρ is at least min_residual, found by
