@@ -77,6 +77,14 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
     "wilke-soft-guard-model-plain-ranking-weight-0.01": (WILKE, {
         "interference_guard": True, "guard_scope": "model", "guard_layer_choice": "plain",
         "guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-2}),
+    # soft, every prompt position: the positions other than the subject's are what upstream edits move
+    "wilke-soft-guard-positions-model-plain-ranking": (WILKE, {
+        "interference_guard": True, "guard_scope": "model", "guard_layer_choice": "plain",
+        "guard_positions": "prompt", "guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-3}),
+    # one edit spread over layers 3-7 (the layers of EasyEdit's AlphaEdit hparams here), MEMIT's schedule
+    "rome-spread": (ROME, {"layers": [7], "spread_layers": 5}),
+    "rome-soft-guard-spread": (ROME, {"layers": [7], "spread_layers": 5, "interference_guard": True,
+                                      "guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-3}),
     # EasyEdit HEAD's AlphaEdit, unmodified (layers 3-7; C and its null space from pydoc, as for WilKE)
     "alphaedit": ("easyedit/AlphaEdit/smollm2-135m.yaml", {}),
 }

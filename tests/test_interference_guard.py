@@ -390,6 +390,63 @@ def test_layers_ranked_without_the_guard_rank_as_unguarded_wilke_and_the_chosen_
     assert guarded_scores != scores  # ranking with the guard's u differs (so the checks above can fail)
 
 
+@pytest.mark.parametrize("model_fixture", ["tiny_gpt2", pytest.param("smollm2", marks=pytest.mark.slow)])
+def test_a_spread_edit_reaches_its_goal_through_every_layer_and_the_guard_holds_each_layers_current_keys(
+        model_fixture, stats_dir, request):
+    """spread_layers: 2 shares each edit between the chosen layer and the one below it, one rank-one update
+    each, and the top one closes the gap: the residual stream after the chosen block at the subject's last
+    token ends at its goal (before + δ, δ the change v* asks there). With the guard (scope "model") each
+    update leaves every earlier edit's key at its layer where it was, the keys as they are after this edit's update below it:
+    the chosen layer alternates, so a layer last edited at the bottom of a spread goes stale within the next
+    edit, and is recomputed there. Unguarded the keys move."""
+    from edit_plugins.editing.interference_guard import current_keys
+    from edit_plugins.editing.keys import key_and_block_output
+    from edit_plugins.methods.wilke.model import execute_wilke
+
+    model, tok = request.getfixturevalue(model_fixture)
+    before = snapshot(model)
+    tops, requests = ((3, 2), TINY_REQUESTS) if model_fixture == "tiny_gpt2" else ((6, 5), SMOLLM2_REQUESTS)
+    make = (lambda **kw: tiny_hp(stats_dir, **kw)) if model_fixture == "tiny_gpt2" else (
+        lambda **kw: smollm2_hp(stats_dir, **kw))
+    moved = {}
+    try:
+        for guarded in (True, False):
+            restore(model, before)
+            sources, worst, paths = [], 0.0, []
+            for i, raw in enumerate(requests):
+                top = tops[i % 2]
+                hp = make(layers=[top], interference_guard=guarded, spread_layers=2)
+                hp.guard_scope = "model" if guarded else "layer"  # every earlier edit's key at every layer
+                module = hp.rewrite_module_tmp.format(top)
+                r = normalize_requests([raw])[0]
+                delta = execute_wilke(model, tok, r, hp).chosen.residual  # what the spread edit will carry
+                _, start = key_and_block_output(model, tok, r, module, top)
+                event = _one_edit(model, tok, raw, hp)
+                assert [p["layer"] for p in event.info["spread"]] == [top - 1, top]
+                assert len(event.weight_deltas) == len(event.linear_edits) == 2
+                for d in event.weight_deltas.values():
+                    assert torch.linalg.matrix_rank(d.double(), rtol=1e-6) == 1
+                _, end = key_and_block_output(model, tok, r, module, top)
+                torch.testing.assert_close(end, start + delta, rtol=1e-3, atol=1e-3 * float(delta.norm()))
+                for edit in event.linear_edits:
+                    keys = current_keys(model, tok, edit.module, sources) if sources else None
+                    if keys is None:
+                        continue
+                    d = event.weight_deltas[f"{edit.module}.weight"].float()
+                    d = d if d.shape[1] == keys.shape[1] else d.T  # GPT-2's Conv1D stores (in, out)
+                    worst = max(worst, float((keys @ d.T).norm(dim=1).max() / edit.residual.norm()))
+                if guarded:
+                    paths += [p["guard"]["path"] for p in event.info["spread"]]
+                sources.append((r.prompt, r.subject, r.target_new, None))
+            if guarded:
+                assert paths == ["plain"] * 2 + ["guard"] * (len(paths) - 2)  # edit 0 had nothing to hold
+            moved[guarded] = worst
+    finally:
+        restore(model, before)
+    assert moved[True] < 1e-5
+    assert moved[False] > 1e-3
+
+
 @pytest.mark.parametrize("change, message", [
     ({"guard_preserved_knowledge": True, "mom2_adjustment": False}, "'mom2_adjustment' must be true"),
     ({"guard_min_residual": 1.5}, "field 'guard_min_residual' must be at most 1"),
@@ -403,6 +460,7 @@ def test_layers_ranked_without_the_guard_rank_as_unguarded_wilke_and_the_chosen_
     ({"guard_scope": "model"}, "'guard_scope' chooses whose keys the past-edit guard holds"),
     ({"guard_layer_choice": "best", "interference_guard": True}, "field 'guard_layer_choice' must be one of"),
     ({"guard_layer_choice": "plain"}, "'guard_layer_choice' chooses how layers are ranked under the past-edit guard"),
+    ({"spread_layers": 0}, "field 'spread_layers' must be positive"),
 ])
 def test_bad_guard_settings_are_refused_naming_the_field(change, message):
     config = hparams.read_yaml(HPARAMS / "WilKE" / "tiny-gpt2.yaml")[0]

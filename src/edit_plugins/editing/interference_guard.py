@@ -451,14 +451,18 @@ class ModelGuard:
             for guard in self.layers.values():
                 guard.forget(undone, guard.basis.device)
 
-    def is_stale(self, guard: LayerGuard) -> bool:
-        return bool(guard.keys) and any(l < guard.layer for l in self.edit_log[guard.fresh_at:])
+    def is_stale(self, guard: LayerGuard, edited_now: tuple = ()) -> bool:
+        """Has a layer below been edited since the keys were computed (``edited_now``: layers the edit in
+        progress has already changed)?"""
+        return bool(guard.keys) and any(l < guard.layer for l in (*self.edit_log[guard.fresh_at:], *edited_now))
 
-    def prepare(self, model, tok, guard: LayerGuard) -> dict:
-        """Before an edit at ``guard``'s layer: recompute its keys if a layer below was edited since; in scope
-        "model", add the keys of earlier edits made at other layers (their outputs here are kept as they are
-        now). Returns what was done, for the edit's report (empty: nothing)."""
-        report = self.refresh(model, tok, guard) if self.settings.refresh_stale_keys and self.is_stale(guard) else {}
+    def prepare(self, model, tok, guard: LayerGuard, edited_now: tuple = ()) -> dict:
+        """Before an edit at ``guard``'s layer: recompute its keys if a layer below was edited since (or by
+        the edit in progress, ``edited_now``); in scope "model", add the keys of earlier edits made at other
+        layers (their outputs here are kept as they are now). Returns what was done, for the edit's report
+        (empty: nothing)."""
+        stale = self.settings.refresh_stale_keys and self.is_stale(guard, edited_now)
+        report = self.refresh(model, tok, guard) if stale else {}
         if self.settings.scope == "model":
             have = set(guard.edit_ids)
             missing = [(e, s) for e, s in self.sources if e not in have]
@@ -470,30 +474,31 @@ class ModelGuard:
                 report["keys_added"] = len(missing)
         return report
 
-    def record_edit(self, model, tok, module_name: str, layer: int, request, key: torch.Tensor,
-                    value: torch.Tensor) -> None:
-        """After an edit is applied at ``module_name``: guard its key (mapped to ``value``) and, with
-        ``positions: prompt``, the layer's input at every other position its score reads (mapped where the
-        edited layer now maps them); log the edit's layer."""
+    def record_edit(self, model, tok, request, pieces: list[tuple]) -> None:
+        """After an edit is applied, at one layer or spread over several (``pieces``: (module name, layer,
+        key, value) each): guard each piece's key at its layer (mapped to its value) and, with ``positions:
+        prompt``, the layer's input at every other position the edit's score reads (mapped where the edited
+        layer now maps them); log the edit's lowest layer, the one that makes the keys above it stale."""
         from .keys import scored_position_keys
         from .tokens import subject_last_index
 
-        weight = weight_out_in(get_module(model, module_name))
-        W = weight.detach().float()
-        keys, values = [key.to(W.device)], [value.to(W.device)]
-        sources = [(request.prompt, request.subject, request.target_new, None)]
-        if self.settings.positions == "prompt":
-            own = subject_last_index(tok, "{}", request)  # already guarded, with its value v*
-            sequence = scored_position_keys(model, tok, [request], module_name)[0].float().to(W.device)
-            others = [i for i in range(len(sequence)) if i != own]
-            keys += list(sequence[others])
-            values += list(sequence[others] @ W.T)
-            sources += [(request.prompt, request.subject, request.target_new, i) for i in others]
         edit_id = len(self.edit_log)
-        self.layers[module_name].record(keys, values, sources, [edit_id] * len(keys), weight, edit_id)
+        for module_name, _, key, value in pieces:
+            weight = weight_out_in(get_module(model, module_name))
+            W = weight.detach().float()
+            keys, values = [key.to(W.device)], [value.to(W.device)]
+            sources = [(request.prompt, request.subject, request.target_new, None)]
+            if self.settings.positions == "prompt":
+                own = subject_last_index(tok, "{}", request)  # already guarded, with its value v*
+                sequence = scored_position_keys(model, tok, [request], module_name)[0].float().to(W.device)
+                others = [i for i in range(len(sequence)) if i != own]
+                keys += list(sequence[others])
+                values += list(sequence[others] @ W.T)
+                sources += [(request.prompt, request.subject, request.target_new, i) for i in others]
+            self.layers[module_name].record(keys, values, sources, [edit_id] * len(keys), weight, edit_id)
         if self.settings.scope == "model":
             self.sources += [(edit_id, s) for s in sources]
-        self.log_edit(layer)
+        self.log_edit(min(layer for _, layer, _, _ in pieces))
 
     def refresh(self, model, tok, guard: LayerGuard) -> dict:
         """Recompute a stale layer's keys (one batched forward pass cut off at the layer); with ``repair``,

@@ -107,3 +107,27 @@ def pad_sequences(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
         batch[i, : len(x)] = x
         mask[i, : len(x)] = 1
     return batch, mask
+
+
+@torch.no_grad()
+def key_and_block_output(model, tok, request: EditRequest, module_name: str, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """At the subject's last token of the bare prompt: the module's input (the key) and the residual stream
+    after decoder block ``block`` (where a spread edit's target is set), in one pass cut off there."""
+    from .layers import decoder_layers
+
+    device = input_device(model)
+    ids, mask = pad_batch(tok, [encode(tok, request.in_template("{}"))], device)
+    position = subject_last_index(tok, "{}", request)
+    out = {}
+
+    def hook(module, args, output):
+        out["block"] = output[0] if isinstance(output, tuple) else output
+        raise _EnoughCaptured
+
+    handle = decoder_layers(model)[block].register_forward_hook(hook)
+    try:
+        with capture_inputs(model, [module_name]) as captured:
+            run_until_captured(model, input_ids=ids, attention_mask=mask)
+    finally:
+        handle.remove()
+    return captured[module_name][0, position].float(), out["block"][0, position].float()

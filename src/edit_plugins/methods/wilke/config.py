@@ -44,6 +44,8 @@ class WilKEHyperParams(EditHyperParams):
     # A layer whose output on C's text has moved by this share, ‖W − W₀‖_C/‖W₀‖_C, takes no more edits; None: no bound
     layer_change_budget: Optional[float] = None
     batch_size: int = 1
+    # Each edit shared by the chosen layer and the spread_layers − 1 below it, MEMIT's way (1: the chosen one alone)
+    spread_layers: int = 1
     # The interference guard (docs/interference_guard.md): each part on or off, for ablations.
     interference_guard: bool = False  # ΔW leaves every earlier edit's key at the layer mapped as it was
     guard_preserved_knowledge: bool = False  # u in C's low-variance eigenvectors (AlphaEdit's null space)
@@ -82,7 +84,7 @@ class WilKEHyperParams(EditHyperParams):
         if self.mom2_dtype != "float32":
             raise HparamsError(f"{source}: field 'mom2_dtype' must be 'float32', got {self.mom2_dtype!r}")
         for name in ("v_lr", "clamp_norm_factor", "mom2_n_samples", "v_num_grad_steps", "scan_layers_per_pass",
-                     "fast_scan_candidates"):
+                     "fast_scan_candidates", "spread_layers"):
             if getattr(self, name) <= 0:
                 raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")
         for name in ("guard_null_space_energy", "guard_min_residual", "guard_fallback_weight",

@@ -23,6 +23,7 @@ from ...events import EditEvent, LinearEdit, emit_after_edit
 from .change_budget import LayerBudgetSpent, layer_change, remember_original, spent_layers
 from .config import WilKEHyperParams
 from .layer_selection import estimate_layer_scores, la_norms
+from .spread import spread_edit
 
 LOG = logging.getLogger(__name__)
 
@@ -235,24 +236,30 @@ def apply_wilke_to_model(model, tok, requests, hparams: WilKEHyperParams, copy=F
     guard = guard_for(model, hparams.guard_settings())
     if guard is not None and guard.settings.scope == "model":
         guard.sync(model)  # every layer at once: an edit undone at one layer leaves every layer's guard
+    def keep_original(name):
+        if f"{name}.weight" not in originals:
+            originals[f"{name}.weight"] = get_module(model, name).weight.detach().clone()
+        if hparams.layer_change_budget is not None:
+            remember_original(model, name)
+
     try:
         for request in normalized:
             result = execute_wilke(model, tok, request, hparams)
             edit = result.chosen
+            if hparams.spread_layers > 1:
+                _apply_spread(model, tok, request, hparams, result, guard, keep_original)
+                continue
             param_name = f"{edit.module}.weight"
             module = get_module(model, edit.module)
-            if param_name not in originals:
-                originals[param_name] = module.weight.detach().clone()
+            keep_original(edit.module)
             total = edit.delta
-            if hparams.layer_change_budget is not None:
-                remember_original(model, edit.module)
             if guard is not None:
                 edit, repair = _guarded_final(model, tok, hparams, guard, edit)
                 result.chosen = edit  # the report shows the update applied
                 total = edit.delta if repair is None else edit.delta + repair
             add_to_weight(module, edit.delta)
             if guard is not None:
-                guard.record_edit(model, tok, edit.module, edit.layer, request, edit.key, edit.target)
+                guard.record_edit(model, tok, request, [(edit.module, edit.layer, edit.key, edit.target)])
             report = result.report()
             if hparams.layer_change_budget is not None:
                 report["layer_change"] = layer_change(model, edit.module, second_moment(model, tok, hparams))
@@ -270,3 +277,30 @@ def apply_wilke_to_model(model, tok, requests, hparams: WilKEHyperParams, copy=F
         raise
     weights_copy = originals if return_orig_weights else {}
     return model, easyedit_compat.weights_copy_for_caller(weights_copy, keep_original_weight)
+
+
+def _apply_spread(model, tok, request, hp: WilKEHyperParams, result: WilKEResult, guard, keep_original) -> None:
+    """The chosen edit spread over its layer and the ``spread_layers`` − 1 below it, then logged as one edit."""
+    edit = result.chosen
+    templates = context_templates(model, tok, hp.context_template_length_params)
+    pieces = spread_edit(model, tok, request, hp.rewrite_module_tmp, edit.layer, edit.module, edit.residual,
+                         hp.spread_layers, templates, lambda name: layer_inverses(model, tok, hp, [name])[name],
+                         guard, keep_original)
+    if guard is not None:
+        guard.record_edit(model, tok, request, [(p.module, p.layer, p.key, p.target) for p in pieces])
+    report = result.report()
+    report.pop("guard", None)  # the ranking's; each layer's own is in "spread"
+    report["spread"] = [p.report() for p in pieces]
+    if hp.layer_change_budget is not None:
+        report["layer_change"] = {p.layer: layer_change(model, p.module, second_moment(model, tok, hp)) for p in pieces}
+    LOG.info("WilKE edited layers %d-%d (chosen %d, LA=%.3g)", pieces[0].layer, edit.layer, edit.layer,
+             edit.relative_size)
+    deltas = {}
+    for p in pieces:
+        module = get_module(model, p.module)
+        total = p.delta if p.repair is None else p.delta + p.repair
+        deltas[f"{p.module}.weight"] = total.t() if is_transposed(module) else total
+    emit_after_edit(EditEvent(
+        method=hp.alg_name, request=request.raw, model=model, hparams=hp, modules=[p.module for p in pieces],
+        weight_deltas=deltas, linear_edits=[LinearEdit(p.module, p.key, p.residual, p.direction) for p in pieces],
+        info=report))

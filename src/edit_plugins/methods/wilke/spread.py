@@ -1,0 +1,79 @@
+"""One edit spread over the chosen layer and the ones below it (MEMIT's schedule, one request at a time).
+
+v* was found at the top layer L as a change δ of the residual stream after block L at the subject's last
+token, so the goal there is z = h_L + δ. The layers are edited lowest first; each takes an equal share of
+what is left, (z − h_L now) / (layers left), as a rank-one update at its own key (the guard's direction
+where the guard is on), so the top layer closes the gap and no layer carries the whole change.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ...editing.interference_guard import ModelGuard
+from ...editing.keys import compute_keys, key_and_block_output
+from ...editing.layers import add_to_weight, get_module, weight_out_in
+from ...editing.rank_one import rank_one_update, update_direction
+from ...editing.requests import EditRequest
+
+
+@dataclass
+class Piece:
+    layer: int
+    module: str
+    delta: torch.Tensor  # this layer's ΔW, (out, in), as applied (a repair before it is in ``repair``)
+    key: torch.Tensor  # k at this layer when it was edited
+    residual: torch.Tensor  # the share r: k is mapped to W k + r
+    direction: torch.Tensor  # u
+    target: torch.Tensor  # W k + r
+    repair: torch.Tensor | None = None  # the guard's repair at this layer just before the piece
+    guard: dict = field(default_factory=dict)
+
+    def report(self) -> dict:
+        out = {"layer": self.layer, "residual_norm": float(self.residual.norm()),
+               "delta_norm": float(self.delta.norm())}
+        if self.guard:
+            out["guard"] = self.guard
+        return out
+
+
+def spread_layers(top: int, count: int) -> list[int]:
+    """The layers that share an edit chosen at ``top``: it and the count − 1 below it (as many as exist)."""
+    return list(range(max(top - count + 1, 0), top + 1))
+
+
+def spread_edit(model, tok, request: EditRequest, rewrite_module_tmp: str, top: int, top_module: str,
+                delta: torch.Tensor, count: int, templates, c_inverse, guard: ModelGuard | None,
+                before_write) -> list[Piece]:
+    """Apply the edit whose value at ``top`` is W k + ``delta`` over ``spread_layers(top, count)``.
+    ``c_inverse(module)`` gives C⁻¹ (or None); ``before_write(module)`` is called before a layer's weight
+    is first written (so the caller can keep the original)."""
+    _, start = key_and_block_output(model, tok, request, top_module, top)
+    goal = start + delta.to(start.device)
+    layers = spread_layers(top, count)
+    pieces: list[Piece] = []
+    for i, layer in enumerate(layers):
+        name = rewrite_module_tmp.format(layer)
+        module = get_module(model, name)
+        before_write(name)
+        info, repair = {}, None
+        if guard is not None:
+            layer_guard = guard.layer(model, name, layer, c_inverse(name))
+            info = guard.prepare(model, tok, layer_guard, edited_now=tuple(p.layer for p in pieces))
+            repair = info.pop("repair_delta", None)
+        key, now = key_and_block_output(model, tok, request, name, top)
+        mean_key = compute_keys(model, tok, [request], [name], templates)[name][0]
+        share = (goal - now) / (len(layers) - i)
+        W = weight_out_in(module).detach().float()
+        if guard is None:
+            u = update_direction(mean_key, c_inverse(name))
+        else:
+            d = layer_guard.direction(key, mean_key)
+            u, info = d.u, {**d.report(), **info}
+        key, share = key.to(W.device), share.to(W.device)
+        target = W @ key + share
+        update = rank_one_update(W, key, target, None, direction=u)
+        add_to_weight(module, update)
+        pieces.append(Piece(layer, name, update, key, share, u.to(W.device), target, repair, info))
+    return pieces
