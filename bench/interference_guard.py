@@ -84,7 +84,8 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
     # one edit spread over layers 3-7 (the layers of EasyEdit's AlphaEdit hparams here), MEMIT's schedule
     "rome-spread": (ROME, {"layers": [7], "spread_layers": 5}),
     "rome-soft-guard-spread": (ROME, {"layers": [7], "spread_layers": 5, "interference_guard": True,
-                                      "guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-3}),
+                                      "guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-3,
+                                      "guard_layer_choice": "plain"}),  # one candidate: nothing to rank
     # EasyEdit HEAD's AlphaEdit, unmodified (layers 3-7; C and its null space from pydoc, as for WilKE)
     "alphaedit": ("easyedit/AlphaEdit/smollm2-135m.yaml", {}),
 }
