@@ -300,11 +300,13 @@ def test_weights_copy_restores_every_bit_and_the_guard_forgets_the_undone_edit(t
         restore(model, after_first)
 
 
-@pytest.mark.parametrize("positions, scope", [("subject_last", "layer"), ("prompt", "layer"), ("prompt", "model")])
-def test_saved_guard_state_continues_with_the_same_numbers(tiny_gpt2, stats_dir, positions, scope):
+@pytest.mark.parametrize("positions, scope, spread", [("subject_last", "layer", 1), ("prompt", "layer", 1),
+                                                     ("prompt", "model", 1), ("subject_last", "model", 2)])
+def test_saved_guard_state_continues_with_the_same_numbers(tiny_gpt2, stats_dir, positions, scope, spread):
     loaded, tok = tiny_gpt2
     model = deepcopy(loaded)  # both sides copies: BLAS results can depend on how a tensor is allocated
-    hp = tiny_hp(stats_dir, layers=(1, 2), guard_repair=True, guard_positions=positions, guard_scope=scope)
+    hp = tiny_hp(stats_dir, layers=(1, 2), guard_repair=True, guard_positions=positions, guard_scope=scope,
+                 spread_layers=spread)
     apply_wilke_to_model(model, tok, TINY_REQUESTS[:3], hp)
     tensors, metadata = guard_state(model)
     twin = deepcopy(model)
