@@ -518,12 +518,13 @@ def interference_guard(lines: list[str]) -> None:
     holding = [r for r in results if r.get("holding")]
     if not holding:
         return
-    lines += ["Edits that took hold right after their own edit (exact match on the rewrite prompt), per block of 50 "
+    block, reached = holding[0]["holding"]["block"], holding[0]["holding"]["v_nll_reached"]  # holding()'s defaults
+    lines += [f"Edits that took hold right after their own edit (exact match on the rewrite prompt), per block of {block} "
               "edits, beside the final NLL of the target with the edit's value v* in place (`v_nll`, from its "
-              "optimisation): an edit whose v* reached the target (NLL < 0.2) and did not hold points at the update; "
-              "one whose v* was not found points at the value search. "
+              f"optimisation): an edit whose v* reached the target (NLL < {reached}) and did not hold points at the "
+              "update; one whose v* was not found points at the value search. "
               "`python -m bench.interference_guard held FOLDER --edits T` gives the same for any run folder.", "",
-              "| stream | method | held, per block of 50 | median v_nll, per block | held with v* reached (edits) "
+              f"| stream | method | held, per block of {block} | median v_nll, per block | held with v* reached (edits) "
               "| held with v* not reached (edits) |", "|" + "---|" * 6]
     for r in holding:
         h = r["holding"]
