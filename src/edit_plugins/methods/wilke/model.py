@@ -236,6 +236,7 @@ def apply_wilke_to_model(model, tok, requests, hparams: WilKEHyperParams, copy=F
     guard = guard_for(model, hparams.guard_settings())
     if guard is not None and guard.settings.scope == "model":
         guard.sync(model)  # every layer at once: an edit undone at one layer leaves every layer's guard
+
     def keep_original(name):
         if f"{name}.weight" not in originals:
             originals[f"{name}.weight"] = get_module(model, name).weight.detach().clone()
