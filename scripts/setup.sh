@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+export PIP_NO_CACHE_DIR=1  # a wheel cache is a second copy of every download on a tight disk
 # torch is pinned in every pip call: 2.13.0 is the CPU build on local disk; anything else pulls CUDA.
 TORCH="torch==2.13.0"
 # The floor of pyproject.toml's transformers range; .venv-oldest tests it.
@@ -86,6 +87,8 @@ for line in open(sys.argv[1]):
 if wrong:
     sys.exit("setup.sh: environment differs from " + sys.argv[1] + ":\n  " + "\n  ".join(wrong))
 PY
+  # Four environments with a copy each of torch and the rest filled a CI disk: share identical files.
+  "$PY" scripts/link_identical_files.py "$venv" .venv .venv-oldest .venv-easyedit .venv-easyedit-head
   stamp_of "$lock" > "$venv/.stamp"
 }
 
