@@ -83,7 +83,9 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
         "guard_positions": "prompt", "guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-3}),
     # one edit spread over layers 3-7 (the layers of EasyEdit's AlphaEdit hparams here), MEMIT's schedule
     "rome-spread": (ROME, {"layers": [7], "spread_layers": 5}),
+    # with the soft guard over every prompt position, as the best single-layer-per-edit row above
     "rome-soft-guard-spread": (ROME, {"layers": [7], "spread_layers": 5, "interference_guard": True,
+                                      "guard_scope": "model", "guard_positions": "prompt",
                                       "guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-3,
                                       "guard_layer_choice": "plain"}),  # one candidate: nothing to rank
     # EasyEdit HEAD's AlphaEdit, unmodified (layers 3-7; C and its null space from pydoc, as for WilKE)
