@@ -4,7 +4,7 @@ from copy import deepcopy
 import pytest
 import torch
 
-from conftest import EIFFEL, HPARAMS, changed_parameters, restore, snapshot
+from conftest import EIFFEL, HPARAMS, changed_parameters, next_token, restore, snapshot
 from edit_plugins import hparams
 from edit_plugins.diagnostics.interference import InterferenceLog
 from edit_plugins.editing.interference_guard import (GuardError, GuardSettings, LayerGuard, _Space, guard_state,
@@ -227,10 +227,12 @@ def test_fallback_takes_over_past_the_documented_thresholds():
     assert guard.in_basis == [0, 1, 2]
     guard.record([near], [torch.zeros(1)], [("{}", "x", " y", None)], [0], weight, 0)
     assert guard.in_basis == [0, 1, 2]  # a nearly dependent key is not admitted to the exact basis
-    # the fallback's Sherman–Morrison inverse equals the inverse built from scratch
+    # the fallback's G, grown one key at a time, is every key's outer product, and its factor that of C + λG
     Z = torch.stack(earlier + [near]).double()
+    torch.testing.assert_close(guard.gram, Z.T @ Z)
     inverse_of_c = torch.linalg.inv(guard.space.metric_matrix)
-    torch.testing.assert_close(guard.fallback_inverse, torch.linalg.inv(inverse_of_c + Z.T @ Z))
+    torch.testing.assert_close(torch.cholesky_inverse(guard._fallback_factor(Z.device)),
+                               torch.linalg.inv(inverse_of_c + Z.T @ Z))
     # a key that all but repeats an earlier one cannot be held by a small update, not even by the fallback
     # at λ = 1: past the same bound (an update over 1/min_residual times ROME's) the largest λ within it is
     # taken. Keys scaled as on real layers (kᵀC⁻¹k ≈ 3,400 here, ≈ 3,300 on SmolLM2's layer 4).
@@ -242,7 +244,8 @@ def test_fallback_takes_over_past_the_documented_thresholds():
     conflict = guard.direction(near, near)
     cost = lambda u: float(u.double() @ C @ u.double()) ** 0.5 / abs(float(u.double() @ near.double()))  # ‖ΔW‖_C/‖r‖
     plain = torch.linalg.solve(C, near.double())
-    fallback = guard._fallback(near.device) @ near.double()  # what the fallback at λ = 1 would have done
+    # what the fallback at λ = 1 would have done
+    fallback = torch.cholesky_solve(near.double().unsqueeze(1), guard._fallback_factor(near.device)).squeeze(1)
     assert cost(fallback) > 10 * cost(plain)
     assert conflict.path == "bounded" and 0 < conflict.fallback_weight < 1
     assert conflict.residual_ratio == pytest.approx(0.1, rel=1e-6) and conflict.exact_ratio < 0.1
@@ -281,10 +284,27 @@ def test_max_keys_fraction_zero_is_a_soft_guard_whose_weight_trades_interference
     assert size[0] < size[1] < size[2]
 
 
-@pytest.mark.parametrize("scope", ["layer", "model"])
-def test_weights_copy_restores_every_bit_and_the_guard_forgets_the_undone_edit(tiny_gpt2, stats_dir, scope):
+def test_the_soft_guards_memory_does_not_grow_with_the_keys_it_holds():
+    """With no exact keys the soft guard needs only G = Σ k_j k_jᵀ: it keeps no keys, and its memory after 10
+    keys is what it is after 200 (only each key's source, a few strings, grows)."""
+    guard, C, g = _synthetic_guard(max_keys_fraction=0.0, fallback_weight=1e-3, min_residual=1e-3)
+    keys = torch.randn(200, 16, generator=g)
+    sizes = {}
+    for i, key in enumerate(keys):
+        guard.direction(key, key)
+        guard.record([key], [torch.zeros(1)], [("{}", "x", " y", None)], [i], torch.zeros(1, 16), 0)
+        sizes[i + 1] = guard.nbytes()
+    guard.direction(keys[0], keys[0])
+    assert guard.keys == [] and guard.values == [] and guard.count == 200
+    assert sizes[200] == sizes[10] > 0
+    torch.testing.assert_close(guard.gram, keys.double().T @ keys.double())
+
+
+@pytest.mark.parametrize("scope, soft", [("layer", False), ("model", False), ("model", True)])
+def test_weights_copy_restores_every_bit_and_the_guard_forgets_the_undone_edit(tiny_gpt2, stats_dir, scope, soft):
     model, tok = tiny_gpt2
-    first, later = (tiny_hp(stats_dir, layers=layers, guard_scope=scope) for layers in ((1,), (2, 1)))
+    soft = {"guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-3} if soft else {}
+    first, later = (tiny_hp(stats_dir, layers=layers, guard_scope=scope, **soft) for layers in ((1,), (2, 1)))
     apply_wilke_to_model(model, tok, [TINY_REQUESTS[0]], first)
     after_first = snapshot(model)
     hp = later if scope == "model" else first  # in scope "model", undone edits at a second layer too
@@ -294,19 +314,22 @@ def test_weights_copy_restores_every_bit_and_the_guard_forgets_the_undone_edit(t
     assert changed_parameters(model, after_first) == []  # every bit
     for layers in ((2,), (1,)):
         with collect_events() as fired:
-            apply_wilke_to_model(model, tok, [TINY_REQUESTS[3]], tiny_hp(stats_dir, layers=layers, guard_scope=scope))
+            apply_wilke_to_model(model, tok, [TINY_REQUESTS[3]],
+                                 tiny_hp(stats_dir, layers=layers, guard_scope=scope, **soft))
         guarded = fired[0][0].info["guard"]["keys_guarded"]
         assert guarded == (1 if scope == "model" or layers == (1,) else 0)  # only the edit still in the weights
         restore(model, after_first)
 
 
-@pytest.mark.parametrize("positions, scope, spread", [("subject_last", "layer", 1), ("prompt", "layer", 1),
-                                                     ("prompt", "model", 1), ("subject_last", "model", 2)])
-def test_saved_guard_state_continues_with_the_same_numbers(tiny_gpt2, stats_dir, positions, scope, spread):
+@pytest.mark.parametrize("positions, scope, spread, soft", [
+    ("subject_last", "layer", 1, False), ("prompt", "layer", 1, False), ("prompt", "model", 1, False),
+    ("subject_last", "model", 2, False), ("prompt", "model", 2, True)])
+def test_saved_guard_state_continues_with_the_same_numbers(tiny_gpt2, stats_dir, positions, scope, spread, soft):
     loaded, tok = tiny_gpt2
     model = deepcopy(loaded)  # both sides copies: BLAS results can depend on how a tensor is allocated
-    hp = tiny_hp(stats_dir, layers=(1, 2), guard_repair=True, guard_positions=positions, guard_scope=scope,
-                 spread_layers=spread)
+    soft = {"guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-3} if soft else {"guard_repair": True}
+    hp = tiny_hp(stats_dir, layers=(1, 2), guard_positions=positions, guard_scope=scope, spread_layers=spread,
+                 **soft)
     apply_wilke_to_model(model, tok, TINY_REQUESTS[:3], hp)
     tensors, metadata = guard_state(model)
     twin = deepcopy(model)
@@ -447,6 +470,27 @@ def test_a_spread_edit_reaches_its_goal_through_every_layer_and_the_guard_holds_
         restore(model, before)
     assert moved[True] < 1e-5
     assert moved[False] > 1e-3
+
+
+@pytest.mark.slow
+def test_a_spread_edit_whose_subject_opens_the_prompt_stays_small_and_leaves_other_prompts(smollm2, stats_dir):
+    """A subject at position 0 meets the first token's outsized activations: the bare prompt's key is nearly
+    C⁻¹-orthogonal to the template mean k̄, so mapping it along C⁻¹k̄ (ROME's update) takes a huge ΔW (874 at
+    layer 7 here, ‖W‖ ≈ 175). The spread edit maps it along its own C⁻¹k: each piece stays a small change of
+    its layer, the edit takes, and unrelated prompts keep their next token."""
+    model, tok = smollm2
+    before = snapshot(model)
+    raw = {"prompt": "Germany is a part of the continent of", "subject": "Germany", "target_new": "Antarctica"}
+    others = ["The capital of France is", "Water is made of hydrogen and", "The Eiffel Tower is located in"]
+    expected = [next_token(model, tok, p) for p in others]
+    try:
+        event = _one_edit(model, tok, raw, smollm2_hp(stats_dir, layers=[7], spread_layers=5))
+        for name, d in event.weight_deltas.items():
+            assert float(d.norm()) < 0.25 * float(before[name].norm()), name  # ROME here: 5 × ‖W‖
+        assert next_token(model, tok, raw["prompt"]) == tok.decode(target_ids(tok, " Antarctica")[0])
+        assert [next_token(model, tok, p) for p in others] == expected
+    finally:
+        restore(model, before)
 
 
 @pytest.mark.parametrize("change, message", [

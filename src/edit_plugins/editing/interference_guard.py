@@ -5,10 +5,12 @@ with ΔW k = r and ΔW k_j = 0 is rank one: r uᵀ with u = C⁻¹k_⊥ / (kᵀC
 projection on the k_j in the inner product ⟨a, b⟩ = aᵀC⁻¹b. So p(k, k_j) = uᵀk_j / uᵀk = 0 for every
 earlier j. Derivation, thresholds and design: docs/interference_guard.md.
 
-Per guarded layer this keeps the earlier keys and a C⁻¹-orthonormal basis of them, grown one key at a
-time (O(n·d) per edit besides one C⁻¹ product). Where a new key is nearly in their span, or the keys
-fill most of the layer's width, it falls back to the regularised direction u = (C + λ Σ k_j k_jᵀ)⁻¹k̄,
-whose inverse is built once and then kept by Sherman–Morrison updates (O(d²) per edit).
+Per guarded layer this keeps a C⁻¹-orthonormal basis of the earlier keys, grown one key at a time (O(n·d)
+per edit besides one C⁻¹ product), and their Gram matrix G = Σ k_j k_jᵀ. Where a new key is nearly in the
+basis's span, or the keys fill most of the layer's width, it falls back to the regularised direction
+u = (C + λG)⁻¹k̄, from a Cholesky factor made again when G has changed (O(d³), once per edit at most).
+The keys themselves are kept only where the exact basis can use them (max_keys_fraction > 0): the soft
+guard holds G and each key's source, O(d²) memory per layer however many edits it holds.
 """
 from __future__ import annotations
 
@@ -135,15 +137,27 @@ class LayerGuard:
 
     def __init__(self, module: str, layer: int, space: _Space, settings: GuardSettings):
         self.module, self.layer, self.space, self.settings = module, layer, space, settings
-        self.keys: list[torch.Tensor] = []  # k_j as last computed (float32)
-        self.values: list[torch.Tensor] = []  # v_j = W k_j right after k_j's edit: what k_j should map to
+        # k_j as last computed, and v_j = W k_j right after k_j's edit (what k_j should map to); empty for
+        # the soft guard, which needs only G
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
         # to recompute k_j: (prompt with "{}", subject, target, position), position None for the subject's
         # last token, else an index into the prompt-and-target tokens that scoring reads
         self.sources: list[tuple[str, str, str, int | None]] = []
         self.edit_ids: list[int] = []  # the edit (its position in the model's edit log) each key belongs to
         self.fresh_at = 0  # position in the model's edit log at which every key here was current
         self.snapshots: list[tuple[int, str]] = []  # (number of keys, digest of W) after each change
+        self.needs_keys = False  # G lost (keys undone without keys kept): recompute from the sources first
         self._reset_factors()
+
+    @property
+    def stores_keys(self) -> bool:
+        return self.settings.max_keys_fraction > 0
+
+    @property
+    def count(self) -> int:
+        """Keys guarded."""
+        return len(self.sources)
 
     def _reset_factors(self):
         # Buffers with room to grow (doubled when full): appending a row by concatenation would copy the
@@ -152,9 +166,9 @@ class LayerGuard:
         self._metric_basis = torch.zeros_like(self._basis)
         self._triangular = torch.zeros(0, 0, dtype=torch.float64)
         self.in_basis: list[int] = []  # key index of each basis row
-        self.fallback_inverse = None  # (M⁻¹ + λ Σ z_j z_jᵀ)⁻¹ once the fallback was needed
-        self.fallback_built_at = None  # number of keys it was built from (replayed identically on resume)
-        self.pencil = None  # (P, s) of the bounded fallback for the keys as they are; dropped when they change
+        self.gram = None  # G = Σ z_j z_jᵀ over every key (z: in u's space), once there is one
+        self.fallback_factor = None  # Cholesky factor of M⁻¹ + λG; dropped when G changes
+        self.pencil = None  # (P, s) of the bounded fallback for G as it is; dropped when G changes
 
     @property
     def basis(self) -> torch.Tensor:
@@ -203,7 +217,7 @@ class LayerGuard:
         z = self.space.project(direction_key)
         z_key = self.space.project(key)
         Mz = self.space.metric(z)
-        if not self.settings.past_edits or not self.keys:
+        if not self.settings.past_edits or not self.count:
             return Direction(self.space.lift(Mz).float(), "plain", 1.0, 0)
         perp, _ = self._orthogonal_part(z)
         M_perp = self.space.metric(perp)
@@ -212,20 +226,20 @@ class LayerGuard:
         along, along_perp = float(z_key @ Mz), float(z_key @ M_perp)
         ratio = 0.0 if norm_perp == 0 or along == 0 else abs(along_perp / along) * norm_z / norm_perp
         if ratio >= self.settings.min_residual and self._capacity_left():
-            return Direction(self.space.lift(M_perp).float(), "guard", ratio, len(self.keys))
-        u = self._fallback(z.device) @ z
+            return Direction(self.space.lift(M_perp).float(), "guard", ratio, self.count)
+        u = torch.cholesky_solve(z.unsqueeze(1), self._fallback_factor(z.device)).squeeze(1)
         plain_cost = norm_z / abs(along) if along else float("inf")
         fallback_ratio = self._fallback_ratio(u, z, z_key, plain_cost)
         if fallback_ratio >= self.settings.min_residual:
-            return Direction(self.space.lift(u).float(), "fallback", fallback_ratio, len(self.keys),
+            return Direction(self.space.lift(u).float(), "fallback", fallback_ratio, self.count,
                              self.settings.fallback_weight, ratio)
         # The key all but repeats earlier ones (same subject, same words before it, or keys filling the
         # layer): holding them at λ would take an update over 1/min_residual times ROME's. The largest λ
         # within that bound damps the interference as much as an update of that size can.
         u, weight, bounded_ratio = self._bounded_fallback(z, z_key, plain_cost)
         if u is None:
-            return Direction(self.space.lift(Mz).float(), "unguarded", 1.0, len(self.keys), exact_ratio=ratio)
-        return Direction(self.space.lift(u).float(), "bounded", bounded_ratio, len(self.keys), weight, ratio)
+            return Direction(self.space.lift(Mz).float(), "unguarded", 1.0, self.count, exact_ratio=ratio)
+        return Direction(self.space.lift(u).float(), "bounded", bounded_ratio, self.count, weight, ratio)
 
     def _bounded_fallback(self, z: torch.Tensor, z_key: torch.Tensor, plain_cost: float):
         """u = (M⁻¹ + λZᵀZ)⁻¹z for the largest λ ≤ fallback_weight whose ρ is at least min_residual, found by
@@ -257,40 +271,40 @@ class LayerGuard:
     def _pencil(self, device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pencil is None:
             L = self.space.metric_inverse_cholesky(device)
-            Z = self._projected_keys(device)
-            half = torch.linalg.solve_triangular(L, Z.T, upper=False)  # L⁻¹Zᵀ
-            s, Q = torch.linalg.eigh(half @ half.T)
+            left = torch.linalg.solve_triangular(L, self._gram(device), upper=False)  # L⁻¹G
+            s, Q = torch.linalg.eigh(torch.linalg.solve_triangular(L, left.T, upper=False))  # L⁻¹GL⁻ᵀ
             self.pencil = (torch.linalg.solve_triangular(L.T, Q, upper=True), s.clamp_min(0))
         P, s = self.pencil
         return P.to(device), s.to(device)
 
-    def _projected_keys(self, device) -> torch.Tensor:
-        """Z: every key at this layer, a row each, in the space u lives in."""
-        return torch.stack([self.space.project(k.to(device)) for k in self.keys])
+    def _gram(self, device) -> torch.Tensor:
+        if self.gram is None:
+            self.gram = torch.zeros(self.space.dim, self.space.dim, dtype=torch.float64, device=device)
+        self.gram = self.gram.to(device)
+        return self.gram
 
     def _fallback_ratio(self, u: torch.Tensor, z: torch.Tensor, z_key: torch.Tensor, plain_cost: float) -> float:
-        """ρ of the fallback's u = A⁻¹z: ROME's cost ‖u‖_C/|kᵀu| over the fallback's. With A = M⁻¹ + λZᵀZ,
-        ‖u‖²_C = uᵀAu − λ‖Zu‖² = zᵀu − λ‖Zu‖², so no inverse of M is needed."""
-        Z = self._projected_keys(z.device)
-        c_norm_sq = max(float(z @ u) - self.settings.fallback_weight * float((Z @ u).square().sum()), 0.0)
+        """ρ of the fallback's u = A⁻¹z: ROME's cost ‖u‖_C/|kᵀu| over the fallback's. With A = M⁻¹ + λG,
+        ‖u‖²_C = uᵀAu − λuᵀGu = zᵀu − λuᵀGu, so no inverse of M is needed."""
+        c_norm_sq = max(float(z @ u) - self.settings.fallback_weight * float(u @ self._gram(z.device) @ u), 0.0)
         along = abs(float(z_key @ u))
         return 0.0 if along == 0 else plain_cost / (c_norm_sq ** 0.5 / along)
 
-    def _fallback(self, device) -> torch.Tensor:
-        if self.fallback_inverse is None:
-            Z = self._projected_keys(device)
-            A = self.space.metric_inverse().to(device) + self.settings.fallback_weight * (Z.T @ Z)
-            self.fallback_inverse = torch.cholesky_inverse(torch.linalg.cholesky(A))
-            self.fallback_built_at = len(self.keys)
-        return self.fallback_inverse.to(device)
+    def _fallback_factor(self, device) -> torch.Tensor:
+        """L_A with L_A L_Aᵀ = M⁻¹ + λG: made from G as it is, so a resumed run has the same numbers."""
+        if self.fallback_factor is None:
+            A = self.space.metric_inverse().to(device) + self.settings.fallback_weight * self._gram(device)
+            self.fallback_factor = torch.linalg.cholesky(A)
+        return self.fallback_factor.to(device)
 
     def _admit(self, z: torch.Tensor) -> None:
-        """Grow the basis by the part of z not yet in its span (unless z is nearly dependent or the basis
-        is full), and the fallback's inverse by z (Sherman–Morrison)."""
+        """Add z to G and grow the basis by the part of z not yet in its span (unless z is nearly dependent
+        or the basis is full)."""
         if not self.settings.past_edits:
             return
-        self.pencil = None
-        index = len(self.keys) - 1
+        self.pencil, self.fallback_factor = None, None
+        self._gram(z.device).addr_(z, z)
+        index = self.count - 1
         perp, coefficients = self._orthogonal_part(z)
         norm_perp = max(float(perp @ self.space.metric(perp)), 0.0) ** 0.5
         norm_z = float(z @ self.space.metric(z)) ** 0.5
@@ -303,36 +317,42 @@ class LayerGuard:
             self._basis[n] = perp / norm_perp
             self._metric_basis[n] = self.space.metric(perp) / norm_perp
             self.in_basis.append(index)
-        if self.fallback_inverse is not None:
-            Az = self.fallback_inverse.to(z.device) @ z
-            lam = self.settings.fallback_weight
-            self.fallback_inverse = self.fallback_inverse.to(z.device) - lam * torch.outer(Az, Az) / (1 + lam * float(z @ Az))
 
-    def _rebuild(self, device) -> None:
-        """The factors from the keys, by the same steps that built them one edit at a time."""
-        built_at = self.fallback_built_at
-        keys = self.keys
+    def _rebuild(self, keys: list[torch.Tensor], device) -> None:
+        """The factors from the keys (one per source), by the same steps that built them one key at a time;
+        the keys are kept only where the exact basis uses them."""
+        sources = self.sources
         self._reset_factors()
-        self.keys = []
+        self.needs_keys = False
         for i, key in enumerate(keys):
-            self.keys.append(key)
+            self.sources = sources[: i + 1]  # count: the keys admitted so far
             self._admit(self.space.project(key.to(device)))
-            if built_at is not None and i + 1 == built_at:
-                self._fallback(device)
+        self.sources = sources
+        self.keys = list(keys) if self.stores_keys else []
+        if not self.stores_keys:
+            self.values = []
+
+    def _lose_keys(self) -> None:
+        """Soft guard, keys undone: G cannot be taken apart, so it is made again from the sources, on the
+        model as it is, before the next use (ModelGuard.prepare)."""
+        self._reset_factors()
+        self.needs_keys = bool(self.sources)
 
     # -- the edit's life ---------------------------------------------------------------------------
     def record(self, keys, values, sources: list[tuple], edit_ids: list[int], weight: torch.Tensor,
                log_position: int) -> None:
         """Guard these keys from now on (an edit's own, once applied, or earlier edits' in scope "model")."""
-        if not self.keys:
+        if not self.count:
             self.fresh_at = log_position
         for key, value, source, edit_id in zip(keys, values, sources, edit_ids, strict=True):
-            self.keys.append(key.detach().float().clone())
-            self.values.append(value.detach().float().clone())
+            key = key.detach().float().clone()
+            if self.stores_keys:
+                self.keys.append(key)
+                self.values.append(value.detach().float().clone())
             self.sources.append(source)
             self.edit_ids.append(edit_id)
-            self._admit(self.space.project(self.keys[-1].to(weight.device)))
-        self.snapshots.append((len(self.keys), weight_digest(weight)))
+            self._admit(self.space.project(key.to(weight.device)))
+        self.snapshots.append((self.count, weight_digest(weight)))
 
     def sync(self, weight: torch.Tensor) -> list[int]:
         """Follow the weights back if the caller restored them (EasyEdit's weights_copy): keep only the
@@ -349,11 +369,11 @@ class LayerGuard:
                 break
         else:
             LOG.warning("%s changed outside the interference guard; its %d earlier keys stay guarded",
-                        self.module, len(self.keys))
-            self.snapshots.append((len(self.keys), digest))
+                        self.module, self.count)
+            self.snapshots.append((self.count, digest))
             return []
         dropped = self.edit_ids[n:]
-        if n < len(self.keys):
+        if n < self.count:
             self.keep(n, weight.device)
         return dropped
 
@@ -361,26 +381,29 @@ class LayerGuard:
         """Only the first n keys."""
         self.keys, self.values, self.sources, self.edit_ids = (self.keys[:n], self.values[:n], self.sources[:n],
                                                                 self.edit_ids[:n])
-        if self.fallback_built_at is not None and self.fallback_built_at > n:
-            self.fallback_built_at = None
-        self._rebuild(device)
+        if self.stores_keys:
+            self._rebuild(self.keys, device)
+        else:
+            self._lose_keys()
 
     def forget(self, edit_ids: set, device) -> None:
         """Drop the keys of these edits (undone at another layer), wherever they are in the list."""
         kept = [i for i, e in enumerate(self.edit_ids) if e not in edit_ids]
-        if len(kept) == len(self.keys):
+        if len(kept) == self.count:
             return
         self.snapshots = [(sum(1 for i in kept if i < n), digest) for n, digest in self.snapshots]
-        self.keys, self.values = [self.keys[i] for i in kept], [self.values[i] for i in kept]
+        if self.stores_keys:
+            self.keys, self.values = [self.keys[i] for i in kept], [self.values[i] for i in kept]
         self.sources, self.edit_ids = [self.sources[i] for i in kept], [self.edit_ids[i] for i in kept]
-        self.fallback_built_at = None
-        self._rebuild(device)
+        if self.stores_keys:
+            self._rebuild(self.keys, device)
+        else:
+            self._lose_keys()
 
     def replace_keys(self, keys: torch.Tensor, log_position: int, device) -> None:
-        self.keys = [k.float().clone() for k in keys]
+        """The keys recomputed on the model as it is now (one per source)."""
         self.fresh_at = log_position
-        self.fallback_built_at = None
-        self._rebuild(device)
+        self._rebuild([k.float().clone() for k in keys], device)
 
     def repair_update(self, weight_out_in: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
         """ΔW that maps every slipped basis key back to its value and leaves the other basis keys' outputs:
@@ -405,7 +428,7 @@ class LayerGuard:
 
     def nbytes(self) -> int:
         tensors = self.keys + self.values + [self._basis, self._metric_basis, self._triangular]
-        tensors += [t for t in (self.fallback_inverse, *(self.pencil or ())) if t is not None]
+        tensors += [t for t in (self.gram, self.fallback_factor, *(self.pencil or ())) if t is not None]
         return self.space.nbytes() + sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -426,11 +449,15 @@ class ModelGuard:
                                                                             weight.device), self.settings)
             saved = _pending.get(model, {}).pop(module, None)
             if saved is not None:
-                guard.keys, guard.values, guard.sources = saved["keys"], saved["values"], saved["sources"]
-                guard.edit_ids = saved["edit_ids"]
-                guard.fresh_at, guard.fallback_built_at = saved["fresh_at"], saved["fallback_built_at"]
-                guard._rebuild(weight.device)
-            guard.snapshots = [(len(guard.keys), weight_digest(weight))]  # the weights these keys belong to
+                guard.sources, guard.edit_ids, guard.fresh_at = saved["sources"], saved["edit_ids"], saved["fresh_at"]
+                if saved.get("gram") is not None and not guard.stores_keys:
+                    guard.gram = saved["gram"].to(weight.device)
+                elif saved["keys"]:  # the exact guard's, or a state saved before the soft guard kept only G
+                    guard.values = saved["values"] if guard.stores_keys else []
+                    guard._rebuild(saved["keys"], weight.device)
+                else:
+                    guard._lose_keys()
+            guard.snapshots = [(guard.count, weight_digest(weight))]  # the weights these keys belong to
         else:
             self._sync(model, [module])
         return guard
@@ -454,14 +481,14 @@ class ModelGuard:
     def is_stale(self, guard: LayerGuard, edited_now: tuple = ()) -> bool:
         """Has a layer below been edited since the keys were computed (``edited_now``: layers the edit in
         progress has already changed)?"""
-        return bool(guard.keys) and any(l < guard.layer for l in (*self.edit_log[guard.fresh_at:], *edited_now))
+        return bool(guard.count) and any(l < guard.layer for l in (*self.edit_log[guard.fresh_at:], *edited_now))
 
     def prepare(self, model, tok, guard: LayerGuard, edited_now: tuple = ()) -> dict:
         """Before an edit at ``guard``'s layer: recompute its keys if a layer below was edited since (or by
         the edit in progress, ``edited_now``); in scope "model", add the keys of earlier edits made at other
         layers (their outputs here are kept as they are now). Returns what was done, for the edit's report
         (empty: nothing)."""
-        stale = self.settings.refresh_stale_keys and self.is_stale(guard, edited_now)
+        stale = guard.needs_keys or (self.settings.refresh_stale_keys and self.is_stale(guard, edited_now))
         report = self.refresh(model, tok, guard) if stale else {}
         if self.settings.scope == "model":
             have = set(guard.edit_ids)
@@ -505,17 +532,18 @@ class ModelGuard:
         map the ones that slipped back to their values. Returns what was done, for the edit's report."""
         module = get_module(model, guard.module)
         fresh = current_keys(model, tok, guard.module, guard.sources)
-        old = torch.stack(guard.keys).to(fresh.device)
-        moved = (fresh - old).norm(dim=1) / old.norm(dim=1).clamp_min(1e-12)
+        report = {"keys_refreshed": guard.count}
+        if guard.keys:  # the soft guard keeps no keys to compare
+            old = torch.stack(guard.keys).to(fresh.device)
+            report["key_change_max"] = float(((fresh - old).norm(dim=1) / old.norm(dim=1).clamp_min(1e-12)).max())
         guard.replace_keys(fresh, len(self.edit_log), weight_out_in(module).device)
-        report = {"keys_refreshed": len(guard.keys), "key_change_max": float(moved.max())}
         if self.settings.repair:
             delta, info = guard.repair_update(weight_out_in(module))
             report.update({f"repair_{k}": v for k, v in info.items()})
             if delta is not None:
                 add_to_weight(module, delta)
                 report["repair_delta"] = delta
-        guard.snapshots.append((len(guard.keys), weight_digest(weight_out_in(module))))
+        guard.snapshots.append((guard.count, weight_digest(weight_out_in(module))))
         return report
 
     def log_edit(self, layer: int) -> None:
@@ -563,8 +591,9 @@ def guard_for(model, settings: GuardSettings) -> ModelGuard | None:
 
 # -- saving and loading (a lifelong run's state) ------------------------------------------------------
 def guard_state(model) -> tuple[dict, dict] | None:
-    """(tensors, metadata): each layer's keys, values and their sources; the factors are rebuilt on load by the
-    same steps, so a resumed run continues with the same numbers. None where the model has no guard."""
+    """(tensors, metadata): each layer's keys, values and their sources (the soft guard's G instead of keys and
+    values); the factors are rebuilt on load by the same steps, so a resumed run continues with the same
+    numbers. None where the model has no guard."""
     guard = _guards.get(model)
     pending = dict(_pending.get(model, {}))  # loaded, and not yet used since: saved as they were loaded
     if guard is None and not pending:
@@ -573,16 +602,20 @@ def guard_state(model) -> tuple[dict, dict] | None:
     pending.pop("__edit_log__", None)
     sources = guard.sources if guard is not None else pending.pop("__sources__", [])
     pending.pop("__sources__", None)
-    entries = {name: {"keys": g.keys, "values": g.values, "sources": g.sources, "edit_ids": g.edit_ids,
-                      "fresh_at": g.fresh_at, "fallback_built_at": g.fallback_built_at}
+    entries = {name: {"keys": g.keys, "values": g.values, "gram": None if g.stores_keys else g.gram,
+                      "sources": g.sources, "edit_ids": g.edit_ids, "fresh_at": g.fresh_at}
                for name, g in (guard.layers.items() if guard is not None else ())}
     tensors, layers = {}, {}
     for name, entry in {**pending, **entries}.items():
-        if not entry["keys"]:
+        if not entry["sources"]:
             continue
-        tensors[f"{name}.keys"] = torch.stack(entry["keys"]).cpu().contiguous()
-        tensors[f"{name}.values"] = torch.stack(entry["values"]).cpu().contiguous()
-        layers[name] = {k: entry[k] for k in ("sources", "edit_ids", "fresh_at", "fallback_built_at")}
+        if entry.get("gram") is not None:
+            tensors[f"{name}.gram"] = entry["gram"].detach().cpu().clone()  # G grows in place: not a view
+        elif entry["keys"]:
+            tensors[f"{name}.keys"] = torch.stack(entry["keys"]).cpu().contiguous()
+            tensors[f"{name}.values"] = torch.stack(entry["values"]).cpu().contiguous()
+        # neither: a soft guard's keys undone and G not yet made again; it is made from the sources on load
+        layers[name] = {k: entry[k] for k in ("sources", "edit_ids", "fresh_at")}
     metadata = {"format": STATE_FORMAT, "layers": json.dumps(layers), "edit_log": json.dumps(edit_log),
                 "sources": json.dumps(sources)}
     return tensors, metadata
@@ -595,12 +628,14 @@ def load_guard_state(model, tensors: dict, metadata: dict) -> None:
     pending = {"__edit_log__": json.loads(metadata["edit_log"]),
                "__sources__": [(e, tuple(s)) for e, s in json.loads(metadata.get("sources", "[]"))]}
     for name, info in json.loads(metadata["layers"]).items():
-        keys = list(tensors[f"{name}.keys"].float())
-        pending[name] = {"keys": keys, "values": list(tensors[f"{name}.values"].float()),
-                         "sources": [_source(s) for s in info.get("sources", info.get("prompts", []))],
-                         "edit_ids": info.get("edit_ids", [-1] * len(keys)),  # states saved before edit ids
-                         "fresh_at": info["fresh_at"],
-                         "fallback_built_at": info["fallback_built_at"]}
+        sources = [_source(s) for s in info.get("sources", info.get("prompts", []))]
+        gram = tensors.get(f"{name}.gram")
+        entry = {"keys": [], "values": [], "gram": None if gram is None else gram.double().clone(), "sources": sources,
+                 "edit_ids": info.get("edit_ids", [-1] * len(sources)),  # states saved before edit ids
+                 "fresh_at": info["fresh_at"]}
+        if f"{name}.keys" in tensors:
+            entry["keys"], entry["values"] = list(tensors[f"{name}.keys"].float()), list(tensors[f"{name}.values"].float())
+        pending[name] = entry
     _pending[model] = pending
 
 

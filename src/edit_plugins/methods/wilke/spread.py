@@ -4,6 +4,10 @@ v* was found at the top layer L as a change δ of the residual stream after bloc
 token, so the goal there is z = h_L + δ. The layers are edited lowest first; each takes an equal share of
 what is left, (z − h_L now) / (layers left), as a rank-one update at its own key (the guard's direction
 where the guard is on), so the top layer closes the gap and no layer carries the whole change.
+
+Each piece maps the bare prompt's key k along its own direction C⁻¹k, not ROME's C⁻¹k̄ (k̄: the template
+mean): a subject at position 0 meets the first token's outsized activations, its k is then nearly
+C⁻¹-orthogonal to k̄, and mapping k along C⁻¹k̄ takes an update tens of times larger.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...editing.interference_guard import ModelGuard
-from ...editing.keys import compute_keys, key_and_block_output
+from ...editing.keys import key_and_block_output
 from ...editing.layers import add_to_weight, get_module, weight_out_in
 from ...editing.rank_one import rank_one_update, update_direction
 from ...editing.requests import EditRequest
@@ -44,7 +48,7 @@ def spread_layers(top: int, count: int) -> list[int]:
 
 
 def spread_edit(model, tok, request: EditRequest, rewrite_module_tmp: str, top: int, top_module: str,
-                delta: torch.Tensor, count: int, templates, c_inverse, guard: ModelGuard | None,
+                delta: torch.Tensor, count: int, c_inverse, guard: ModelGuard | None,
                 before_write) -> list[Piece]:
     """Apply the edit whose value at ``top`` is W k + ``delta`` over ``spread_layers(top, count)``.
     ``c_inverse(module)`` gives C⁻¹ (or None); ``before_write(module)`` is called before a layer's weight
@@ -63,13 +67,12 @@ def spread_edit(model, tok, request: EditRequest, rewrite_module_tmp: str, top: 
             info = guard.prepare(model, tok, layer_guard, edited_now=tuple(p.layer for p in pieces))
             repair = info.pop("repair_delta", None)
         key, now = key_and_block_output(model, tok, request, name, top)
-        mean_key = compute_keys(model, tok, [request], [name], templates)[name][0]
         share = (goal - now) / (len(layers) - i)
         W = weight_out_in(module).detach().float()
         if guard is None:
-            u = update_direction(mean_key, c_inverse(name))
+            u = update_direction(key, c_inverse(name))
         else:
-            d = layer_guard.direction(key, mean_key)
+            d = layer_guard.direction(key, key)
             u, info = d.u, {**d.report(), **info}
         key, share = key.to(W.device), share.to(W.device)
         target = W @ key + share
