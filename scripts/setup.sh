@@ -62,7 +62,8 @@ make_env() {
   if [ $REFRESH = 0 ]; then
     [ -f "$lock" ] || { echo "setup.sh: $lock is missing" >&2; exit 1; }
     constraints=(-c "$lock")
-    "$PY" scripts/share_files.py seed "$venv" "$lock" "${ENVS[@]}"
+    local skip; skip=$(IFS=,; echo "${nodeps[*]:-}")
+    "$PY" scripts/share_files.py seed "$venv" "$lock" --skip "$skip" "${ENVS[@]}"
   fi
   pip_in "$venv" install -q "${constraints[@]}" "$TORCH" "${reqs[@]}"
   [ ${#nodeps[@]} = 0 ] || pip_in "$venv" install -q --no-deps "${constraints[@]}" "${nodeps[@]}"

@@ -1,8 +1,10 @@
 """Keeps the four test environments from holding torch and the rest four times over on disk.
 
-  seed NEW LOCK OLD...  before pip: each package LOCK pins that an OLD environment has at that version is
+  seed NEW LOCK [--skip NAME,...] OLD...
+                        before pip: each package LOCK pins that an OLD environment has at that version is
                         hard-linked into NEW (its site-packages files; not its scripts in bin/), so pip
-                        finds it installed and a CI disk never holds a second copy, even for a moment;
+                        finds it installed and a CI disk never holds a second copy, even for a moment.
+                        --skip: packages installed --no-deps, whose missing dependencies pip would report;
   link NEW OLD...       after pip: every file of NEW with a byte-identical twin at the same path in an OLD
                         environment becomes a hard link to it.
 
@@ -37,8 +39,10 @@ def pinned(lock):
     return out
 
 
-def seed(new, lock, olds):
+def seed(new, lock, olds, skip=()):
     wanted, target, linked = pinned(lock), site_packages(new), 0
+    for name in skip:
+        wanted.pop(normal(name), None)
     have = {normal(d.metadata["Name"] or "") for d in md.distributions(path=[target])}
     for old in olds:
         source = site_packages(old)
@@ -87,7 +91,10 @@ if __name__ == "__main__":
         sys.exit(__doc__)
     mode, new = args[0], args[1]
     lock, rest = (args[2], args[3:]) if mode == "seed" else (None, args[2:])
+    skip = []
+    if rest[:1] == ["--skip"]:
+        skip, rest = [n.split("==")[0] for n in rest[1].split(",") if n], rest[2:]
     olds = [d for d in rest if os.path.isdir(d) and os.path.abspath(d) != os.path.abspath(new)]
-    size = seed(new, lock, olds) if mode == "seed" else link(new, olds)
+    size = seed(new, lock, olds, skip) if mode == "seed" else link(new, olds)
     what = "linked in before pip" if mode == "seed" else "shared after pip"
     print(f"{new}: {size / 2**30:.1f} GiB {what} from {', '.join(olds) or 'nothing'}")
