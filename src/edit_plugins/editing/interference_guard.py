@@ -297,14 +297,13 @@ class LayerGuard:
             self.fallback_factor = torch.linalg.cholesky(A)
         return self.fallback_factor.to(device)
 
-    def _admit(self, z: torch.Tensor) -> None:
-        """Add z to G and grow the basis by the part of z not yet in its span (unless z is nearly dependent
-        or the basis is full)."""
+    def _admit(self, z: torch.Tensor, index: int) -> None:
+        """Add key ``index`` (z, in u's space) to G and grow the basis by the part of z not yet in its span
+        (unless z is nearly dependent or the basis is full)."""
         if not self.settings.past_edits:
             return
         self.pencil, self.fallback_factor = None, None
         self._gram(z.device).addr_(z, z)
-        index = self.count - 1
         perp, coefficients = self._orthogonal_part(z)
         norm_perp = max(float(perp @ self.space.metric(perp)), 0.0) ** 0.5
         norm_z = float(z @ self.space.metric(z)) ** 0.5
@@ -321,13 +320,10 @@ class LayerGuard:
     def _rebuild(self, keys: list[torch.Tensor], device) -> None:
         """The factors from the keys (one per source), by the same steps that built them one key at a time;
         the keys are kept only where the exact basis uses them."""
-        sources = self.sources
         self._reset_factors()
         self.needs_keys = False
         for i, key in enumerate(keys):
-            self.sources = sources[: i + 1]  # count: the keys admitted so far
-            self._admit(self.space.project(key.to(device)))
-        self.sources = sources
+            self._admit(self.space.project(key.to(device)), i)
         self.keys = list(keys) if self.stores_keys else []
         if not self.stores_keys:
             self.values = []
@@ -351,7 +347,7 @@ class LayerGuard:
                 self.values.append(value.detach().float().clone())
             self.sources.append(source)
             self.edit_ids.append(edit_id)
-            self._admit(self.space.project(key.to(weight.device)))
+            self._admit(self.space.project(key.to(weight.device)), self.count - 1)
         self.snapshots.append((self.count, weight_digest(weight)))
 
     def sync(self, weight: torch.Tensor) -> list[int]:
