@@ -164,7 +164,8 @@ def report_one(stream, method, edits):
     rows = [json.loads(line) for line in (folder / "edits.jsonl").read_text().splitlines()]
     checkpoints = [json.loads(line) for line in (folder / "checkpoints.jsonl").read_text().splitlines()]
     summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else None
-    guards = [r["info"].get("guard") for r in rows if r["info"].get("guard")]
+    per_edit = [edit_guards(r) for r in rows]
+    guards = [g for gs in per_edit for g in gs]  # one per layer update: a spread edit has several
     memory = folder / "guard_memory.json"
     out = {"stream": stream, "method": method, "fields": METHODS[method][1], "hparams": METHODS[method][0],
            "edits_planned": edits, "edits_done": len(rows),
@@ -175,7 +176,7 @@ def report_one(stream, method, edits):
            "peak_rss_mb": max((r["hooks"].get("peak_rss_mb", 0) for r in rows), default=None),
            "layer_histogram": dict(collections.Counter(str(r["layer"]) for r in rows).most_common()),
            "guard_paths": dict(collections.Counter(g["path"] for g in guards)),
-           "keys_refreshed_edits": sum("keys_refreshed" in g for g in guards),
+           "keys_refreshed_edits": sum(any("keys_refreshed" in g for g in gs) for gs in per_edit),
            "repaired_keys": sum(g.get("repair_slipped", 0) for g in guards),
            "guard_memory_mb": json.loads(memory.read_text()) if memory.is_file() else None,
            "guard_layer_mb_max": max((r["hooks"].get("guard_layer_mb_max") or 0 for r in rows), default=None) or None,
@@ -183,6 +184,13 @@ def report_one(stream, method, edits):
            "holding": holding(rows),
            "immediate": [{"step": r["step"], "case_id": r["case_id"], **r["metrics"]} for r in rows]}
     write_result(f"guard_{stream}_{method}_{edits}", out, echo=False)
+
+
+def edit_guards(row):
+    """The guard's report of each layer update an edit made (one, or one per layer of a spread edit)."""
+    if row["info"].get("guard"):
+        return [row["info"]["guard"]]
+    return [p["guard"] for p in row["info"].get("spread", []) if p.get("guard")]
 
 
 def lost_edits(rows, checkpoints):
@@ -200,15 +208,20 @@ def lost_edits(rows, checkpoints):
     def later(i, test):
         return sum(test(r) for r in rows[i + 1:])
 
+    def layers(r):  # every layer the edit changed: one, or a spread edit's; None where not logged (AlphaEdit)
+        spread = r["info"].get("spread")
+        return [p["layer"] for p in spread] if spread else (None if r["layer"] is None else [r["layer"]])
+
     def describe(i, r):
-        loose = later(i, lambda o: o["layer"] == r["layer"]
-                      and (o["info"].get("guard") or {}).get("path") in ("bounded", "unguarded"))
+        own = layers(r)
+        loose = later(i, lambda o: bool(own and set(layers(o) or ()) & set(own))
+                      and any(g.get("path") in ("bounded", "unguarded") for g in edit_guards(o)))
         return {"case_id": r["case_id"], "step": r["step"], "layer": r["layer"],
                 "held_after_own_edit": r["metrics"].get("rewrite_acc") == 1.0,
                 "path": (r["info"].get("guard") or {}).get("path"),
                 "later_edits": len(rows) - 1 - i,
-                "later_edits_below": None if r["layer"] is None  # a method that logs no one layer (AlphaEdit)
-                else later(i, lambda o: o["layer"] is not None and o["layer"] < r["layer"]),
+                "later_edits_below": None if own is None  # it moved a layer under one this edit changed
+                else later(i, lambda o: layers(o) is not None and min(layers(o)) < max(own)),
                 "later_unguarding_edits_at_layer": loose}
 
     described = [describe(i, r) for i, r in enumerate(rows)]

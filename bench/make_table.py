@@ -479,7 +479,8 @@ def interference_guard(lines: list[str]) -> None:
               "and stopped at 100 shared the CPU with test runs (the WilKE run with one thread), so their s/edit are "
               "not the guard's cost; the 100-edit runs ran alone.", "",
               "Forgotten: edits lost at the last checkpoint that were exact right after their own edit (the others "
-              "never took hold), where the result records it.", "",
+              "never took hold), where the result records it. Guard paths count layer updates: a spread edit "
+              "makes one per layer.", "",
               "| stream | method | edits | retention @10 | @100 | @300 | @1000 | forgotten / lost at last "
               "| gen EM at last checkpoint | probe locality at last | immediate paraphrase | s/edit | guard paths "
               "| guard memory, largest layer MB | peak RSS MB |", "|" + "---|" * 15]
