@@ -7,8 +7,8 @@ import torch
 from conftest import EIFFEL, HPARAMS, changed_parameters, next_token, restore, snapshot
 from edit_plugins import hparams
 from edit_plugins.diagnostics.interference import InterferenceLog
-from edit_plugins.editing.interference_guard import (GuardError, GuardSettings, LayerGuard, _Space, guard_state,
-                                                     load_guard_state)
+from edit_plugins.editing.interference_guard import (GuardError, GuardSettings, LayerGuard, _guards, _Space,
+                                                     current_keys, guard_state, load_guard_state)
 from edit_plugins.editing.keys import compute_keys
 from edit_plugins.editing.layers import get_module, weight_out_in
 from edit_plugins.editing.requests import normalize_requests, with_leading_space
@@ -318,6 +318,10 @@ def test_weights_copy_restores_every_bit_and_the_guard_forgets_the_undone_edit(t
                                  tiny_hp(stats_dir, layers=layers, guard_scope=scope, **soft))
         guarded = fired[0][0].info["guard"]["keys_guarded"]
         assert guarded == (1 if scope == "model" or layers == (1,) else 0)  # only the edit still in the weights
+        if soft:  # G, which cannot be taken apart, was made again from the keys still guarded, as they are now
+            layer_guard = _guards[model].layers[fired[0][0].modules[0]]
+            keys = current_keys(model, tok, layer_guard.module, layer_guard.sources).double()
+            torch.testing.assert_close(layer_guard.gram, keys.T @ keys)
         restore(model, after_first)
 
 
@@ -424,7 +428,6 @@ def test_a_spread_edit_reaches_its_goal_through_every_layer_and_the_guard_holds_
     update leaves every earlier edit's key at its layer where it was, the keys as they are after this edit's update below it:
     the chosen layer alternates, so a layer last edited at the bottom of a spread goes stale within the next
     edit, and is recomputed there. Unguarded the keys move."""
-    from edit_plugins.editing.interference_guard import current_keys
     from edit_plugins.editing.keys import key_and_block_output
     from edit_plugins.methods.wilke.model import execute_wilke
 
