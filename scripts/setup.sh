@@ -74,22 +74,7 @@ make_env() {
     } > "$lock"
     echo "setup.sh: wrote $lock"
   fi
-  "$venv/bin/python" - "$lock" <<'PY'
-import importlib.metadata as md, re, sys
-# The environment must hold exactly what the lock says (a stale venv can hide version drift).
-wrong = []
-for line in open(sys.argv[1]):
-    m = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;#]+)", line)
-    if m:
-        try:
-            have = md.version(m[1])
-        except md.PackageNotFoundError:
-            have = None
-        if have is None or have.split("+")[0] != m[2].split("+")[0]:
-            wrong.append(f"{m[1]}: lock {m[2]}, installed {have}")
-if wrong:
-    sys.exit("setup.sh: environment differs from " + sys.argv[1] + ":\n  " + "\n  ".join(wrong))
-PY
+  "$venv/bin/python" scripts/locks.py check "$lock"  # exactly what the lock says
   # Four environments with a copy each of torch and the rest filled a CI disk: share identical files.
   "$PY" scripts/share_files.py link "$venv" "${ENVS[@]}"
   stamp_of "$lock" > "$venv/.stamp"

@@ -18,6 +18,8 @@ import os
 import re
 import sys
 
+from locks import pinned  # scripts/, this file's folder
+
 
 def site_packages(venv):
     found = glob.glob(os.path.join(venv, "lib", "python*", "site-packages"))
@@ -30,17 +32,9 @@ def normal(name):
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def pinned(lock):
-    out = {}
-    for line in open(lock):
-        m = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;#]+)", line)
-        if m:
-            out[normal(m[1])] = m[2].split("+")[0]
-    return out
-
-
 def seed(new, lock, olds, skip=()):
-    wanted, target, linked = pinned(lock), site_packages(new), 0
+    wanted = {normal(name): version.split("+")[0] for name, version in pinned(lock)}
+    target, linked = site_packages(new), 0
     for name in skip:
         wanted.pop(normal(name), None)
     have = {normal(d.metadata["Name"] or "") for d in md.distributions(path=[target])}
