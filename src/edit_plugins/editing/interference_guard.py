@@ -328,6 +328,13 @@ class LayerGuard:
         if not self.stores_keys:
             self.values = []
 
+    def _remake(self, device) -> None:
+        """The factors after keys were dropped: from the keys left, or (soft guard) from their sources later."""
+        if self.stores_keys:
+            self._rebuild(self.keys, device)
+        else:
+            self._lose_keys()
+
     def _lose_keys(self) -> None:
         """Soft guard, keys undone: G cannot be taken apart, so it is made again from the sources, on the
         model as it is, before the next use (ModelGuard.prepare)."""
@@ -377,10 +384,7 @@ class LayerGuard:
         """Only the first n keys."""
         self.keys, self.values, self.sources, self.edit_ids = (self.keys[:n], self.values[:n], self.sources[:n],
                                                                 self.edit_ids[:n])
-        if self.stores_keys:
-            self._rebuild(self.keys, device)
-        else:
-            self._lose_keys()
+        self._remake(device)
 
     def forget(self, edit_ids: set, device) -> None:
         """Drop the keys of these edits (undone at another layer), wherever they are in the list."""
@@ -391,10 +395,7 @@ class LayerGuard:
         if self.stores_keys:
             self.keys, self.values = [self.keys[i] for i in kept], [self.values[i] for i in kept]
         self.sources, self.edit_ids = [self.sources[i] for i in kept], [self.edit_ids[i] for i in kept]
-        if self.stores_keys:
-            self._rebuild(self.keys, device)
-        else:
-            self._lose_keys()
+        self._remake(device)
 
     def replace_keys(self, keys: torch.Tensor, log_position: int, device) -> None:
         """The keys recomputed on the model as it is now (one per source)."""
