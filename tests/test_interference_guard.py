@@ -320,7 +320,7 @@ def test_weights_copy_restores_every_bit_and_the_guard_forgets_the_undone_edit(t
         assert guarded == (1 if scope == "model" or layers == (1,) else 0)  # only the edit still in the weights
         if soft:  # G, which cannot be taken apart, was made again from the keys still guarded, as they are now
             layer_guard = _guards[model].layers[fired[0][0].modules[0]]
-            keys = current_keys(model, tok, layer_guard.module, layer_guard.sources).double()
+            keys = current_keys(model, tok, [layer_guard.module], layer_guard.sources)[layer_guard.module].double()
             torch.testing.assert_close(layer_guard.gram, keys.T @ keys)
         restore(model, after_first)
 
@@ -457,7 +457,7 @@ def test_a_spread_edit_reaches_its_goal_through_every_layer_and_the_guard_holds_
                 _, end = key_and_block_output(model, tok, r, module, top)
                 torch.testing.assert_close(end, start + delta, rtol=1e-3, atol=1e-3 * float(delta.norm()))
                 for edit in event.linear_edits:
-                    keys = current_keys(model, tok, edit.module, sources) if sources else None
+                    keys = current_keys(model, tok, [edit.module], sources)[edit.module] if sources else None
                     if keys is None:
                         continue
                     d = event.weight_deltas[f"{edit.module}.weight"].float()
@@ -473,6 +473,63 @@ def test_a_spread_edit_reaches_its_goal_through_every_layer_and_the_guard_holds_
         restore(model, before)
     assert moved[True] < 1e-5
     assert moved[False] > 1e-3
+
+
+@pytest.mark.parametrize("within_edit", [True, False])
+def test_a_spread_edits_stale_keys_are_recomputed_per_piece_or_in_one_pass_before_it(tiny_gpt2, stats_dir,
+                                                                                      within_edit):
+    """With ``guard_refresh_within_edit`` (the default) each piece above the lowest recomputes its layer's keys
+    after the pieces below it: one pass per layer. Off, one pass before the edit recomputes every stale layer,
+    and each piece holds the keys as they were before the edit. Either way the edit reaches its goal."""
+    from edit_plugins.editing import interference_guard as guard_module
+    from edit_plugins.editing.keys import key_and_block_output
+    from edit_plugins.methods.wilke.model import execute_wilke
+
+    model, tok = tiny_gpt2
+    before = snapshot(model)
+    hp = tiny_hp(stats_dir, layers=[3], spread_layers=3, guard_scope="model", guard_positions="prompt",
+                 guard_max_keys_fraction=0.0, guard_fallback_weight=1e-3, guard_refresh_within_edit=within_edit)
+    modules = [hp.rewrite_module_tmp.format(layer) for layer in (1, 2, 3)]
+    passes, grams = [], {}
+    real_keys, real_direction = guard_module.current_keys, LayerGuard.direction
+
+    def counted_keys(model, tok, module_names, sources):
+        passes.append(list(module_names))
+        return real_keys(model, tok, module_names, sources)
+
+    def seen_direction(self, key, direction_key):
+        grams[self.module] = self.gram.clone()  # G as the piece uses it
+        return real_direction(self, key, direction_key)
+
+    try:
+        for raw in TINY_REQUESTS[:3]:
+            apply_wilke_to_model(model, tok, [raw], hp)
+        sources = list(_guards[model].layers[modules[0]].sources)
+        earlier = {m: k.double() for m, k in real_keys(model, tok, modules, sources).items()}
+        r = normalize_requests([TINY_REQUESTS[3]])[0]
+        delta = execute_wilke(model, tok, r, hp).chosen.residual
+        _, start = key_and_block_output(model, tok, r, modules[-1], 3)
+        guard_module.current_keys, LayerGuard.direction = counted_keys, seen_direction
+        try:
+            apply_wilke_to_model(model, tok, [TINY_REQUESTS[3]], hp)
+        finally:
+            guard_module.current_keys, LayerGuard.direction = real_keys, real_direction
+        _, end = key_and_block_output(model, tok, r, modules[-1], 3)
+        torch.testing.assert_close(end, start + delta, rtol=1e-3, atol=1e-3 * float(delta.norm()))
+        refreshes = [p for p in passes if len(p) > 1 or p[0] != modules[0]]  # not the new edit's own keys
+        stale_by_earlier_edits = modules[1:]  # the earlier edits' lowest layer was 1
+        if within_edit:
+            assert passes[:2] == [[modules[1]], [modules[2]]]
+        else:
+            assert passes[0] == stale_by_earlier_edits and len(refreshes) == 1
+            for m in stale_by_earlier_edits:  # the keys of the model before the edit, at every layer
+                torch.testing.assert_close(grams[m], earlier[m].T @ earlier[m], rtol=1e-6, atol=1e-6)
+        bare = [s for s in sources if s[3] is None]  # subject keys read from the position pass equal the bare prompt's
+        merged = real_keys(model, tok, [modules[1]], sources)[modules[1]]
+        alone = real_keys(model, tok, [modules[1]], bare)[modules[1]]
+        torch.testing.assert_close(merged[[sources.index(s) for s in bare]], alone, rtol=1e-5, atol=1e-5)
+    finally:
+        restore(model, before)
 
 
 @pytest.mark.slow

@@ -46,6 +46,9 @@ class GuardSettings:
     max_keys_fraction: float = 0.9  # fall back once the exact keys fill this share of the layer's width
     fallback_weight: float = 1.0  # λ in (C + λ Σ k_j k_jᵀ)
     refresh_stale_keys: bool = True  # recompute a layer's keys when a layer below was edited since
+    # ... also when the edit in progress has changed a layer below (a spread edit's lower pieces): one pass
+    # per piece. Off: one pass before the edit serves all its layers, and its own lower pieces go unseen
+    refresh_within_edit: bool = True
     repair: bool = False  # after a refresh, map slipped earlier keys back to their values
     repair_threshold: float = 0.1  # "slipped": ‖W k_j − v_j‖ / ‖v_j‖ above this
     positions: str = "subject_last"  # keys guarded per edit: the subject's last token, or every "prompt" position
@@ -84,8 +87,9 @@ class _Space:
         self._cholesky = None  # of M⁻¹, built the first time the bounded fallback is needed
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
+        """x in u's space; x is one vector (d,) or rows (n, d)."""
         x = x.double()
-        return x if self.basis_vectors is None else self.basis_vectors.T @ x
+        return x if self.basis_vectors is None else x @ self.basis_vectors
 
     def lift(self, z: torch.Tensor) -> torch.Tensor:
         return z if self.basis_vectors is None else self.basis_vectors @ z
@@ -297,33 +301,36 @@ class LayerGuard:
             self.fallback_factor = torch.linalg.cholesky(A)
         return self.fallback_factor.to(device)
 
-    def _admit(self, z: torch.Tensor, index: int) -> None:
-        """Add key ``index`` (z, in u's space) to G and grow the basis by the part of z not yet in its span
-        (unless z is nearly dependent or the basis is full)."""
-        if not self.settings.past_edits:
+    def _admit(self, rows: torch.Tensor, first: int) -> None:
+        """Add keys ``first``, ``first`` + 1, ... (rows of ``rows``, in u's space) to G, and grow the basis
+        by the part of each not yet in its span (unless nearly dependent, or the basis is full)."""
+        if not self.settings.past_edits or not len(rows):
             return
         self.pencil, self.fallback_factor = None, None
-        self._gram(z.device).addr_(z, z)
-        perp, coefficients = self._orthogonal_part(z)
-        norm_perp = max(float(perp @ self.space.metric(perp)), 0.0) ** 0.5
-        norm_z = float(z @ self.space.metric(z)) ** 0.5
-        if self._capacity_left() and norm_z > 0 and norm_perp >= self.settings.min_residual * norm_z:
-            n = len(self.in_basis)
-            self._to_device(z.device)
-            if n == len(self._basis):
-                self._grow(max(n + 1, min(2 * n, self.space.dim), 16), z.device)
-            self._triangular[:n, n], self._triangular[n, n] = coefficients, norm_perp
-            self._basis[n] = perp / norm_perp
-            self._metric_basis[n] = self.space.metric(perp) / norm_perp
-            self.in_basis.append(index)
+        self._gram(rows.device).addmm_(rows.T, rows)  # one product: a rank-one update per key is memory-bound
+        for i, z in enumerate(rows):
+            if not self._capacity_left():
+                break
+            perp, coefficients = self._orthogonal_part(z)
+            norm_perp = max(float(perp @ self.space.metric(perp)), 0.0) ** 0.5
+            norm_z = float(z @ self.space.metric(z)) ** 0.5
+            if norm_z > 0 and norm_perp >= self.settings.min_residual * norm_z:
+                n = len(self.in_basis)
+                self._to_device(z.device)
+                if n == len(self._basis):
+                    self._grow(max(n + 1, min(2 * n, self.space.dim), 16), z.device)
+                self._triangular[:n, n], self._triangular[n, n] = coefficients, norm_perp
+                self._basis[n] = perp / norm_perp
+                self._metric_basis[n] = self.space.metric(perp) / norm_perp
+                self.in_basis.append(first + i)
 
     def _rebuild(self, keys: list[torch.Tensor], device) -> None:
-        """The factors from the keys (one per source), by the same steps that built them one key at a time;
-        the keys are kept only where the exact basis uses them."""
+        """The factors from the keys (one per source); the keys are kept only where the exact basis uses
+        them."""
         self._reset_factors()
         self.needs_keys = False
-        for i, key in enumerate(keys):
-            self._admit(self.space.project(key.to(device)), i)
+        if keys:
+            self._admit(self.space.project(torch.stack(keys).to(device)), 0)
         self.keys = list(keys) if self.stores_keys else []
         if not self.stores_keys:
             self.values = []
@@ -347,14 +354,16 @@ class LayerGuard:
         """Guard these keys from now on (an edit's own, once applied, or earlier edits' in scope "model")."""
         if not self.count:
             self.fresh_at = log_position
+        first = self.count
+        keys = [key.detach().float().clone() for key in keys]
         for key, value, source, edit_id in zip(keys, values, sources, edit_ids, strict=True):
-            key = key.detach().float().clone()
             if self.stores_keys:
                 self.keys.append(key)
                 self.values.append(value.detach().float().clone())
             self.sources.append(source)
             self.edit_ids.append(edit_id)
-            self._admit(self.space.project(key.to(weight.device)), self.count - 1)
+        if keys:
+            self._admit(self.space.project(torch.stack(keys).to(weight.device)), first)
         self.snapshots.append((self.count, weight_digest(weight)))
 
     def sync(self, weight: torch.Tensor) -> list[int]:
@@ -447,12 +456,13 @@ class ModelGuard:
             saved = _pending.get(model, {}).pop(module, None)
             if saved is not None:
                 guard.sources, guard.edit_ids, guard.fresh_at = saved["sources"], saved["edit_ids"], saved["fresh_at"]
-                if saved.get("gram") is not None and not guard.stores_keys:
-                    guard.gram = saved["gram"].to(weight.device)
-                elif saved["keys"]:  # the exact guard's, or a state saved before the soft guard kept only G
+                keys, gram = saved["keys"], saved.get("gram")
+                if keys:  # the exact guard's, or a state saved before the soft guard kept only G
                     guard.values = saved["values"] if guard.stores_keys else []
-                    guard._rebuild(saved["keys"], weight.device)
-                else:
+                    guard._rebuild(keys, weight.device)
+                if gram is not None and (keys or not guard.stores_keys):
+                    guard.gram = gram.to(weight.device)  # as the saving run summed it, to the last bit
+                elif not keys:
                     guard._lose_keys()
             guard.snapshots = [(guard.count, weight_digest(weight))]  # the weights these keys belong to
         else:
@@ -477,22 +487,32 @@ class ModelGuard:
 
     def is_stale(self, guard: LayerGuard, edited_now: tuple = ()) -> bool:
         """Has a layer below been edited since the keys were computed (``edited_now``: layers the edit in
-        progress has already changed)?"""
-        return bool(guard.count) and any(l < guard.layer for l in (*self.edit_log[guard.fresh_at:], *edited_now))
+        progress has already changed, counted with ``refresh_within_edit``)?"""
+        if guard.needs_keys:
+            return True
+        if not self.settings.refresh_within_edit:
+            edited_now = ()
+        edited = (*self.edit_log[guard.fresh_at:], *edited_now)
+        return self.settings.refresh_stale_keys and bool(guard.count) and any(l < guard.layer for l in edited)
+
+    def refresh_stale(self, model, tok, guards: list[LayerGuard]) -> dict[str, dict]:
+        """Before an edit over several layers: recompute every stale one of ``guards`` in one pass (the pieces'
+        ``prepare`` then finds them current). Returns each refreshed layer's report."""
+        stale = [g for g in guards if self.is_stale(g)]
+        return self.refresh(model, tok, stale) if stale else {}
 
     def prepare(self, model, tok, guard: LayerGuard, edited_now: tuple = ()) -> dict:
         """Before an edit at ``guard``'s layer: recompute its keys if a layer below was edited since (or by
         the edit in progress, ``edited_now``); in scope "model", add the keys of earlier edits made at other
         layers (their outputs here are kept as they are now). Returns what was done, for the edit's report
         (empty: nothing)."""
-        stale = guard.needs_keys or (self.settings.refresh_stale_keys and self.is_stale(guard, edited_now))
-        report = self.refresh(model, tok, guard) if stale else {}
+        report = self.refresh(model, tok, [guard])[guard.module] if self.is_stale(guard, edited_now) else {}
         if self.settings.scope == "model":
             have = set(guard.edit_ids)
             missing = [(e, s) for e, s in self.sources if e not in have]
             if missing:
                 weight = weight_out_in(get_module(model, guard.module))
-                keys = current_keys(model, tok, guard.module, [s for _, s in missing]).to(weight.device)
+                keys = current_keys(model, tok, [guard.module], [s for _, s in missing])[guard.module].to(weight.device)
                 guard.record(list(keys), list(keys @ weight.detach().float().T), [s for _, s in missing],
                              [e for e, _ in missing], weight, len(self.edit_log))
                 report["keys_added"] = len(missing)
@@ -514,7 +534,7 @@ class ModelGuard:
             sources = [(request.prompt, request.subject, request.target_new, None)]
             if self.settings.positions == "prompt":
                 own = subject_last_index(tok, "{}", request)  # already guarded, with its value v*
-                sequence = scored_position_keys(model, tok, [request], module_name)[0].float().to(W.device)
+                sequence = scored_position_keys(model, tok, [request], [module_name])[module_name][0].float().to(W.device)
                 others = [i for i in range(len(sequence)) if i != own]
                 keys += list(sequence[others])
                 values += list(sequence[others] @ W.T)
@@ -524,24 +544,29 @@ class ModelGuard:
             self.sources += [(edit_id, s) for s in sources]
         self.log_edit(min(layer for _, layer, _, _ in pieces))
 
-    def refresh(self, model, tok, guard: LayerGuard) -> dict:
-        """Recompute a stale layer's keys (one batched forward pass cut off at the layer); with ``repair``,
-        map the ones that slipped back to their values. Returns what was done, for the edit's report."""
-        module = get_module(model, guard.module)
-        fresh = current_keys(model, tok, guard.module, guard.sources)
-        report = {"keys_refreshed": guard.count}
-        if guard.keys:  # the soft guard keeps no keys to compare
-            old = torch.stack(guard.keys).to(fresh.device)
-            report["key_change_max"] = float(((fresh - old).norm(dim=1) / old.norm(dim=1).clamp_min(1e-12)).max())
-        guard.replace_keys(fresh, len(self.edit_log), weight_out_in(module).device)
-        if self.settings.repair:
-            delta, info = guard.repair_update(weight_out_in(module))
-            report.update({f"repair_{k}": v for k, v in info.items()})
-            if delta is not None:
-                add_to_weight(module, delta)
-                report["repair_delta"] = delta
-        guard.snapshots.append((guard.count, weight_digest(weight_out_in(module))))
-        return report
+    def refresh(self, model, tok, guards: list[LayerGuard]) -> dict[str, dict]:
+        """Recompute these layers' keys (one batched forward pass, cut off at the highest); with ``repair``,
+        map the ones that slipped back to their values. Returns what was done per layer, for the edit's report."""
+        sources = list(dict.fromkeys(s for g in guards for s in g.sources))
+        fresh = current_keys(model, tok, [g.module for g in guards], sources)
+        row = {s: i for i, s in enumerate(sources)}
+        reports = {}
+        for guard in guards:
+            module = get_module(model, guard.module)
+            keys = fresh[guard.module][[row[s] for s in guard.sources]]
+            report = reports[guard.module] = {"keys_refreshed": guard.count}
+            if guard.keys:  # the soft guard keeps no keys to compare
+                old = torch.stack(guard.keys).to(keys.device)
+                report["key_change_max"] = float(((keys - old).norm(dim=1) / old.norm(dim=1).clamp_min(1e-12)).max())
+            guard.replace_keys(keys, len(self.edit_log), weight_out_in(module).device)
+            if self.settings.repair:
+                delta, info = guard.repair_update(weight_out_in(module))
+                report.update({f"repair_{k}": v for k, v in info.items()})
+                if delta is not None:
+                    add_to_weight(module, delta)
+                    report["repair_delta"] = delta
+            guard.snapshots.append((guard.count, weight_digest(weight_out_in(module))))
+        return reports
 
     def log_edit(self, layer: int) -> None:
         self.edit_log.append(layer)
@@ -550,26 +575,31 @@ class ModelGuard:
         return {name: g.nbytes() for name, g in self.layers.items()}
 
 
-def current_keys(model, tok, module_name: str, sources: list[tuple]) -> torch.Tensor:
-    """The keys ``sources`` name, recomputed on the model as it is now: (len(sources), d)."""
+def current_keys(model, tok, module_names: list[str], sources: list[tuple]) -> dict[str, torch.Tensor]:
+    """The keys ``sources`` name at each module, recomputed on the model as it is now: {module: (len(sources),
+    d)}. Where a prompt's other positions are guarded too, its subject key is read from the same pass (a
+    causal model's input at the subject's last token does not depend on what follows it)."""
     from .keys import compute_keys, scored_position_keys
     from .requests import EditRequest
+    from .tokens import subject_last_index
 
     def request(source):
         return EditRequest(prompt=source[0], subject=source[1], target_new=source[2])
 
-    subject_rows = [i for i, s in enumerate(sources) if s[3] is None]
-    position_rows = [i for i, s in enumerate(sources) if s[3] is not None]
-    parts = {}
-    if subject_rows:
-        found = compute_keys(model, tok, [request(sources[i]) for i in subject_rows], [module_name])[module_name]
-        parts.update(zip(subject_rows, found))
-    if position_rows:
-        texts = list(dict.fromkeys(sources[i][:3] for i in position_rows))  # each prompt once, in order
-        sequences = scored_position_keys(model, tok, [request(t) for t in texts], module_name)
-        row_of = {t: n for n, t in enumerate(texts)}
-        parts.update((i, sequences[row_of[sources[i][:3]]][sources[i][3]].float()) for i in position_rows)
-    return torch.stack([parts[i] for i in range(len(sources))])
+    texts = list(dict.fromkeys(s[:3] for s in sources if s[3] is not None))  # each prompt once, in order
+    sequences = scored_position_keys(model, tok, [request(t) for t in texts], module_names)
+    text_row = {t: n for n, t in enumerate(texts)}
+    bare = [i for i, s in enumerate(sources) if s[3] is None and s[:3] not in text_row]
+    found = compute_keys(model, tok, [request(sources[i]) for i in bare], module_names) if bare else {}
+    out = {}
+    for name in module_names:
+        parts = dict(zip(bare, found[name])) if bare else {}
+        for i, source in enumerate(sources):
+            if i not in parts:
+                position = subject_last_index(tok, "{}", request(source)) if source[3] is None else source[3]
+                parts[i] = sequences[name][text_row[source[:3]]][position].float()
+        out[name] = torch.stack([parts[i] for i in range(len(sources))])
+    return out
 
 
 def guard_for(model, settings: GuardSettings) -> ModelGuard | None:
@@ -588,9 +618,9 @@ def guard_for(model, settings: GuardSettings) -> ModelGuard | None:
 
 # -- saving and loading (a lifelong run's state) ------------------------------------------------------
 def guard_state(model) -> tuple[dict, dict] | None:
-    """(tensors, metadata): each layer's keys, values and their sources (the soft guard's G instead of keys and
-    values); the factors are rebuilt on load by the same steps, so a resumed run continues with the same
-    numbers. None where the model has no guard."""
+    """(tensors, metadata): each layer's G, keys, values and their sources (the soft guard keeps no keys or
+    values); the basis is rebuilt on load by the same steps and G is loaded as summed, so a resumed run
+    continues with the same numbers. None where the model has no guard."""
     guard = _guards.get(model)
     pending = dict(_pending.get(model, {}))  # loaded, and not yet used since: saved as they were loaded
     if guard is None and not pending:
@@ -599,7 +629,7 @@ def guard_state(model) -> tuple[dict, dict] | None:
     pending.pop("__edit_log__", None)
     sources = guard.sources if guard is not None else pending.pop("__sources__", [])
     pending.pop("__sources__", None)
-    entries = {name: {"keys": g.keys, "values": g.values, "gram": None if g.stores_keys else g.gram,
+    entries = {name: {"keys": g.keys, "values": g.values, "gram": g.gram,
                       "sources": g.sources, "edit_ids": g.edit_ids, "fresh_at": g.fresh_at}
                for name, g in (guard.layers.items() if guard is not None else ())}
     tensors, layers = {}, {}
@@ -608,7 +638,7 @@ def guard_state(model) -> tuple[dict, dict] | None:
             continue
         if entry.get("gram") is not None:
             tensors[f"{name}.gram"] = entry["gram"].detach().cpu().clone()  # G grows in place: not a view
-        elif entry["keys"]:
+        if entry["keys"]:
             tensors[f"{name}.keys"] = torch.stack(entry["keys"]).cpu().contiguous()
             tensors[f"{name}.values"] = torch.stack(entry["values"]).cpu().contiguous()
         # neither: a soft guard's keys undone and G not yet made again; it is made from the sources on load

@@ -73,28 +73,30 @@ def compute_keys(model, tok, requests: list[EditRequest], module_names: list[str
 @torch.no_grad()
 def module_input_sequences(model, tok, texts: list[str], module_name: str, batch_size: int = 32) -> list[torch.Tensor]:
     """Each text's input sequence (T, d) to one module: a forward pass cut off at that module."""
-    return _module_inputs(model, tok, [encode(tok, t) for t in texts], module_name, batch_size)
+    return _module_inputs(model, tok, [encode(tok, t) for t in texts], [module_name], batch_size)[module_name]
 
 
 @torch.no_grad()
-def scored_position_keys(model, tok, requests: list[EditRequest], module_name: str,
-                         batch_size: int = 32) -> list[torch.Tensor]:
-    """The module's input (T, d) at every position a teacher-forced score of each request reads: the prompt
-    and the target less its last token, tokenised as the scoring does."""
+def scored_position_keys(model, tok, requests: list[EditRequest], module_names: list[str],
+                         batch_size: int = 32) -> dict[str, list[torch.Tensor]]:
+    """Each module's input (T, d) at every position a teacher-forced score of each request reads: the
+    prompt and the target less its last token, tokenised as the scoring does. One pass serves every module."""
     sequences = [encode(tok, r.text) + target_ids(tok, with_leading_space(r.target_new))[:-1] for r in requests]
-    return _module_inputs(model, tok, sequences, module_name, batch_size)
+    return _module_inputs(model, tok, sequences, module_names, batch_size)
 
 
-def _module_inputs(model, tok, sequences: list[list[int]], module_name: str, batch_size: int) -> list[torch.Tensor]:
+def _module_inputs(model, tok, sequences: list[list[int]], module_names: list[str],
+                   batch_size: int) -> dict[str, list[torch.Tensor]]:
     device = input_device(model)
-    out = []
+    out = {name: [] for name in module_names}
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start : start + batch_size]
         ids, mask = pad_batch(tok, chunk, device)
-        with capture_inputs(model, [module_name], stop_early=True) as captured:
+        with capture_inputs(model, module_names, stop_early=True) as captured:
             run_until_captured(model, input_ids=ids, attention_mask=mask)
-        acts = captured[module_name].detach()
-        out.extend(acts[i, : len(s)].clone() for i, s in enumerate(chunk))
+        for name in module_names:
+            acts = captured[name].detach()
+            out[name].extend(acts[i, : len(s)].clone() for i, s in enumerate(chunk))
     return out
 
 

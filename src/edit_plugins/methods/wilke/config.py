@@ -54,6 +54,7 @@ class WilKEHyperParams(EditHyperParams):
     guard_max_keys_fraction: float = 0.9  # ... or once exact keys fill this share of the layer's width (0: always)
     guard_fallback_weight: float = 1.0  # λ of the fallback's (C + λ Σ k_j k_jᵀ)
     guard_refresh_stale_keys: bool = True  # recompute a layer's keys after edits at layers below it
+    guard_refresh_within_edit: bool = True  # ... and after a spread edit's own lower pieces (off: once per edit)
     guard_repair: bool = False  # on refresh, map earlier keys that slipped back to their values
     guard_repair_threshold: float = 0.1  # slipped: ‖W k_j − v_j‖ / ‖v_j‖ above this
     guard_positions: str = "subject_last"  # keys guarded per edit: "subject_last", or every "prompt" position scored
@@ -65,7 +66,8 @@ class WilKEHyperParams(EditHyperParams):
             past_edits=self.interference_guard, preserved_knowledge=self.guard_preserved_knowledge,
             null_space_energy=self.guard_null_space_energy, min_residual=self.guard_min_residual,
             max_keys_fraction=self.guard_max_keys_fraction, fallback_weight=self.guard_fallback_weight,
-            refresh_stale_keys=self.guard_refresh_stale_keys, repair=self.guard_repair,
+            refresh_stale_keys=self.guard_refresh_stale_keys, refresh_within_edit=self.guard_refresh_within_edit,
+            repair=self.guard_repair,
             repair_threshold=self.guard_repair_threshold, positions=self.guard_positions,
             scope=self.guard_scope)
 

@@ -56,15 +56,22 @@ def spread_edit(model, tok, request: EditRequest, rewrite_module_tmp: str, top: 
     _, start = key_and_block_output(model, tok, request, top_module, top)
     goal = start + delta.to(start.device)
     layers = spread_layers(top, count)
+    names = [rewrite_module_tmp.format(layer) for layer in layers]
+    refreshed = {}
+    if guard is not None and not guard.settings.refresh_within_edit:
+        for name in names:
+            before_write(name)  # a repair in the refresh writes
+        refreshed = guard.refresh_stale(model, tok, [guard.layer(model, name, layer, c_inverse(name))
+                                                     for name, layer in zip(names, layers)])
     pieces: list[Piece] = []
-    for i, layer in enumerate(layers):
-        name = rewrite_module_tmp.format(layer)
+    for i, (layer, name) in enumerate(zip(layers, names)):
         module = get_module(model, name)
         before_write(name)
         info, repair = {}, None
         if guard is not None:
             layer_guard = guard.layer(model, name, layer, c_inverse(name))
-            info = guard.prepare(model, tok, layer_guard, edited_now=tuple(p.layer for p in pieces))
+            info = {**refreshed.get(name, {}),
+                    **guard.prepare(model, tok, layer_guard, edited_now=tuple(p.layer for p in pieces))}
             repair = info.pop("repair_delta", None)
         key, now = key_and_block_output(model, tok, request, name, top)
         share = (goal - now) / (len(layers) - i)
