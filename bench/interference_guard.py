@@ -93,6 +93,11 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
                                                "guard_scope": "model", "guard_positions": "prompt",
                                                "guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-3,
                                                "guard_layer_choice": "plain", "guard_refresh_within_edit": False}),
+    # ... refreshing stale keys at most once per 10 edits (the refresh's cost grows with the edits held)
+    "rome-soft-guard-spread-one-pass-every-10": (ROME, {
+        "layers": [7], "spread_layers": 5, "interference_guard": True, "guard_scope": "model",
+        "guard_positions": "prompt", "guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-3,
+        "guard_layer_choice": "plain", "guard_refresh_within_edit": False, "guard_refresh_every": 10}),
     # EasyEdit HEAD's AlphaEdit, unmodified (layers 3-7; C and its null space from pydoc, as for WilKE)
     "alphaedit": ("easyedit/AlphaEdit/smollm2-135m.yaml", {}),
 }

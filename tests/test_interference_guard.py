@@ -532,6 +532,28 @@ def test_a_spread_edits_stale_keys_are_recomputed_per_piece_or_in_one_pass_befor
         restore(model, before)
 
 
+def test_refresh_every_n_edits_waits_between_refreshes_and_reports_how_far_the_keys_went_stale(tiny_gpt2, stats_dir):
+    """``guard_refresh_every: 2``: stale keys are recomputed at most once per two edits (edits 2 and 4 here:
+    every edit is at layers 1-3, so layers 2 and 3 go stale at each), and each refresh reports how far G
+    had moved, ‖G_new − G_old‖_F / ‖G_old‖_F."""
+    model, tok = tiny_gpt2
+    before = snapshot(model)
+    hp = tiny_hp(stats_dir, layers=[3], spread_layers=3, guard_scope="model", guard_positions="prompt",
+                 guard_max_keys_fraction=0.0, guard_fallback_weight=1e-3, guard_refresh_within_edit=False,
+                 guard_refresh_every=2)
+    try:
+        refreshed = []
+        for raw in TINY_REQUESTS:
+            pieces = _one_edit(model, tok, raw, hp).info["spread"]
+            refreshed.append([p["layer"] for p in pieces if "keys_refreshed" in p["guard"]])
+            for p in pieces:
+                if "keys_refreshed" in p["guard"]:
+                    assert 0 < p["guard"]["gram_change"] < 1
+        assert refreshed == [[], [], [2, 3], [], [2, 3]]
+    finally:
+        restore(model, before)
+
+
 @pytest.mark.slow
 def test_a_spread_edit_whose_subject_opens_the_prompt_stays_small_and_leaves_other_prompts(smollm2, stats_dir):
     """A subject at position 0 meets the first token's outsized activations: the bare prompt's key is nearly
@@ -567,6 +589,8 @@ def test_a_spread_edit_whose_subject_opens_the_prompt_stays_small_and_leaves_oth
     ({"guard_layer_choice": "best", "interference_guard": True}, "field 'guard_layer_choice' must be one of"),
     ({"guard_layer_choice": "plain"}, "'guard_layer_choice' chooses how layers are ranked under the past-edit guard"),
     ({"spread_layers": 0}, "field 'spread_layers' must be positive"),
+    ({"guard_refresh_every": 0}, "field 'guard_refresh_every' must be a whole number of edits, 1 or more"),
+    ({"guard_refresh_every": 2.5}, "field 'guard_refresh_every' must be an integer"),
 ])
 def test_bad_guard_settings_are_refused_naming_the_field(change, message):
     config = hparams.read_yaml(HPARAMS / "WilKE" / "tiny-gpt2.yaml")[0]

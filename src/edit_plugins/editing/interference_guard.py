@@ -49,6 +49,7 @@ class GuardSettings:
     # ... also when the edit in progress has changed a layer below (a spread edit's lower pieces): one pass
     # per piece. Off: one pass before the edit serves all its layers, and its own lower pieces go unseen
     refresh_within_edit: bool = True
+    refresh_every: int = 1  # ... at most once per this many edits (stale keys wait in between)
     repair: bool = False  # after a refresh, map slipped earlier keys back to their values
     repair_threshold: float = 0.1  # "slipped": ‖W k_j − v_j‖ / ‖v_j‖ above this
     positions: str = "subject_last"  # keys guarded per edit: the subject's last token, or every "prompt" position
@@ -487,13 +488,18 @@ class ModelGuard:
 
     def is_stale(self, guard: LayerGuard, edited_now: tuple = ()) -> bool:
         """Has a layer below been edited since the keys were computed (``edited_now``: layers the edit in
-        progress has already changed, counted with ``refresh_within_edit``)?"""
+        progress has already changed, counted with ``refresh_within_edit``), and is a refresh due
+        (``refresh_every``)?"""
         if guard.needs_keys:
             return True
-        if not self.settings.refresh_within_edit:
+        since = self.edit_log[guard.fresh_at:]
+        if self.settings.refresh_every > 1:
+            if len(since) < self.settings.refresh_every:
+                return False
             edited_now = ()
-        edited = (*self.edit_log[guard.fresh_at:], *edited_now)
-        return self.settings.refresh_stale_keys and bool(guard.count) and any(l < guard.layer for l in edited)
+        elif not self.settings.refresh_within_edit:
+            edited_now = ()
+        return self.settings.refresh_stale_keys and bool(guard.count) and any(l < guard.layer for l in (*since, *edited_now))
 
     def refresh_stale(self, model, tok, guards: list[LayerGuard]) -> dict[str, dict]:
         """Before an edit over several layers: recompute every stale one of ``guards`` in one pass (the pieces'
@@ -558,7 +564,10 @@ class ModelGuard:
             if guard.keys:  # the soft guard keeps no keys to compare
                 old = torch.stack(guard.keys).to(keys.device)
                 report["key_change_max"] = float(((keys - old).norm(dim=1) / old.norm(dim=1).clamp_min(1e-12)).max())
+            old_gram = None if guard.gram is None or guard.needs_keys else guard.gram.clone()
             guard.replace_keys(keys, len(self.edit_log), weight_out_in(module).device)
+            if old_gram is not None and guard.gram is not None:  # how stale the keys had gone, all of them at once
+                report["gram_change"] = float((guard.gram - old_gram.to(guard.gram.device)).norm() / old_gram.norm())
             if self.settings.repair:
                 delta, info = guard.repair_update(weight_out_in(module))
                 report.update({f"repair_{k}": v for k, v in info.items()})

@@ -55,6 +55,7 @@ class WilKEHyperParams(EditHyperParams):
     guard_fallback_weight: float = 1.0  # λ of the fallback's (C + λ Σ k_j k_jᵀ)
     guard_refresh_stale_keys: bool = True  # recompute a layer's keys after edits at layers below it
     guard_refresh_within_edit: bool = True  # ... and after a spread edit's own lower pieces (off: once per edit)
+    guard_refresh_every: int = 1  # ... at most once per this many edits (stale keys wait in between)
     guard_repair: bool = False  # on refresh, map earlier keys that slipped back to their values
     guard_repair_threshold: float = 0.1  # slipped: ‖W k_j − v_j‖ / ‖v_j‖ above this
     guard_positions: str = "subject_last"  # keys guarded per edit: "subject_last", or every "prompt" position scored
@@ -67,7 +68,7 @@ class WilKEHyperParams(EditHyperParams):
             null_space_energy=self.guard_null_space_energy, min_residual=self.guard_min_residual,
             max_keys_fraction=self.guard_max_keys_fraction, fallback_weight=self.guard_fallback_weight,
             refresh_stale_keys=self.guard_refresh_stale_keys, refresh_within_edit=self.guard_refresh_within_edit,
-            repair=self.guard_repair,
+            refresh_every=self.guard_refresh_every, repair=self.guard_repair,
             repair_threshold=self.guard_repair_threshold, positions=self.guard_positions,
             scope=self.guard_scope)
 
@@ -93,6 +94,9 @@ class WilKEHyperParams(EditHyperParams):
                      "guard_repair_threshold"):
             if getattr(self, name) <= 0:
                 raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")
+        if self.guard_refresh_every < 1:  # an integer: the loader checks the field's type
+            raise HparamsError(f"{source}: field 'guard_refresh_every' must be a whole number of edits, 1 or more, "
+                               f"got {self.guard_refresh_every!r}")
         if self.guard_max_keys_fraction < 0:  # 0: no exact keys, every edit takes the regularised form
             raise HparamsError(f"{source}: field 'guard_max_keys_fraction' must be between 0 and 1, got "
                                f"{self.guard_max_keys_fraction!r}")
