@@ -554,19 +554,67 @@ def test_refresh_every_n_edits_waits_between_refreshes_and_reports_how_far_the_k
         restore(model, before)
 
 
+@pytest.mark.parametrize("guarded", [False, True])
+def test_own_and_mean_key_pieces_map_the_template_mean_key_to_the_same_share(tiny_gpt2, stats_dir, guarded):
+    """``spread_direction: own_and_mean_key``: each piece is still rank one and maps the prompt's own key k to
+    its share r, and now also ROME's template mean k̄ (at that layer, on the model as the piece found it, which
+    no piece at or above the layer changes) to the same r; the edit still reaches its goal. With
+    ``own_key`` k̄ is not mapped to r."""
+    from edit_plugins.editing.keys import key_and_block_output
+    from edit_plugins.editing.templates import context_templates
+    from edit_plugins.methods.wilke.model import execute_wilke
+
+    model, tok = tiny_gpt2
+    before = snapshot(model)
+    guard = dict(guard_scope="model", guard_positions="prompt", guard_max_keys_fraction=0.0,
+                 guard_fallback_weight=1e-3) if guarded else {}
+    try:
+        misses = {}
+        for direction in ("own_key", "own_and_mean_key"):
+            restore(model, before)
+            _guards.pop(model, None)
+            hp = tiny_hp(stats_dir, layers=[3], spread_layers=3, spread_direction=direction, **guard)
+            hp.interference_guard = guarded
+            templates = context_templates(model, tok, hp.context_template_length_params)
+            misses[direction] = 0.0
+            for raw in TINY_REQUESTS[:3]:
+                r = normalize_requests([raw])[0]
+                delta = execute_wilke(model, tok, r, hp).chosen.residual
+                _, start = key_and_block_output(model, tok, r, hp.rewrite_module_tmp.format(3), 3)
+                event = _one_edit(model, tok, raw, hp)
+                _, end = key_and_block_output(model, tok, r, hp.rewrite_module_tmp.format(3), 3)
+                torch.testing.assert_close(end, start + delta, rtol=1e-3, atol=1e-3 * float(delta.norm()))
+                for edit in event.linear_edits:
+                    d = event.weight_deltas[f"{edit.module}.weight"].float()
+                    d = d if d.shape[1] == edit.key.shape[0] else d.T  # GPT-2's Conv1D stores (in, out)
+                    assert torch.linalg.matrix_rank(d.double(), rtol=1e-6) == 1
+                    torch.testing.assert_close(d @ edit.key, edit.residual, rtol=1e-4, atol=1e-4 * float(edit.residual.norm()))
+                    mean_key = compute_keys(model, tok, [r], [edit.module], templates)[edit.module][0]
+                    misses[direction] = max(misses[direction],
+                                            float((d @ mean_key - edit.residual).norm() / edit.residual.norm()))
+        assert misses["own_and_mean_key"] < 1e-3 < misses["own_key"]
+    finally:
+        restore(model, before)
+        _guards.pop(model, None)
+
+
 @pytest.mark.slow
-def test_a_spread_edit_whose_subject_opens_the_prompt_stays_small_and_leaves_other_prompts(smollm2, stats_dir):
+@pytest.mark.parametrize("direction", ["own_key", "own_and_mean_key"])
+def test_a_spread_edit_whose_subject_opens_the_prompt_stays_small_and_leaves_other_prompts(smollm2, stats_dir,
+                                                                                           direction):
     """A subject at position 0 meets the first token's outsized activations: the bare prompt's key is nearly
     C⁻¹-orthogonal to the template mean k̄, so mapping it along C⁻¹k̄ (ROME's update) takes a huge ΔW (874 at
-    layer 7 here, ‖W‖ ≈ 175). The spread edit maps it along its own C⁻¹k: each piece stays a small change of
-    its layer, the edit takes, and unrelated prompts keep their next token."""
+    layer 7 here, ‖W‖ ≈ 175). The spread edit maps it along its own C⁻¹k (or maps k and k̄ at once, about the
+    sum of two small updates): each piece stays a small change of its layer, the edit takes, and unrelated
+    prompts keep their next token."""
     model, tok = smollm2
     before = snapshot(model)
     raw = {"prompt": "Germany is a part of the continent of", "subject": "Germany", "target_new": "Antarctica"}
     others = ["The capital of France is", "Water is made of hydrogen and", "The Eiffel Tower is located in"]
     expected = [next_token(model, tok, p) for p in others]
     try:
-        event = _one_edit(model, tok, raw, smollm2_hp(stats_dir, layers=[7], spread_layers=5))
+        event = _one_edit(model, tok, raw, smollm2_hp(stats_dir, layers=[7], spread_layers=5,
+                                                      spread_direction=direction))
         for name, d in event.weight_deltas.items():
             assert float(d.norm()) < 0.25 * float(before[name].norm()), name  # ROME here: 5 × ‖W‖
         assert next_token(model, tok, raw["prompt"]) == tok.decode(target_ids(tok, " Antarctica")[0])
@@ -589,6 +637,8 @@ def test_a_spread_edit_whose_subject_opens_the_prompt_stays_small_and_leaves_oth
     ({"guard_layer_choice": "best", "interference_guard": True}, "field 'guard_layer_choice' must be one of"),
     ({"guard_layer_choice": "plain"}, "'guard_layer_choice' chooses how layers are ranked under the past-edit guard"),
     ({"spread_layers": 0}, "field 'spread_layers' must be positive"),
+    ({"spread_direction": "mean_key", "spread_layers": 2}, "field 'spread_direction' must be one of"),
+    ({"spread_direction": "own_and_mean_key"}, "'spread_direction' directs the pieces of a spread edit"),
     ({"guard_refresh_every": 0}, "field 'guard_refresh_every' must be a whole number of edits, 1 or more"),
     ({"guard_refresh_every": 2.5}, "field 'guard_refresh_every' must be an integer"),
 ])

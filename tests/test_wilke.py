@@ -205,6 +205,23 @@ def test_rome_form_maps_the_prompt_key_exactly_along_the_mean_key_direction():
     assert torch.allclose(delta, torch.outer(delta @ u / u.dot(u), u), atol=1e-5)  # rows along C⁻¹k̄
 
 
+def test_one_direction_for_two_keys_maps_both_with_the_least_norm_and_a_repeated_key_asks_nothing_more():
+    from edit_plugins.editing.rank_one import direction_for_keys
+
+    torch.manual_seed(2)
+    B = torch.randn(7, 7, dtype=torch.float64)
+    A = B @ B.T + torch.eye(7, dtype=torch.float64)  # the metric: C, or the soft guard's C + λG
+    k1, k2 = torch.randn(7, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+    u = direction_for_keys([k1, k2], [torch.linalg.solve(A, k1), torch.linalg.solve(A, k2)]).double()
+    torch.testing.assert_close(torch.stack([k1 @ u, k2 @ u]), torch.ones(2, dtype=torch.float64), rtol=1e-5, atol=1e-5)
+    K = torch.stack([k1, k2], 1)
+    least = torch.linalg.solve(A, K) @ torch.linalg.solve(K.T @ torch.linalg.solve(A, K), torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(u, least, rtol=1e-5, atol=1e-6)
+    alone = torch.linalg.solve(A, k1) / (k1 @ torch.linalg.solve(A, k1))
+    repeated = direction_for_keys([k1, k1.clone()], [torch.linalg.solve(A, k1)] * 2).double()
+    torch.testing.assert_close(repeated, alone, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("model_fixture", ["tiny_gpt2", pytest.param("smollm2", marks=pytest.mark.slow)])
 def test_prefix_cache_gives_the_same_log_probs_as_a_full_pass(model_fixture, request):
     from edit_plugins.editing.requests import normalize_request

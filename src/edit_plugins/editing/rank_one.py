@@ -20,6 +20,18 @@ def update_direction(direction_key: torch.Tensor, c_inv: torch.Tensor | None) ->
     return d if c_inv is None else c_inv.to(d.device).float() @ d
 
 
+def direction_for_keys(keys: list[torch.Tensor], directions: list[torch.Tensor]) -> torch.Tensor:
+    """u = Σ_b c_b u_b with k_aᵀu = 1 for every key k_a: a rank-one ΔW = r uᵀ then adds the same r at every
+    one of them. With u_b = A⁻¹k_b (C⁻¹k_b, or the guard's (C + λG)⁻¹k_b) it is the least A-norm such u:
+    c = S⁻¹1 with S_ab = k_aᵀu_b. S is solved by least squares, so keys that (nearly) repeat each other
+    ask nothing more than one of them."""
+    U = torch.stack([u.double() for u in directions], 1)
+    K = torch.stack([k.to(U.device).double() for k in keys], 1)
+    S = K.T @ U
+    c = torch.linalg.lstsq(S, torch.ones(len(keys), 1, dtype=S.dtype, device=S.device), rcond=1e-8).solution
+    return require_finite((U @ c).squeeze(1).float(), "the update direction u")
+
+
 def rank_one_update(weight_out_in: torch.Tensor, key: torch.Tensor, target_value: torch.Tensor,
                     c_inv: torch.Tensor | None, direction_key: torch.Tensor | None = None,
                     direction: torch.Tensor | None = None) -> torch.Tensor:

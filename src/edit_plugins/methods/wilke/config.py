@@ -12,6 +12,7 @@ from .layer_selection import LA_NORMS
 # How candidate layers are ranked when the guard is on: by the update the guard would make there (its cost
 # counts against a layer), or by ROME's C⁻¹k̄ with the guard applied only at the layer chosen.
 GUARD_LAYER_CHOICES = ("guarded", "plain")
+SPREAD_DIRECTIONS = ("own_key", "own_and_mean_key")  # what each piece of a spread edit maps (spread.py)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -46,6 +47,8 @@ class WilKEHyperParams(EditHyperParams):
     batch_size: int = 1
     # Each edit shared by the chosen layer and the spread_layers − 1 below it, MEMIT's way (1: the chosen one alone)
     spread_layers: int = 1
+    # each piece maps the prompt's own key k ("own_key"), or k and ROME's template mean k̄ at once
+    spread_direction: str = "own_key"
     # The interference guard (docs/interference_guard.md): each part on or off, for ablations.
     interference_guard: bool = False  # ΔW leaves every earlier edit's key at the layer mapped as it was
     guard_preserved_knowledge: bool = False  # u in C's low-variance eigenvectors (AlphaEdit's null space)
@@ -124,6 +127,12 @@ class WilKEHyperParams(EditHyperParams):
                 raise HparamsError(f"{source}: field {name!r} must be one of {list(allowed)}, got {value!r}")
             if value != allowed[0] and not self.interference_guard:
                 raise HparamsError(f"{source}: field {name!r} chooses {what}: it needs 'interference_guard' true")
+        if self.spread_direction not in SPREAD_DIRECTIONS:
+            raise HparamsError(f"{source}: field 'spread_direction' must be one of {list(SPREAD_DIRECTIONS)}, got "
+                               f"{self.spread_direction!r}")
+        if self.spread_direction != SPREAD_DIRECTIONS[0] and self.spread_layers == 1:
+            raise HparamsError(f"{source}: field 'spread_direction' directs the pieces of a spread edit: it needs "
+                               "'spread_layers' above 1")
         if self.guard_repair and not (self.interference_guard and self.guard_refresh_stale_keys):
             raise HparamsError(f"{source}: field 'guard_repair' works on refreshed guarded keys: it needs "
                                "'interference_guard' and 'guard_refresh_stale_keys' true")

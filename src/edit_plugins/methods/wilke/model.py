@@ -283,9 +283,12 @@ def apply_wilke_to_model(model, tok, requests, hparams: WilKEHyperParams, copy=F
 def _apply_spread(model, tok, request, hp: WilKEHyperParams, result: WilKEResult, guard, keep_original) -> None:
     """The chosen edit spread over its layer and the ``spread_layers`` − 1 below it, then logged as one edit."""
     edit = result.chosen
+    templates = None
+    if hp.spread_direction == "own_and_mean_key":
+        templates = context_templates(model, tok, hp.context_template_length_params)
     pieces = spread_edit(model, tok, request, hp.rewrite_module_tmp, edit.layer, edit.module, edit.residual,
                          hp.spread_layers, lambda name: layer_inverses(model, tok, hp, [name])[name],
-                         guard, keep_original)
+                         guard, keep_original, templates)
     if guard is not None:
         guard.record_edit(model, tok, request, [(p.module, p.layer, p.key, p.target) for p in pieces])
     report = result.report()

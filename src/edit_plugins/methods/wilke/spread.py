@@ -7,7 +7,13 @@ where the guard is on), so the top layer closes the gap and no layer carries the
 
 Each piece maps the bare prompt's key k along its own direction C⁻¹k, not ROME's C⁻¹k̄ (k̄: the template
 mean): a subject at position 0 meets the first token's outsized activations, its k is then nearly
-C⁻¹-orthogonal to k̄, and mapping k along C⁻¹k̄ takes an update tens of times larger.
+C⁻¹-orthogonal to k̄, and mapping k along C⁻¹k̄ takes an update tens of times larger. With
+``spread_direction: own_and_mean_key`` each piece maps k̄ too, to the same share: u is the least-norm
+combination of C⁻¹k and C⁻¹k̄ with uᵀk = uᵀk̄ = 1, which costs about the sum of the two single updates
+where k and k̄ are far apart instead of blowing up (ROME's k̄ is there for the paraphrases).
+
+With the guard's ``refresh_within_edit`` off, one pass before the first piece recomputes every stale
+layer's keys.
 """
 from __future__ import annotations
 
@@ -16,9 +22,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ...editing.interference_guard import ModelGuard
-from ...editing.keys import key_and_block_output
+from ...editing.keys import compute_keys, key_and_block_output
 from ...editing.layers import add_to_weight, get_module, weight_out_in
-from ...editing.rank_one import rank_one_update, update_direction
+from ...editing.rank_one import direction_for_keys, rank_one_update, update_direction
 from ...editing.requests import EditRequest
 
 
@@ -49,10 +55,11 @@ def spread_layers(top: int, count: int) -> list[int]:
 
 def spread_edit(model, tok, request: EditRequest, rewrite_module_tmp: str, top: int, top_module: str,
                 delta: torch.Tensor, count: int, c_inverse, guard: ModelGuard | None,
-                before_write) -> list[Piece]:
+                before_write, templates: list[str] | None = None) -> list[Piece]:
     """Apply the edit whose value at ``top`` is W k + ``delta`` over ``spread_layers(top, count)``.
     ``c_inverse(module)`` gives C⁻¹ (or None); ``before_write(module)`` is called before a layer's weight
-    is first written (so the caller can keep the original)."""
+    is first written (so the caller can keep the original). With ``templates``, each piece also maps the
+    key averaged over them (k̄) to its share."""
     _, start = key_and_block_output(model, tok, request, top_module, top)
     goal = start + delta.to(start.device)
     layers = spread_layers(top, count)
@@ -76,11 +83,16 @@ def spread_edit(model, tok, request: EditRequest, rewrite_module_tmp: str, top: 
         key, now = key_and_block_output(model, tok, request, name, top)
         share = (goal - now) / (len(layers) - i)
         W = weight_out_in(module).detach().float()
-        if guard is None:
-            u = update_direction(key, c_inverse(name))
-        else:
-            d = layer_guard.direction(key, key)
-            u, info = d.u, {**d.report(), **info}
+        keys = [key] if templates is None else [key, compute_keys(model, tok, [request], [name], templates)[name][0]]
+        directions = []
+        for k in keys:
+            if guard is None:
+                directions.append(update_direction(k, c_inverse(name)))
+            else:
+                d = layer_guard.direction(k, k)
+                directions.append(d.u)
+                info = {**d.report(), **info} if k is key else {**info, "mean_key_path": d.path}
+        u = directions[0] if templates is None else direction_for_keys(keys, directions)
         key, share = key.to(W.device), share.to(W.device)
         target = W @ key + share
         update = rank_one_update(W, key, target, None, direction=u)
