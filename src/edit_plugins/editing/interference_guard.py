@@ -499,7 +499,8 @@ class ModelGuard:
             edited_now = ()
         elif not self.settings.refresh_within_edit:
             edited_now = ()
-        return self.settings.refresh_stale_keys and bool(guard.count) and any(l < guard.layer for l in (*since, *edited_now))
+        below = any(l < guard.layer for l in (*since, *edited_now))
+        return self.settings.refresh_stale_keys and bool(guard.count) and below
 
     def refresh_stale(self, model, tok, guards: list[LayerGuard]) -> dict[str, dict]:
         """Before an edit over several layers: recompute every stale one of ``guards`` in one pass (the pieces'
@@ -518,7 +519,8 @@ class ModelGuard:
             missing = [(e, s) for e, s in self.sources if e not in have]
             if missing:
                 weight = weight_out_in(get_module(model, guard.module))
-                keys = current_keys(model, tok, [guard.module], [s for _, s in missing])[guard.module].to(weight.device)
+                keys = current_keys(model, tok, [guard.module], [s for _, s in missing])[guard.module]
+                keys = keys.to(weight.device)
                 guard.record(list(keys), list(keys @ weight.detach().float().T), [s for _, s in missing],
                              [e for e, _ in missing], weight, len(self.edit_log))
                 report["keys_added"] = len(missing)
@@ -540,7 +542,8 @@ class ModelGuard:
             sources = [(request.prompt, request.subject, request.target_new, None)]
             if self.settings.positions == "prompt":
                 own = subject_last_index(tok, "{}", request)  # already guarded, with its value v*
-                sequence = scored_position_keys(model, tok, [request], [module_name])[module_name][0].float().to(W.device)
+                sequence = scored_position_keys(model, tok, [request], [module_name])[module_name][0]
+                sequence = sequence.float().to(W.device)
                 others = [i for i in range(len(sequence)) if i != own]
                 keys += list(sequence[others])
                 values += list(sequence[others] @ W.T)
