@@ -103,6 +103,16 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
         "layers": [7], "spread_layers": 5, "spread_direction": "own_and_mean_key", "interference_guard": True,
         "guard_scope": "model", "guard_positions": "prompt", "guard_max_keys_fraction": 0.0,
         "guard_fallback_weight": 1e-3, "guard_layer_choice": "plain", "guard_refresh_within_edit": False}),
+    # ... with AlphaEdit's null-space projection (C from pydoc), or with C sampled from the model itself
+    "rome-soft-guard-spread-one-pass-preserved": (ROME, {
+        "layers": [7], "spread_layers": 5, "interference_guard": True, "guard_preserved_knowledge": True,
+        "guard_scope": "model", "guard_positions": "prompt", "guard_max_keys_fraction": 0.0,
+        "guard_fallback_weight": 1e-3, "guard_layer_choice": "plain", "guard_refresh_within_edit": False}),
+    "rome-soft-guard-spread-one-pass-self-c": (ROME, {
+        "layers": [7], "spread_layers": 5, "interference_guard": True, "mom2_dataset": "self",
+        "mom2_n_samples": 1600, "guard_scope": "model", "guard_positions": "prompt",
+        "guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-3, "guard_layer_choice": "plain",
+        "guard_refresh_within_edit": False}),
     # EasyEdit HEAD's AlphaEdit, unmodified (layers 3-7; C and its null space from pydoc, as for WilKE)
     "alphaedit": ("easyedit/AlphaEdit/smollm2-135m.yaml", {}),
 }
