@@ -630,6 +630,8 @@ def test_a_spread_edit_whose_subject_opens_the_prompt_stays_small_and_leaves_oth
     ({"guard_max_keys_fraction": -0.1}, "field 'guard_max_keys_fraction' must be between 0 and 1"),
     ({"guard_max_keys_fraction": 1.5}, "field 'guard_max_keys_fraction' must be at most 1"),
     ({"guard_repair": True}, "'guard_repair' works on refreshed guarded keys"),
+    ({"guard_repair": True, "interference_guard": True, "guard_max_keys_fraction": 0.0},
+     "'guard_repair' maps slipped keys back through the exact guard's basis"),
     ({"guard_positions": "all", "interference_guard": True}, "field 'guard_positions' must be one of"),
     ({"guard_positions": "prompt"}, "'guard_positions' chooses the keys the past-edit guard holds"),
     ({"guard_scope": "all", "interference_guard": True}, "field 'guard_scope' must be one of"),

@@ -133,6 +133,10 @@ class WilKEHyperParams(EditHyperParams):
         if self.spread_direction != SPREAD_DIRECTIONS[0] and self.spread_layers == 1:
             raise HparamsError(f"{source}: field 'spread_direction' directs the pieces of a spread edit: it needs "
                                "'spread_layers' above 1")
+        if self.guard_repair and self.guard_max_keys_fraction == 0:
+            raise HparamsError(f"{source}: field 'guard_repair' maps slipped keys back through the exact guard's "
+                               "basis, which the soft guard ('guard_max_keys_fraction' 0) does not keep: raise "
+                               "'guard_max_keys_fraction' above 0 or turn repair off")
         if self.guard_repair and not (self.interference_guard and self.guard_refresh_stale_keys):
             raise HparamsError(f"{source}: field 'guard_repair' works on refreshed guarded keys: it needs "
                                "'interference_guard' and 'guard_refresh_stale_keys' true")
