@@ -199,6 +199,33 @@ def test_guarded_direction_is_exactly_orthogonal_and_its_cost_is_one_over_rho():
     assert cost(d.u) / cost(plain) == pytest.approx(1 / d.residual_ratio, rel=1e-5)
 
 
+def _rms_interference(u, key, earlier):
+    return float(torch.stack([u.double() @ k.double() for k in earlier]).pow(2).mean().sqrt()) / abs(
+        float(u.double() @ key.double()))
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_the_report_gives_the_rms_interference_on_the_guarded_keys_from_g_alone(soft):
+    """interference_rms is the RMS over guarded keys of p_j = uᵀk_j / uᵀk, read from G (uᵀGu); beside it,
+    the unguarded C⁻¹k's. The exact guard's is ≈ 0; the soft guard's is smaller than the unguarded one's."""
+    settings = dict(max_keys_fraction=0.0, fallback_weight=1e-3, min_residual=1e-3) if soft else {}
+    guard, C, g = _synthetic_guard(**settings)
+    earlier = [torch.randn(16, generator=g) for _ in range(5)]
+    for k in earlier:
+        guard.record([k], [torch.zeros(1)], [("{}", "x", " y", None)], [0], torch.zeros(1, 16), 0)
+    key = torch.randn(16, generator=g)
+    d = guard.direction(key, key)
+    assert d.path == ("fallback" if soft else "guard")
+    plain = torch.linalg.solve(C, key.double())
+    assert d.unguarded_interference_rms == pytest.approx(_rms_interference(plain, key, earlier), rel=1e-4)
+    assert d.interference_rms == pytest.approx(_rms_interference(d.u, key, earlier), rel=1e-4, abs=1e-6)
+    if soft:
+        assert d.interference_rms < d.unguarded_interference_rms
+    else:
+        assert d.interference_rms < 1e-6 < 1e-2 < d.unguarded_interference_rms
+    assert {"interference_rms", "unguarded_interference_rms"} <= set(d.report())
+
+
 def test_fallback_takes_over_past_the_documented_thresholds():
     guard, C, g = _synthetic_guard(max_keys_fraction=0.5, min_residual=0.1)
     weight = torch.zeros(1, 16)

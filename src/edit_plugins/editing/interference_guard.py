@@ -128,10 +128,14 @@ class Direction:
     keys_guarded: int
     fallback_weight: float | None = None  # λ, on the regularised paths
     exact_ratio: float | None = None  # the exact guard's ρ, where another path was taken: why it was
+    # RMS over the guarded keys k_j of the predicted interference p_j = uᵀk_j / uᵀk, from G alone
+    # (uᵀGu = Σ_j (uᵀk_j)²): of the update taken, and of the unguarded C⁻¹k̄ for comparison
+    interference_rms: float | None = None
+    unguarded_interference_rms: float | None = None
 
     def report(self) -> dict:
         out = {"path": self.path, "residual_ratio": self.residual_ratio, "keys_guarded": self.keys_guarded}
-        for name in ("fallback_weight", "exact_ratio"):
+        for name in ("fallback_weight", "exact_ratio", "interference_rms", "unguarded_interference_rms"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out
@@ -224,6 +228,17 @@ class LayerGuard:
         Mz = self.space.metric(z)
         if not self.settings.past_edits or not self.count:
             return Direction(self.space.lift(Mz).float(), "plain", 1.0, 0)
+        u, path, ratio, weight, exact_ratio = self._guarded(z, z_key, Mz)
+        return Direction(self.space.lift(u).float(), path, ratio, self.count, weight, exact_ratio,
+                         self._interference_rms(u, z_key), self._interference_rms(Mz, z_key))
+
+    def _interference_rms(self, u: torch.Tensor, z_key: torch.Tensor) -> float | None:
+        along = abs(float(z_key @ u))
+        spread = max(float(u @ (self._gram(u.device) @ u)), 0.0) / self.count
+        return None if along == 0 else spread ** 0.5 / along
+
+    def _guarded(self, z: torch.Tensor, z_key: torch.Tensor, Mz: torch.Tensor):
+        """(u in u's space, path, ρ, λ or None, the exact guard's ρ where another path was taken or None)."""
         perp, _ = self._orthogonal_part(z)
         M_perp = self.space.metric(perp)
         # ρ = (‖u‖_C/|kᵀu|) unguarded ÷ guarded, with ‖Mz‖_C = ‖z‖_M
@@ -231,20 +246,19 @@ class LayerGuard:
         along, along_perp = float(z_key @ Mz), float(z_key @ M_perp)
         ratio = 0.0 if norm_perp == 0 or along == 0 else abs(along_perp / along) * norm_z / norm_perp
         if ratio >= self.settings.min_residual and self._capacity_left():
-            return Direction(self.space.lift(M_perp).float(), "guard", ratio, self.count)
+            return M_perp, "guard", ratio, None, None
         u = torch.cholesky_solve(z.unsqueeze(1), self._fallback_factor(z.device)).squeeze(1)
         plain_cost = norm_z / abs(along) if along else float("inf")
         fallback_ratio = self._fallback_ratio(u, z, z_key, plain_cost)
         if fallback_ratio >= self.settings.min_residual:
-            return Direction(self.space.lift(u).float(), "fallback", fallback_ratio, self.count,
-                             self.settings.fallback_weight, ratio)
+            return u, "fallback", fallback_ratio, self.settings.fallback_weight, ratio
         # The key all but repeats earlier ones (same subject, same words before it, or keys filling the
         # layer): holding them at λ would take an update over 1/min_residual times ROME's. The largest λ
         # within that bound damps the interference as much as an update of that size can.
         u, weight, bounded_ratio = self._bounded_fallback(z, z_key, plain_cost)
         if u is None:
-            return Direction(self.space.lift(Mz).float(), "unguarded", 1.0, self.count, exact_ratio=ratio)
-        return Direction(self.space.lift(u).float(), "bounded", bounded_ratio, self.count, weight, ratio)
+            return Mz, "unguarded", 1.0, None, ratio
+        return u, "bounded", bounded_ratio, weight, ratio
 
     def _bounded_fallback(self, z: torch.Tensor, z_key: torch.Tensor, plain_cost: float):
         """u = (M⁻¹ + λZᵀZ)⁻¹z for the largest λ ≤ fallback_weight whose ρ is at least min_residual, found by
