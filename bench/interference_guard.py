@@ -207,6 +207,7 @@ def report_one(stream, method, edits):
            "guard_layer_mb_max": max((r["hooks"].get("guard_layer_mb_max") or 0 for r in rows), default=None) or None,
            "lost_edits": lost_edits(rows, checkpoints),
            "holding": holding(rows),
+           "predicted_interference": predicted_interference(rows),
            "immediate": [{"step": r["step"], "case_id": r["case_id"], **r["metrics"]} for r in rows]}
     write_result(f"guard_{stream}_{method}_{edits}", out, echo=False)
 
@@ -289,6 +290,23 @@ def holding(rows, block=50, reached=0.2):
                                        else None for b in blocks],
             "v_reached": {"edits": len(found), "held": share(found)},
             "v_not_reached": {"edits": len(missed), "held": share(missed)}}
+
+
+def predicted_interference(rows, block=50):
+    """Median per block of edits of the guard's predicted RMS interference on the keys it holds (every layer
+    update's, `interference_rms`), beside the unguarded direction's on the same keys; None where the run
+    predates the report."""
+    def medians(name):
+        out = []
+        for i in range(0, len(rows), block):
+            values = [g[name] for r in rows[i:i + block] for g in edit_guards(r) if g.get(name) is not None]
+            out.append(statistics.median(values) if values else None)
+        return out
+
+    guarded = medians("interference_rms")
+    if not any(v is not None for v in guarded):
+        return None
+    return {"block": block, "guarded_median": guarded, "unguarded_median": medians("unguarded_interference_rms")}
 
 
 def held(args):
