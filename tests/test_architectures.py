@@ -119,6 +119,60 @@ def test_guarded_wilke_leaves_the_earlier_edits_key_where_it_was(tiny_model, sta
 
 
 @pytest.mark.dev0_compatible
+def test_a_spread_edit_under_the_soft_guard_holds_each_layers_keys_as_one_pass_found_them(tiny_model, stats_dir):
+    """The configuration the lifelong benchmark runs (each edit over three layers, the soft guard over every
+    scored position of every earlier edit, one refresh pass per edit): each layer's update is rank one and
+    holds G of the earlier keys as recomputed on the model before the edit, and the residual stream after
+    the top block, at the subject's last token, ends where v* asked."""
+    from edit_plugins.editing.interference_guard import LayerGuard, _guards, current_keys
+    from edit_plugins.editing.keys import key_and_block_output
+    from edit_plugins.events import collect_events
+    from edit_plugins.methods.wilke.model import execute_wilke
+
+    family, model, tok = tiny_model
+    hp = hparams.load(HPARAMS / "WilKE" / "tiny-gpt2.yaml")
+    hp.model_name, hp.stats_dir, hp.layers, hp.rewrite_module_tmp = f"tiny-{family}", stats_dir, [1], FAMILIES[family][0]
+    fields = dict(spread_layers=2, interference_guard=True, guard_scope="model", guard_positions="prompt",
+                  guard_max_keys_fraction=0.0, guard_fallback_weight=1e-3, guard_refresh_within_edit=False)
+    for name, value in fields.items():
+        setattr(hp, name, value)
+    modules = [hp.rewrite_module_tmp.format(layer) for layer in (0, 1)]
+    before = snapshot(model)
+    seen, real_direction = {}, LayerGuard.direction
+
+    def seen_direction(self, key, direction_key):
+        seen[self.module] = self.gram.clone()
+        return real_direction(self, key, direction_key)
+
+    try:
+        apply_wilke_to_model(model, tok, [REQUEST], hp)
+        earlier = current_keys(model, tok, modules, _guards[model].layers[modules[0]].sources)
+        request = normalize_requests([MID_REQUEST])[0]
+        delta = execute_wilke(model, tok, request, hp).chosen.residual
+        _, start = key_and_block_output(model, tok, request, modules[-1], 1)
+        LayerGuard.direction = seen_direction
+        try:
+            with collect_events() as fired:
+                apply_wilke_to_model(model, tok, [MID_REQUEST], hp)
+        finally:
+            LayerGuard.direction = real_direction
+        event = fired[0][0]
+        assert [p["layer"] for p in event.info["spread"]] == [0, 1]
+        assert [p["guard"]["path"] for p in event.info["spread"]] == ["fallback"] * 2
+        for update in event.weight_deltas.values():
+            assert torch.linalg.matrix_rank(update.double(), rtol=1e-6) == 1
+        for m in modules:
+            keys = earlier[m].double()
+            torch.testing.assert_close(seen[m], keys.T @ keys, rtol=1e-5, atol=1e-5 * float(seen[m].abs().max()))
+        _, end = key_and_block_output(model, tok, request, modules[-1], 1)
+        assert float(delta.norm()) > 0
+        torch.testing.assert_close(end, start + delta, rtol=1e-3, atol=1e-3 * float(delta.norm()))
+    finally:
+        restore(model, before)
+        _guards.pop(model, None)
+
+
+@pytest.mark.dev0_compatible
 def test_lemoe_edit_takes_hold_and_the_adaptor_comes_off_exactly(tiny_model):
     family, model, tok = tiny_model
     hp = hparams.load(HPARAMS / "LEMoE" / "tiny-gpt2.yaml")
