@@ -113,6 +113,13 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
         "mom2_n_samples": 1600, "guard_scope": "model", "guard_positions": "prompt",
         "guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-3, "guard_layer_choice": "plain",
         "guard_refresh_within_edit": False}),
+    # ... at λ = 1e-2: earlier keys held ten times harder, for larger updates
+    "rome-soft-guard-spread-one-pass-weight-0.01": (ROME, {
+        "layers": [7], "spread_layers": 5, "interference_guard": True, "guard_scope": "model",
+        "guard_positions": "prompt", "guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-2,
+        "guard_layer_choice": "plain", "guard_refresh_within_edit": False}),
+    # the ablation without the past-edit guard: the spread with AlphaEdit's null space alone (C from pydoc)
+    "rome-preserved-spread": (ROME, {"layers": [7], "spread_layers": 5, "guard_preserved_knowledge": True}),
     # EasyEdit HEAD's AlphaEdit, unmodified (layers 3-7; C and its null space from pydoc, as for WilKE)
     "alphaedit": ("easyedit/AlphaEdit/smollm2-135m.yaml", {}),
 }

@@ -85,6 +85,7 @@ class _Space:
         else:
             self.metric_matrix, self.metric_diagonal = c_inv.to(device).double(), None
         self.dim = width if self.basis_vectors is None else self.basis_vectors.shape[1]
+        self._inverse = None  # M⁻¹, built the first time the fallback is needed (it would be again at every edit)
         self._cholesky = None  # of M⁻¹, built the first time the bounded fallback is needed
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,11 +102,14 @@ class _Space:
         return z if self.metric_diagonal is None else self.metric_diagonal * z
 
     def metric_inverse(self) -> torch.Tensor:
-        """M⁻¹ (C as the edit uses it, damped): only for building the fallback's inverse."""
-        if self.metric_matrix is not None:
-            return torch.linalg.inv(self.metric_matrix)
-        diagonal = torch.ones(self.dim, dtype=torch.float64) if self.metric_diagonal is None else 1.0 / self.metric_diagonal
-        return torch.diag(diagonal)
+        """M⁻¹ (C as the edit uses it, damped), kept: only for building the fallback's factors."""
+        if self._inverse is None:
+            if self.metric_matrix is not None:
+                self._inverse = torch.linalg.inv(self.metric_matrix)
+            else:
+                ones = torch.ones(self.dim, dtype=torch.float64)
+                self._inverse = torch.diag(ones if self.metric_diagonal is None else 1.0 / self.metric_diagonal)
+        return self._inverse
 
     def metric_inverse_cholesky(self, device) -> torch.Tensor:
         """L with M⁻¹ = LLᵀ, kept: the layer's metric does not change."""
@@ -114,7 +118,7 @@ class _Space:
         return self._cholesky.to(device)
 
     def nbytes(self) -> int:
-        tensors = (self.metric_matrix, self.metric_diagonal, self.basis_vectors, self._cholesky)
+        tensors = (self.metric_matrix, self.metric_diagonal, self.basis_vectors, self._inverse, self._cholesky)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
@@ -549,6 +553,8 @@ class ModelGuard:
         from .tokens import subject_last_index
 
         edit_id = len(self.edit_log)
+        if self.settings.positions == "prompt":  # every piece's layer from one pass over the edited model
+            sequences = scored_position_keys(model, tok, [request], [name for name, *_ in pieces])
         for module_name, _, key, value in pieces:
             weight = weight_out_in(get_module(model, module_name))
             W = weight.detach().float()
@@ -556,8 +562,7 @@ class ModelGuard:
             sources = [(request.prompt, request.subject, request.target_new, None)]
             if self.settings.positions == "prompt":
                 own = subject_last_index(tok, "{}", request)  # already guarded, with its value v*
-                sequence = scored_position_keys(model, tok, [request], [module_name])[module_name][0]
-                sequence = sequence.float().to(W.device)
+                sequence = sequences[module_name][0].float().to(W.device)
                 others = [i for i in range(len(sequence)) if i != own]
                 keys += list(sequence[others])
                 values += list(sequence[others] @ W.T)
