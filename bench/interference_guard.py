@@ -98,10 +98,10 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
     # ... refreshing stale keys at most once per 10 edits (the refresh's cost grows with the edits held)
     "rome-soft-guard-spread-one-pass-every-10": (ROME, {**SPREAD_SOFT_GUARD, "guard_refresh_every": 10}),
     # variants of that one (at 300 edits it kept as much as one refresh per edit, 1.2x the unguarded time):
-    # each piece also mapping ROME's template-mean key k̄ (paraphrases); earlier keys held ten times harder
+    # each piece also mapping ROME's template-mean key k̄ (paraphrases: the shipped lifelong hparams, which
+    # load as ROME's + SPREAD_SOFT_GUARD + these two fields); earlier keys held ten times harder
     # (λ = 1e-2); AlphaEdit's null space (C from pydoc); C sampled from the model itself
-    "rome-soft-guard-spread-every-10-mean-key": (ROME, {**SPREAD_SOFT_GUARD, "guard_refresh_every": 10,
-                                                        "spread_direction": "own_and_mean_key"}),
+    "rome-soft-guard-spread-every-10-mean-key": ("WilKE/smollm2-135m-lifelong.yaml", {}),  # shipped, the same
     "rome-soft-guard-spread-every-10-weight-0.01": (ROME, {**SPREAD_SOFT_GUARD, "guard_refresh_every": 10,
                                                            "guard_fallback_weight": 1e-2}),
     "rome-soft-guard-spread-every-10-preserved": (ROME, {**SPREAD_SOFT_GUARD, "guard_refresh_every": 10,

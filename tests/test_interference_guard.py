@@ -650,6 +650,33 @@ def test_a_spread_edit_whose_subject_opens_the_prompt_stays_small_and_leaves_oth
         restore(model, before)
 
 
+@pytest.mark.slow
+def test_the_shipped_lifelong_hparams_edit_smollm2_in_sequence_and_keep_the_earlier_edits(smollm2, stats_dir):
+    """hparams/WilKE/smollm2-135m-lifelong.yaml, as a user loads it: each edit spread over layers 3-7 under
+    the soft guard takes hold, the earlier edits still answer, and the guard damps the interference the
+    unguarded direction would put on the keys it holds."""
+    model, tok = smollm2
+    before = snapshot(model)
+    hp = hparams.load(HPARAMS / "WilKE" / "smollm2-135m-lifelong.yaml")
+    hp.stats_dir, hp.mom2_n_samples = stats_dir, 100
+    answer = {r["prompt"]: tok.decode(target_ids(tok, with_leading_space(r["target_new"]))[0]) for r in SMOLLM2_REQUESTS}
+    try:
+        for n, request in enumerate(SMOLLM2_REQUESTS):
+            event = _one_edit(model, tok, request, hp)
+            assert [piece["layer"] for piece in event.info["spread"]] == [3, 4, 5, 6, 7]
+            for piece in event.info["spread"]:
+                guard = piece["guard"]
+                assert guard["path"] == ("plain" if n == 0 else "fallback")
+                if n:
+                    assert guard["interference_rms"] < 0.5 * guard["unguarded_interference_rms"]
+            for earlier in SMOLLM2_REQUESTS[: n + 1]:
+                assert next_token(model, tok, earlier["prompt"]) == answer[earlier["prompt"]], (n, earlier["prompt"])
+        assert changed_parameters(model, before) == [f"model.layers.{l}.mlp.down_proj.weight" for l in range(3, 8)]
+    finally:
+        restore(model, before)
+        _guards.pop(model, None)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"guard_preserved_knowledge": True, "mom2_adjustment": False}, "'mom2_adjustment' must be true"),
     ({"guard_min_residual": 1.5}, "field 'guard_min_residual' must be at most 1"),
