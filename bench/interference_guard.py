@@ -29,6 +29,8 @@ ROME, WILKE = "WilKE/smollm2-135m-rome.yaml", "WilKE/smollm2-135m-fast.yaml"  # 
 SPREAD_SOFT_GUARD = {"layers": [7], "spread_layers": 5, "interference_guard": True, "guard_scope": "model",
                      "guard_positions": "prompt", "guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-3,
                      "guard_layer_choice": "plain", "guard_refresh_within_edit": False}
+# ... refreshing stale keys at most once per 10 edits
+SPREAD_SOFT_GUARD_EVERY_10 = {**SPREAD_SOFT_GUARD, "guard_refresh_every": 10}
 METHODS = {  # name: (hparams file under hparams/, fields set on it)
     "rome": (ROME, {}),
     "rome-guard": (ROME, {"interference_guard": True}),
@@ -96,18 +98,18 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
     # ... with one pass before each edit recomputing every stale layer's keys (not one per piece)
     "rome-soft-guard-spread-one-pass": (ROME, SPREAD_SOFT_GUARD),
     # ... refreshing stale keys at most once per 10 edits (the refresh's cost grows with the edits held)
-    "rome-soft-guard-spread-one-pass-every-10": (ROME, {**SPREAD_SOFT_GUARD, "guard_refresh_every": 10}),
+    "rome-soft-guard-spread-one-pass-every-10": (ROME, SPREAD_SOFT_GUARD_EVERY_10),
     # variants of that one (at 300 edits it kept as much as one refresh per edit, 1.2x the unguarded time):
-    # each piece also mapping ROME's template-mean key k̄ (paraphrases: the shipped lifelong hparams, which
-    # load as ROME's + SPREAD_SOFT_GUARD + these two fields); earlier keys held ten times harder
-    # (λ = 1e-2); AlphaEdit's null space (C from pydoc); C sampled from the model itself
-    "rome-soft-guard-spread-every-10-mean-key": ("WilKE/smollm2-135m-lifelong.yaml", {}),  # shipped, the same
-    "rome-soft-guard-spread-every-10-weight-0.01": (ROME, {**SPREAD_SOFT_GUARD, "guard_refresh_every": 10,
+    # each piece also mapping ROME's template-mean key k̄ (paraphrases; the shipped lifelong hparams, which
+    # load as ROME's with SPREAD_SOFT_GUARD_EVERY_10 and spread_direction: own_and_mean_key); earlier keys
+    # held ten times harder (λ = 1e-2); AlphaEdit's null space (C from pydoc); C sampled from the model itself
+    "rome-soft-guard-spread-every-10-mean-key": ("WilKE/smollm2-135m-lifelong.yaml", {}),
+    "rome-soft-guard-spread-every-10-weight-0.01": (ROME, {**SPREAD_SOFT_GUARD_EVERY_10,
                                                            "guard_fallback_weight": 1e-2}),
-    "rome-soft-guard-spread-every-10-preserved": (ROME, {**SPREAD_SOFT_GUARD, "guard_refresh_every": 10,
+    "rome-soft-guard-spread-every-10-preserved": (ROME, {**SPREAD_SOFT_GUARD_EVERY_10,
                                                          "guard_preserved_knowledge": True}),
-    "rome-soft-guard-spread-every-10-self-c": (ROME, {**SPREAD_SOFT_GUARD, "guard_refresh_every": 10,
-                                                      "mom2_dataset": "self", "mom2_n_samples": 1600}),
+    "rome-soft-guard-spread-every-10-self-c": (ROME, {**SPREAD_SOFT_GUARD_EVERY_10, "mom2_dataset": "self",
+                                                      "mom2_n_samples": 1600}),
     # the ablation without the past-edit guard: the spread with AlphaEdit's null space alone (C from pydoc)
     "rome-preserved-spread": (ROME, {"layers": [7], "spread_layers": 5, "guard_preserved_knowledge": True}),
     # EasyEdit HEAD's AlphaEdit, unmodified (layers 3-7; C and its null space from pydoc, as for WilKE)
