@@ -5,7 +5,8 @@ EasyEdit's AlphaEdit on the same stream.
     python -m bench.interference_guard run --stream zsre --edits 1000 --method rome-guard
     PYTHONPATH=../shared/easyedit-head .venv-easyedit-head/bin/python -m bench.interference_guard run \
         --stream counterfact --edits 300 --method alphaedit    # EasyEdit's methods need EasyEdit HEAD
-    python -m bench.interference_guard report        # results of every run folder, finished or not
+    python -m bench.interference_guard report        # results of every run folder, finished or not, and the
+                                                     # retention plots docs/img/guard_<stream>_retention.png
 
 One method per process (its peak RSS is its own). A run folder that exists is resumed, so a run stopped by
 the end of a session continues where it was saved. Streams: ``counterfact``, the 300 CounterFact facts
@@ -324,6 +325,32 @@ def report(_args):
         method, edits = rest.rsplit("-", 1)
         if method in METHODS and edits.isdigit():
             report_one(stream, method, int(edits))
+    for stream in ("counterfact", "zsre"):
+        plot_retention(stream)
+
+
+PLOT_REFERENCES = {"rome-spread": "unguarded", "wilke": "unguarded", "alphaedit": "EasyEdit HEAD"}  # beside the guarded
+COMPARED = {"rome": "ROME, layer 4 (unguarded)", "wilke": "WilKE (unguarded)", "lemoe": "LEMoE"}
+
+
+def plot_retention(stream):
+    """docs/img/guard_<stream>_retention.png: retention vs step of every guarded run that reached step 1,000 and
+    of PLOT_REFERENCES, beside the unguarded editors and LEMoE of the stream's largest comparison."""
+    from edit_plugins.lifelong.compare import plot
+
+    results = [json.loads(p.read_text()) for p in sorted((ROOT / "bench" / "results").glob(f"guard_{stream}_*.json"))]
+    lines = [{"label": f"{r['method']} ({PLOT_REFERENCES.get(r['method'], 'guarded')})"
+              + ("" if r.get("device", "cpu") == "cpu" else f" ({r['device']})"),
+              "checkpoints": r["checkpoints"]} for r in results
+             if r["method"] in PLOT_REFERENCES or any(c["step"] >= 1000 for c in r["checkpoints"])]
+    comparisons = sorted((ROOT / "bench" / "results").glob(f"compare_{stream}_*.json"),
+                         key=lambda p: json.loads(p.read_text())["edits"])
+    if comparisons:
+        rows = json.loads(comparisons[-1].read_text())["rows"]
+        lines += [{"label": f"{COMPARED[r['label']]} (comparison run)", "checkpoints": r["checkpoints"]}
+                  for r in rows if r["label"] in COMPARED]
+    if lines:
+        plot(lines, ROOT / "docs" / "img" / f"guard_{stream}_retention.png")
 
 
 if __name__ == "__main__":

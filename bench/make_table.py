@@ -472,7 +472,8 @@ def interference_guard(lines: list[str]) -> None:
               "then `python -m bench.interference_guard report`. "
               "Streams: `counterfact`, the 300 CounterFact facts SmolLM2 knows (as in the sequential WilKE runs "
               "above), then `counterfact_easyedit.json` in file order; `zsre`, `knowedit_zsre.json` in file order. "
-              "Probes: 100 facts of `known_1000.json`. Derivation and design: [interference_guard.md](interference_guard.md).",
+              "Probes: 100 facts of `known_1000.json`. Derivation and design: [interference_guard.md](interference_guard.md). "
+              "Retention plots: [CounterFact](img/guard_counterfact_retention.png), [ZsRE](img/guard_zsre_retention.png).",
               "", "Retention: exact match (teacher-forced) of all past edits' rewrite prompts; gen EM: the same by "
               "greedy generation. A run not finished is marked with how far it got: \"at capacity\" where the method "
               "refused the next edit (a spent `layer_change_budget`), \"stopped\" where the run was stopped. The runs planned for 1,000 edits "
