@@ -347,6 +347,28 @@ def test_cached_statistics_of_another_model_are_a_clear_error(tiny_gpt2, tmp_pat
         second_moments(model, tok, [module], source="pydoc", n_samples=10, stats_dir=tmp_path, model_key="tiny")
 
 
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_spread_edit_takes_every_layers_statistics_from_the_model_before_it(tiny_gpt2, tiny_hparams, tmp_path,
+                                                                               guarded):
+    """The layers below the chosen one first need their C during a spread edit, after its lower pieces have
+    changed the model. C, and the cache that later runs reuse, must be the model's as it was before the edit."""
+    from edit_plugins.editing.covariance import second_moments, stats_model_key
+
+    model, tok = tiny_gpt2
+    before = snapshot(model)
+    hp = tiny_hparams
+    hp.stats_dir, hp.layers, hp.spread_layers, hp.interference_guard = str(tmp_path / "run"), [3], 3, guarded
+    _, weights_copy = apply_wilke_to_model(model, tok, [TINY_REQUEST], hp, return_orig_weights=True)
+    restore(model, weights_copy)
+    assert changed_parameters(model, before) == []
+    modules = [hp.rewrite_module_tmp.format(layer) for layer in (1, 2, 3)]
+    settings = dict(source=hp.mom2_dataset, n_samples=hp.mom2_n_samples, model_key=stats_model_key(hp.model_name, model))
+    cached = second_moments(model, tok, modules, stats_dir=hp.stats_dir, **settings)
+    second_moments(model, tok, modules, stats_dir=tmp_path / "unedited", **settings)
+    unedited = second_moments(model, tok, modules, stats_dir=tmp_path / "unedited", **settings)  # as cached
+    assert all(torch.equal(cached[m], unedited[m]) for m in modules)
+
+
 def test_a_soft_capped_head_falls_back_to_capped_logits():
     """Gemma-2 style models cap logits in their forward, outside the head: the loss must see the cap."""
     torch.manual_seed(0)

@@ -23,7 +23,7 @@ from ...events import EditEvent, LinearEdit, emit_after_edit
 from .change_budget import LayerBudgetSpent, layer_change, remember_original, spent_layers
 from .config import WilKEHyperParams
 from .layer_selection import estimate_layer_scores, la_norms
-from .spread import spread_edit
+from .spread import spread_edit, spread_layers
 
 LOG = logging.getLogger(__name__)
 
@@ -88,6 +88,12 @@ def layer_inverses(model, tok, hp: WilKEHyperParams, module_names) -> dict:
         for name in missing:
             cache[(name, settings)] = safe_inverse(moments[name], hp.mom2_damping, what=f"C at {name}")
     return {n: cache[(n, settings)] for n in module_names}
+
+
+def statistics_modules(hp: WilKEHyperParams) -> list[str]:
+    """Every module whose C an edit under ``hp`` can need: each candidate layer and the layers it spreads over."""
+    layers = sorted({low for top in hp.layers for low in spread_layers(top, hp.spread_layers)})
+    return [hp.rewrite_module_tmp.format(layer) for layer in layers]
 
 
 def second_moment(model, tok, hp: WilKEHyperParams):
@@ -165,7 +171,8 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
     modules = list(names.values())
     mean_keys = {n: k[0] for n, k in compute_keys(model, tok, [request], modules, templates).items()}
     keys = {n: k[0] for n, k in compute_keys(model, tok, [request], modules, ("{}",)).items()}
-    c_invs = layer_inverses(model, tok, hp, list(names.values()))
+    # all at once, before the first edit writes: a layer's C is the unedited model's, whichever edit needs it first
+    c_invs = layer_inverses(model, tok, hp, statistics_modules(hp))
     ranking_guard = guard_for(model, hp.guard_settings()) if hp.guard_layer_choice == "guarded" else None
     directions = update_directions(model, ranking_guard, names, keys, mean_keys, c_invs)
     norms = la_norms(model, modules, hp.la_norm)
