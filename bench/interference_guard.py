@@ -111,6 +111,9 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
                                                          "guard_preserved_knowledge": True}),
     "rome-soft-guard-spread-every-10-self-c": (ROME, {**SPREAD_SOFT_GUARD_EVERY_10, "mom2_dataset": "self",
                                                       "mom2_n_samples": 1600}),
+    # the shipped lifelong hparams with C sampled from the model (at T = 300 the self-sampled C touched the probes less)
+    "rome-soft-guard-spread-every-10-mean-key-self-c": ("WilKE/smollm2-135m-lifelong.yaml",
+                                                        {"mom2_dataset": "self", "mom2_n_samples": 1600}),
     # the ablation without the past-edit guard: the spread with AlphaEdit's null space alone (C from pydoc)
     "rome-preserved-spread": (ROME, {"layers": [7], "spread_layers": 5, "guard_preserved_knowledge": True}),
     # EasyEdit HEAD's AlphaEdit, unmodified (layers 3-7; C and its null space from pydoc, as for WilKE)
