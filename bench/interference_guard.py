@@ -341,17 +341,20 @@ def plot_retention(stream):
     of PLOT_REFERENCES, beside the unguarded editors and LEMoE of the stream's largest comparison."""
     from edit_plugins.lifelong.compare import plot
 
-    results = [json.loads(p.read_text()) for p in sorted((ROOT / "bench" / "results").glob(f"guard_{stream}_*.json"))]
-    lines = [{"label": f"{r['method']} ({PLOT_REFERENCES.get(r['method'], 'guarded')})"
-              + ("" if r.get("device", "cpu") == "cpu" else f" ({r['device']})"),
-              "checkpoints": r["checkpoints"]} for r in results
+    def load(pattern):
+        return [json.loads(p.read_text()) for p in sorted((ROOT / "bench" / "results").glob(pattern))]
+
+    def on(result):
+        return "" if result.get("device", "cpu") == "cpu" else f" ({result['device']})"
+
+    lines = [{"label": f"{r['method']} ({PLOT_REFERENCES.get(r['method'], 'guarded')}){on(r)}",
+              "checkpoints": r["checkpoints"]} for r in load(f"guard_{stream}_*.json")
              if r["method"] in PLOT_REFERENCES or any(c["step"] >= 1000 for c in r["checkpoints"])]
-    comparisons = sorted((ROOT / "bench" / "results").glob(f"compare_{stream}_*.json"),
-                         key=lambda p: json.loads(p.read_text())["edits"])
+    comparisons = load(f"compare_{stream}_*.json")
     if comparisons:
-        rows = json.loads(comparisons[-1].read_text())["rows"]
-        lines += [{"label": f"{COMPARED[r['label']]} (comparison run)", "checkpoints": r["checkpoints"]}
-                  for r in rows if r["label"] in COMPARED]
+        largest = max(comparisons, key=lambda c: c["edits"])
+        lines += [{"label": f"{COMPARED[r['label']]} (comparison run){on(largest)}", "checkpoints": r["checkpoints"]}
+                  for r in largest["rows"] if r["label"] in COMPARED]
     if lines:
         plot(lines, ROOT / "docs" / "img" / f"guard_{stream}_retention.png")
 
