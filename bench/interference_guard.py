@@ -102,13 +102,14 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
     "rome-soft-guard-spread-one-pass-every-10": (ROME, SPREAD_SOFT_GUARD_EVERY_10),
     # variants of that one (at 300 edits it kept as much as one refresh per edit, 1.2x the unguarded time):
     # each piece also mapping ROME's template-mean key k̄ (paraphrases; the shipped lifelong hparams, which
-    # load as ROME's with SPREAD_SOFT_GUARD_EVERY_10 and spread_direction: own_and_mean_key); earlier keys
-    # held ten times harder (λ = 1e-2); AlphaEdit's null space (C from pydoc); C sampled from the model itself
+    # load as ROME's with SPREAD_SOFT_GUARD_EVERY_10 and spread_direction: own_and_mean_key), and the shipped
+    # hparams with earlier keys held ten times harder (λ = 1e-2) or with AlphaEdit's null space (C from pydoc);
+    # C sampled from the model itself
     "rome-soft-guard-spread-every-10-mean-key": ("WilKE/smollm2-135m-lifelong.yaml", {}),
-    "rome-soft-guard-spread-every-10-weight-0.01": (ROME, {**SPREAD_SOFT_GUARD_EVERY_10,
-                                                           "guard_fallback_weight": 1e-2}),
-    "rome-soft-guard-spread-every-10-preserved": (ROME, {**SPREAD_SOFT_GUARD_EVERY_10,
-                                                         "guard_preserved_knowledge": True}),
+    "rome-soft-guard-spread-every-10-mean-key-weight-0.01": ("WilKE/smollm2-135m-lifelong.yaml",
+                                                             {"guard_fallback_weight": 1e-2}),
+    "rome-soft-guard-spread-every-10-mean-key-preserved": ("WilKE/smollm2-135m-lifelong.yaml",
+                                                           {"guard_preserved_knowledge": True}),
     "rome-soft-guard-spread-every-10-self-c": (ROME, {**SPREAD_SOFT_GUARD_EVERY_10, "mom2_dataset": "self",
                                                       "mom2_n_samples": 1600}),
     # the shipped lifelong hparams with C sampled from the model (at T = 300 the self-sampled C touched the probes less)

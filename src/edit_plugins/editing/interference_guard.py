@@ -511,11 +511,10 @@ class ModelGuard:
         if guard.needs_keys:
             return True
         since = self.edit_log[guard.fresh_at:]
-        if self.settings.refresh_every > 1:
-            if len(since) < self.settings.refresh_every:
-                return False
-            edited_now = ()
-        elif not self.settings.refresh_within_edit:
+        periodic = self.settings.refresh_every > 1
+        if periodic and len(since) < self.settings.refresh_every:
+            return False
+        if periodic or not self.settings.refresh_within_edit:
             edited_now = ()
         below = any(l < guard.layer for l in (*since, *edited_now))
         return self.settings.refresh_stale_keys and bool(guard.count) and below
@@ -553,20 +552,21 @@ class ModelGuard:
         from .tokens import subject_last_index
 
         edit_id = len(self.edit_log)
+        fact = (request.prompt, request.subject, request.target_new)
+        sources, others = [(*fact, None)], []
         if self.settings.positions == "prompt":  # every piece's layer from one pass over the edited model
             sequences = scored_position_keys(model, tok, [request], [name for name, *_ in pieces])
+            own = subject_last_index(tok, "{}", request)  # already guarded, with its value v*
+            others = [i for i in range(len(sequences[pieces[0][0]][0])) if i != own]
+            sources += [(*fact, i) for i in others]
         for module_name, _, key, value in pieces:
             weight = weight_out_in(get_module(model, module_name))
             W = weight.detach().float()
             keys, values = [key.to(W.device)], [value.to(W.device)]
-            sources = [(request.prompt, request.subject, request.target_new, None)]
-            if self.settings.positions == "prompt":
-                own = subject_last_index(tok, "{}", request)  # already guarded, with its value v*
-                sequence = sequences[module_name][0].float().to(W.device)
-                others = [i for i in range(len(sequence)) if i != own]
-                keys += list(sequence[others])
-                values += list(sequence[others] @ W.T)
-                sources += [(request.prompt, request.subject, request.target_new, i) for i in others]
+            if others:
+                at_others = sequences[module_name][0].float().to(W.device)[others]
+                keys += list(at_others)
+                values += list(at_others @ W.T)
             self.layers[module_name].record(keys, values, sources, [edit_id] * len(keys), weight, edit_id)
         if self.settings.scope == "model":
             self.sources += [(edit_id, s) for s in sources]
