@@ -25,6 +25,9 @@ from bench.common import (ROOT, SHARED, bench_device, device_suffix, fill_covari
 from edit_plugins.hookspecs import hookimpl
 
 ROME, WILKE = "WilKE/smollm2-135m-rome.yaml", "WilKE/smollm2-135m-fast.yaml"  # under hparams/
+LIFELONG = "WilKE/smollm2-135m-lifelong.yaml"  # the shipped lifelong hparams
+# C from ~100k tokens the model samples itself instead of CPython's docs (the same count of tokens)
+SELF_C = {"mom2_dataset": "self", "mom2_n_samples": 1600}
 # each edit spread over layers 3-7, the soft guard over every scored position of every earlier edit, and one
 # pass before each edit recomputing every stale layer's keys
 SPREAD_SOFT_GUARD = {"layers": [7], "spread_layers": 5, "interference_guard": True, "guard_scope": "model",
@@ -58,23 +61,21 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
                                             "guard_preserved_knowledge": True}),
     "wilke-guard-model-preserved-repair": (WILKE, {"interference_guard": True, "guard_scope": "model",
                                                    "guard_preserved_knowledge": True, "guard_repair": True}),
-    # C from ~100k tokens the model samples itself instead of CPython's docs (the same count of tokens)
-    "wilke-self-c": (WILKE, {"mom2_dataset": "self", "mom2_n_samples": 1600}),
+    "wilke-self-c": (WILKE, SELF_C),
     "wilke-guard-model-plain-ranking-self-c": (WILKE, {"interference_guard": True, "guard_scope": "model",
-                                                       "guard_layer_choice": "plain", "mom2_dataset": "self",
-                                                       "mom2_n_samples": 1600}),
+                                                       "guard_layer_choice": "plain", **SELF_C}),
     "wilke-guard-model-plain-ranking-preserved-self-c": (WILKE, {
         "interference_guard": True, "guard_scope": "model", "guard_layer_choice": "plain",
-        "guard_preserved_knowledge": True, "mom2_dataset": "self", "mom2_n_samples": 1600}),
+        "guard_preserved_knowledge": True, **SELF_C}),
     # LA divided by each layer's norm before the first edit (la_norm: original), not its grown norm now
     "wilke-original-norm": (WILKE, {"la_norm": "original"}),
     "wilke-guard-model-plain-ranking-original-norm": (WILKE, {"interference_guard": True, "guard_scope": "model",
                                                               "guard_layer_choice": "plain", "la_norm": "original"}),
     # a layer whose output on C's text has moved by 10% (‖W − W₀‖_C/‖W₀‖_C) takes no more edits; C self-sampled
-    "wilke-self-c-budget": (WILKE, {"mom2_dataset": "self", "mom2_n_samples": 1600, "layer_change_budget": 0.1}),
+    "wilke-self-c-budget": (WILKE, {**SELF_C, "layer_change_budget": 0.1}),
     "wilke-guard-model-plain-ranking-self-c-budget": (WILKE, {
         "interference_guard": True, "guard_scope": "model", "guard_layer_choice": "plain",
-        "mom2_dataset": "self", "mom2_n_samples": 1600, "layer_change_budget": 0.1}),
+        **SELF_C, "layer_change_budget": 0.1}),
     "wilke-guard-positions-repair": (WILKE, {"interference_guard": True, "guard_positions": "prompt",
                                              "guard_repair": True}),
     # soft: no exact keys (max_keys_fraction 0), every earlier key held by the regularised form at a small λ,
@@ -105,16 +106,12 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
     # load as ROME's with SPREAD_SOFT_GUARD_EVERY_10 and spread_direction: own_and_mean_key), and the shipped
     # hparams with earlier keys held ten times harder (λ = 1e-2) or with AlphaEdit's null space (C from pydoc);
     # C sampled from the model itself
-    "rome-soft-guard-spread-every-10-mean-key": ("WilKE/smollm2-135m-lifelong.yaml", {}),
-    "rome-soft-guard-spread-every-10-mean-key-weight-0.01": ("WilKE/smollm2-135m-lifelong.yaml",
-                                                             {"guard_fallback_weight": 1e-2}),
-    "rome-soft-guard-spread-every-10-mean-key-preserved": ("WilKE/smollm2-135m-lifelong.yaml",
-                                                           {"guard_preserved_knowledge": True}),
-    "rome-soft-guard-spread-every-10-self-c": (ROME, {**SPREAD_SOFT_GUARD_EVERY_10, "mom2_dataset": "self",
-                                                      "mom2_n_samples": 1600}),
+    "rome-soft-guard-spread-every-10-mean-key": (LIFELONG, {}),
+    "rome-soft-guard-spread-every-10-mean-key-weight-0.01": (LIFELONG, {"guard_fallback_weight": 1e-2}),
+    "rome-soft-guard-spread-every-10-mean-key-preserved": (LIFELONG, {"guard_preserved_knowledge": True}),
+    "rome-soft-guard-spread-every-10-self-c": (ROME, {**SPREAD_SOFT_GUARD_EVERY_10, **SELF_C}),
     # the shipped lifelong hparams with C sampled from the model (at T = 300 the self-sampled C touched the probes less)
-    "rome-soft-guard-spread-every-10-mean-key-self-c": ("WilKE/smollm2-135m-lifelong.yaml",
-                                                        {"mom2_dataset": "self", "mom2_n_samples": 1600}),
+    "rome-soft-guard-spread-every-10-mean-key-self-c": (LIFELONG, SELF_C),
     # the ablation without the past-edit guard: the spread with AlphaEdit's null space alone (C from pydoc)
     "rome-preserved-spread": (ROME, {"layers": [7], "spread_layers": 5, "guard_preserved_knowledge": True}),
     # EasyEdit HEAD's AlphaEdit, unmodified (layers 3-7; C and its null space from pydoc, as for WilKE)
