@@ -35,6 +35,9 @@ SPREAD_SOFT_GUARD = {"layers": [7], "spread_layers": 5, "interference_guard": Tr
                      "guard_layer_choice": "plain", "guard_refresh_within_edit": False}
 # ... refreshing stale keys at most once per 10 edits
 SPREAD_SOFT_GUARD_EVERY_10 = {**SPREAD_SOFT_GUARD, "guard_refresh_every": 10}
+# the past-edit guard off, and its choices back at their defaults (which need no guard)
+NO_GUARD = {"interference_guard": False, "guard_scope": "layer", "guard_positions": "subject_last",
+            "guard_layer_choice": "guarded"}
 METHODS = {  # name: (hparams file under hparams/, fields set on it)
     "rome": (ROME, {}),
     "rome-guard": (ROME, {"interference_guard": True}),
@@ -112,8 +115,10 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
     "rome-soft-guard-spread-every-10-self-c": (ROME, {**SPREAD_SOFT_GUARD_EVERY_10, **SELF_C}),
     # the shipped lifelong hparams with C sampled from the model (at T = 300 the self-sampled C touched the probes less)
     "rome-soft-guard-spread-every-10-mean-key-self-c": (LIFELONG, SELF_C),
-    # the ablation without the past-edit guard: the spread with AlphaEdit's null space alone (C from pydoc)
-    "rome-preserved-spread": (ROME, {"layers": [7], "spread_layers": 5, "guard_preserved_knowledge": True}),
+    # the ablations of the shipped lifelong hparams: neither the past-edit guard nor AlphaEdit's null space
+    # (C from pydoc), and the null space alone; both is "-mean-key-preserved" above
+    "rome-spread-mean-key": (LIFELONG, NO_GUARD),
+    "rome-spread-mean-key-preserved": (LIFELONG, {**NO_GUARD, "guard_preserved_knowledge": True}),
     # EasyEdit HEAD's AlphaEdit, unmodified (layers 3-7; C and its null space from pydoc, as for WilKE)
     "alphaedit": ("easyedit/AlphaEdit/smollm2-135m.yaml", {}),
 }
