@@ -138,10 +138,11 @@ def plot(rows_: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for r in rows_:
-        points = [(c["step"], c["retention_exact"]) for c in r["checkpoints"] if c.get("retention_exact") is not None]
-        if points:
-            ax.plot(*zip(*points), marker="o", label=r["label"])
+    lines = [(r["label"], [(c["step"], c["retention_exact"]) for c in r["checkpoints"]
+                           if c.get("retention_exact") is not None]) for r in rows_]
+    markers = "osD^v"  # the colour cycle repeats after 10 lines: the marker tells those apart
+    for i, (label, points) in enumerate((label, points) for label, points in lines if points):
+        ax.plot(*zip(*points), marker=markers[i // 10 % len(markers)], label=label)
     ax.set_xscale("log")
     ax.set(xlabel="edits so far", ylabel="past edits still exact (teacher-forced)", ylim=(-0.02, 1.02),
            title="Retention curve: every past edit re-scored at each checkpoint")
