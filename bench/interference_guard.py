@@ -115,8 +115,8 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
     "rome-soft-guard-spread-every-10-self-c": (ROME, {**SPREAD_SOFT_GUARD_EVERY_10, **SELF_C}),
     # the shipped lifelong hparams with C sampled from the model (at T = 300 the self-sampled C touched the probes less)
     "rome-soft-guard-spread-every-10-mean-key-self-c": (LIFELONG, SELF_C),
-    # ... holding only each earlier edit's subject key (one key per edit instead of about 9): below the layers'
-    # width at T = 1,000, where every position fills them 5.7 times over
+    # the shipped lifelong hparams holding only each earlier edit's subject key (one key per edit instead of
+    # about 9): below the layers' width at T = 1,000, where every prompt position fills it 5.7 times over
     "rome-soft-guard-spread-every-10-mean-key-subject-key": (LIFELONG, {"guard_positions": "subject_last"}),
     # the ablations of the shipped lifelong hparams: neither the past-edit guard nor AlphaEdit's null space
     # (C from pydoc), and the null space alone; both is "-mean-key-preserved" above

@@ -140,8 +140,9 @@ def plot(rows_: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     lines = [(r["label"], [(c["step"], c["retention_exact"]) for c in r["checkpoints"]
                            if c.get("retention_exact") is not None]) for r in rows_]
+    lines = [(label, points) for label, points in lines if points]
     markers = "osD^v"  # the colour cycle repeats after 10 lines: the marker tells those apart
-    for i, (label, points) in enumerate((label, points) for label, points in lines if points):
+    for i, (label, points) in enumerate(lines):
         ax.plot(*zip(*points), marker=markers[i // 10 % len(markers)], label=label)
     ax.set_xscale("log")
     ax.set(xlabel="edits so far", ylabel="past edits still exact (teacher-forced)", ylim=(-0.02, 1.02),
