@@ -15,6 +15,7 @@ SmolLM2 knows (as in ``bench.wilke_quality sequential``) and then ``counterfact_
 """
 import argparse
 import collections
+import dataclasses
 import json
 import resource
 import statistics
@@ -23,6 +24,7 @@ from pathlib import Path
 from bench.common import (ROOT, SHARED, bench_device, device_suffix, fill_covariance_stats, known_counterfact, setup,
                           write_result)
 from edit_plugins.hookspecs import hookimpl
+from edit_plugins.methods.wilke.config import WilKEHyperParams
 
 ROME, WILKE = "WilKE/smollm2-135m-rome.yaml", "WilKE/smollm2-135m-fast.yaml"  # under hparams/
 LIFELONG = "WilKE/smollm2-135m-lifelong.yaml"  # the shipped lifelong hparams
@@ -36,8 +38,8 @@ SPREAD_SOFT_GUARD = {"layers": [7], "spread_layers": 5, "interference_guard": Tr
 # ... refreshing stale keys at most once per 10 edits
 SPREAD_SOFT_GUARD_EVERY_10 = {**SPREAD_SOFT_GUARD, "guard_refresh_every": 10}
 # the past-edit guard off, and its choices back at their defaults (which need no guard)
-NO_GUARD = {"interference_guard": False, "guard_scope": "layer", "guard_positions": "subject_last",
-            "guard_layer_choice": "guarded"}
+NO_GUARD = {"interference_guard": False, **{f.name: f.default for f in dataclasses.fields(WilKEHyperParams)
+                                            if f.name in ("guard_scope", "guard_positions", "guard_layer_choice")}}
 METHODS = {  # name: (hparams file under hparams/, fields set on it)
     "rome": (ROME, {}),
     "rome-guard": (ROME, {"interference_guard": True}),
