@@ -348,7 +348,8 @@ def test_weights_copy_restores_every_bit_and_the_guard_forgets_the_undone_edit(t
         if soft:  # G, which cannot be taken apart, was made again from the keys still guarded, as they are now
             layer_guard = _guards[model].layers[fired[0][0].modules[0]]
             keys = current_keys(model, tok, [layer_guard.module], layer_guard.sources)[layer_guard.module].double()
-            torch.testing.assert_close(layer_guard.gram, keys.T @ keys)
+            fresh = keys.T @ keys  # float32 keys from passes batched otherwise: equal to rounding, not bit for bit
+            assert float((layer_guard.gram - fresh).norm() / fresh.norm()) < 1e-5
         restore(model, after_first)
 
 
