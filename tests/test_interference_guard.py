@@ -1,4 +1,5 @@
 """The interference guard: guarded rank-one updates leave earlier edits' keys mapped where they were."""
+import itertools
 from copy import deepcopy
 
 import pytest
@@ -9,10 +10,10 @@ from edit_plugins import hparams
 from edit_plugins.diagnostics.interference import InterferenceLog
 from edit_plugins.editing.interference_guard import (GuardError, GuardSettings, LayerGuard, _guards, _Space,
                                                      current_keys, guard_state, load_guard_state)
-from edit_plugins.editing.keys import compute_keys
+from edit_plugins.editing.keys import compute_keys, scored_position_keys
 from edit_plugins.editing.layers import get_module, weight_out_in
 from edit_plugins.editing.requests import normalize_requests, with_leading_space
-from edit_plugins.editing.tokens import encode, target_ids
+from edit_plugins.editing.tokens import encode, subject_last_index, target_ids
 from edit_plugins.events import collect_events
 from edit_plugins.methods.wilke import apply_wilke_to_model
 from edit_plugins.methods.wilke.model import layer_inverses
@@ -140,6 +141,38 @@ def test_guarding_every_scored_position_leaves_earlier_edits_forward_pass_as_it_
         restore(model, before)
     assert moved["prompt"] < 1e-5
     assert moved["subject_last"] > 1e-3
+
+
+def test_readout_positions_guard_where_the_score_reads_the_next_token_and_no_other_position(tiny_gpt2, stats_dir):
+    """With guard_positions: readout, later edits leave the edited layer's output as it was at an earlier edit's
+    subject key and at every position whose next-token prediction its score reads (the prompt's last token and
+    the target's); at the prompt's other positions it moves."""
+    model, tok = tiny_gpt2
+    before = snapshot(model)
+    hp = tiny_hp(stats_dir, guard_positions="readout")
+    module = hp.rewrite_module_tmp.format(hp.layers[0])
+    requests = normalize_requests(TINY_REQUESTS)
+    try:
+        outputs, readout, counts = [], [], []
+        for raw, request in zip(TINY_REQUESTS, requests):
+            apply_wilke_to_model(model, tok, [raw], hp)
+            counts.append(_guards[model].layers[module].count)
+            keys = scored_position_keys(model, tok, [request], [module])[module][0].float()
+            outputs.append(keys @ weight_out_in(get_module(model, module)).detach().float().T)
+            first = len(encode(tok, request.text)) - 1
+            readout.append({subject_last_index(tok, "{}", request), *range(first, len(keys))})
+        W = weight_out_in(get_module(model, module)).detach().float()
+        held, free = [], []
+        for request, out, positions in zip(requests[:-1], outputs[:-1], readout[:-1]):
+            keys = scored_position_keys(model, tok, [request], [module])[module][0].float()
+            moved = ((keys @ W.T - out).norm(dim=1) / out.norm(dim=1)).tolist()
+            held += [moved[i] for i in positions]
+            free += [m for i, m in enumerate(moved) if i not in positions]
+    finally:
+        restore(model, before)
+    assert counts == list(itertools.accumulate(len(p) for p in readout))  # those keys, and only those, per edit
+    assert max(held) < 1e-5
+    assert free and max(free) > 1e-3
 
 
 def test_guarding_every_earlier_edit_at_every_layer_leaves_its_forward_pass_as_it_was(tiny_gpt2, stats_dir):

@@ -26,7 +26,7 @@ from .layers import add_to_weight, get_module, weight_digest, weight_out_in
 
 LOG = logging.getLogger(__name__)
 STATE_FORMAT = "edit-plugins interference guard v1"
-GUARD_POSITIONS = ("subject_last", "prompt")  # keys guarded per edit (GuardSettings.positions)
+GUARD_POSITIONS = ("subject_last", "readout", "prompt")  # keys guarded per edit (GuardSettings.positions)
 GUARD_SCOPES = ("layer", "model")  # whose keys a layer guards (GuardSettings.scope)
 
 _guards: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> ModelGuard
@@ -52,7 +52,9 @@ class GuardSettings:
     refresh_every: int = 1  # ... at most once per this many edits (stale keys wait in between)
     repair: bool = False  # after a refresh, map slipped earlier keys back to their values
     repair_threshold: float = 0.1  # "slipped": ‖W k_j − v_j‖ / ‖v_j‖ above this
-    positions: str = "subject_last"  # keys guarded per edit: the subject's last token, or every "prompt" position
+    # keys guarded per edit: the subject's last token; also the positions whose next-token prediction the
+    # score reads ("readout": the prompt's last token and the target's); or every "prompt" position scored
+    positions: str = "subject_last"
     # whose keys an edited layer guards: the earlier edits made at it ("layer"), or every earlier edit at
     # whatever layer it was made ("model"): then no edit below an earlier one moves that edit's inputs
     scope: str = "layer"
@@ -549,15 +551,16 @@ class ModelGuard:
         prompt``, the layer's input at every other position the edit's score reads (mapped where the edited
         layer now maps them); log the edit's lowest layer, the one that makes the keys above it stale."""
         from .keys import scored_position_keys
-        from .tokens import subject_last_index
+        from .tokens import encode, subject_last_index
 
         edit_id = len(self.edit_log)
         fact = (request.prompt, request.subject, request.target_new)
         sources, others = [(*fact, None)], []
-        if self.settings.positions == "prompt":  # every piece's layer from one pass over the edited model
+        if self.settings.positions != "subject_last":  # every piece's layer from one pass over the edited model
             sequences = scored_position_keys(model, tok, [request], [name for name, *_ in pieces])
             own = subject_last_index(tok, "{}", request)  # already guarded, with its value v*
-            others = [i for i in range(len(sequences[pieces[0][0]][0])) if i != own]
+            first = len(encode(tok, request.text)) - 1 if self.settings.positions == "readout" else 0
+            others = [i for i in range(first, len(sequences[pieces[0][0]][0])) if i != own]
             sources += [(*fact, i) for i in others]
         for module_name, _, key, value in pieces:
             weight = weight_out_in(get_module(model, module_name))

@@ -61,7 +61,9 @@ class WilKEHyperParams(EditHyperParams):
     guard_refresh_every: int = 1  # ... at most once per this many edits (stale keys wait in between)
     guard_repair: bool = False  # on refresh, map earlier keys that slipped back to their values
     guard_repair_threshold: float = 0.1  # slipped: ‖W k_j − v_j‖ / ‖v_j‖ above this
-    guard_positions: str = "subject_last"  # keys guarded per edit: "subject_last", or every "prompt" position scored
+    # keys guarded per edit: "subject_last"; also where the score reads the next token ("readout"); or every
+    # position the score passes through ("prompt")
+    guard_positions: str = "subject_last"
     guard_scope: str = "layer"  # whose keys an edited layer holds: its own earlier edits, or every earlier "model" edit
     guard_layer_choice: str = "guarded"  # rank candidate layers by the guarded update, or by the "plain" one
 
