@@ -153,6 +153,18 @@ def stream_records(model, tok, stream, edits):
     return known + [r for r in rest if r.case_id not in used][: edits - len(known)]
 
 
+def method_hparams(method):
+    """The hparams a METHODS entry names, its fields set, the statistics in the checkout's data/stats."""
+    from edit_plugins import hparams
+
+    file, fields = METHODS[method]
+    hp = hparams.load(ROOT / "hparams" / file)
+    hp.stats_dir = str(ROOT / "data" / "stats")
+    for name, value in fields.items():
+        setattr(hp, name, value)
+    return hp
+
+
 class PeakRss:
     """Adds the process's peak RSS so far, and the guard's largest layer state (MB), to every edit's log line."""
 
@@ -167,22 +179,17 @@ class PeakRss:
 
 
 def run(args):
-    from edit_plugins import hparams
     from edit_plugins.editing.interference_guard import _guards
     from edit_plugins.lifelong.runner import RunOptions, resume_lifelong, run_lifelong
     from edit_plugins.models import load_model
     from edit_plugins.plugins import pm
 
     pm.register(PeakRss(), name="bench-peak-rss")
-    file, fields = METHODS[args.method]
     if args.method in COVARIANCE_METHODS:
-        fill_covariance_stats(ROOT / "hparams" / file)
+        fill_covariance_stats(ROOT / "hparams" / METHODS[args.method][0])
     model, tok = load_model("smollm2-135m", bench_device())
     records = stream_records(model, tok, args.stream, args.edits)
-    hp = hparams.load(ROOT / "hparams" / file)
-    hp.stats_dir = str(ROOT / "data" / "stats")
-    for name, value in fields.items():
-        setattr(hp, name, value)
+    hp = method_hparams(args.method)
     folder = folder_for(args.stream, args.method, args.edits)
     if (folder / "config.yaml").is_file():
         resume_lifelong(folder, model=model, tok=tok, records=records, progress_bar=False)
