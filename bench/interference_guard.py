@@ -121,7 +121,7 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
     # about 9): below the layers' width at T = 1,000, where every prompt position fills it 5.7 times over
     "rome-soft-guard-spread-every-10-mean-key-subject-key": (LIFELONG, {"guard_positions": "subject_last"}),
     # ... holding the subject key and the positions whose next token the score reads (the prompt's last token
-    # and the target's: 2-4 keys per edit): between the subject key alone and every position
+    # and the target's: 1-4 keys per edit, 2.2 on average): between the subject key alone and every position
     "rome-soft-guard-spread-every-10-mean-key-readout": (LIFELONG, {"guard_positions": "readout"}),
     # the ablations of the shipped lifelong hparams: neither the past-edit guard nor AlphaEdit's null space
     # (C from pydoc), and the null space alone; both is "-mean-key-preserved" above

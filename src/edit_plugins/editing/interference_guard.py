@@ -549,7 +549,8 @@ class ModelGuard:
         """After an edit is applied, at one layer or spread over several (``pieces``: (module name, layer,
         key, value) each): guard each piece's key at its layer (mapped to its value) and the layer's input
         at the edit's other scored positions (mapped where the edited layer now maps them): with ``positions:
-        readout`` those whose next token the score reads, with ``prompt`` every one; log the edit's lowest layer, the one that makes the keys above it stale."""
+        readout`` those whose next token the score reads, with ``prompt`` every one; log the edit's lowest
+        layer, the one that makes the keys above it stale."""
         from .keys import scored_position_keys
         from .tokens import encode, subject_last_index
 
