@@ -13,8 +13,6 @@ squares. Writes bench/results/held_key_drift_<stream>_<method>_<edits>.json as i
 import argparse
 import statistics
 
-import torch
-
 from bench.common import bench_device, setup, write_result
 from bench.interference_guard import METHODS, method_hparams, stream_records
 
@@ -62,7 +60,8 @@ def main(argv=None):
             now = compute_keys(model, tok, [w["request"] for w in watched], modules)
             row = {"step": t, "layers": {}}
             for m in modules:
-                W, delta = weight(m), weight(m) - before.get(m, weight(m))
+                W = weight(m)
+                delta = W - before.get(m, W)  # a layer first edited now: no earlier key is watched there
                 steps, drift, drift_now, summed, rss = [], [], [], [], []
                 for j, w in enumerate(watched):
                     if m not in w["keys"]:
