@@ -462,7 +462,8 @@ def forgotten(result, last) -> str:
 
 
 def interference_guard(lines: list[str]) -> None:
-    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("guard_*.json"))]
+    results = [json.loads(p.read_text()) for stream in ("counterfact", "zsre")  # not guard_spectrum_*
+               for p in sorted(RESULTS.glob(f"guard_{stream}_*.json"))]
     if not results:
         return
     lines += ["## Interference guard: lifelong runs", "",

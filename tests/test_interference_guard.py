@@ -388,18 +388,21 @@ def test_weights_copy_restores_every_bit_and_the_guard_forgets_the_undone_edit(t
 
 @pytest.mark.parametrize("positions, scope, spread, soft", [
     ("subject_last", "layer", 1, False), ("prompt", "layer", 1, False), ("prompt", "model", 1, False),
-    ("subject_last", "model", 2, False), ("prompt", "model", 2, True)])
+    ("subject_last", "model", 2, False), ("prompt", "model", 2, True), ("readout", "model", 2, "repair")])
 def test_saved_guard_state_continues_with_the_same_numbers(tiny_gpt2, stats_dir, positions, scope, spread, soft):
     loaded, tok = tiny_gpt2
     model = deepcopy(loaded)  # both sides copies: BLAS results can depend on how a tensor is allocated
-    soft = {"guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-3} if soft else {"guard_repair": True}
+    guard = {"guard_max_keys_fraction": 0.0, "guard_fallback_weight": 1e-3} if soft else {"guard_repair": True}
+    if soft == "repair":  # the soft guard's values are saved too
+        guard.update(guard_repair=True, guard_repair_threshold=0.0)
     hp = tiny_hp(stats_dir, layers=(1, 2), guard_positions=positions, guard_scope=scope, spread_layers=spread,
-                 **soft)
+                 **guard)
     apply_wilke_to_model(model, tok, TINY_REQUESTS[:3], hp)
     tensors, metadata = guard_state(model)
     twin = deepcopy(model)
     load_guard_state(twin, tensors, metadata)
     assert guard_state(twin)[0].keys() == tensors.keys()  # saved again before any use: nothing dropped
+    assert any(name.endswith(".values") for name in tensors) == bool(hp.guard_repair)
     apply_wilke_to_model(model, tok, TINY_REQUESTS[3:], hp)
     apply_wilke_to_model(twin, tok, TINY_REQUESTS[3:], hp)
     assert all(torch.equal(p, twin.get_parameter(n)) for n, p in model.named_parameters())
@@ -718,8 +721,6 @@ def test_the_shipped_lifelong_hparams_edit_smollm2_in_sequence_and_keep_the_earl
     ({"guard_max_keys_fraction": -0.1}, "field 'guard_max_keys_fraction' must be between 0 and 1"),
     ({"guard_max_keys_fraction": 1.5}, "field 'guard_max_keys_fraction' must be at most 1"),
     ({"guard_repair": True}, "'guard_repair' works on refreshed guarded keys"),
-    ({"guard_repair": True, "interference_guard": True, "guard_max_keys_fraction": 0.0},
-     "'guard_repair' maps slipped keys back through the exact guard's basis"),
     ({"guard_positions": "all", "interference_guard": True}, "field 'guard_positions' must be one of"),
     ({"guard_positions": "prompt"}, "'guard_positions' chooses the keys the past-edit guard holds"),
     ({"guard_scope": "all", "interference_guard": True}, "field 'guard_scope' must be one of"),
@@ -746,3 +747,39 @@ def test_the_weight_digest_sees_every_bit_in_any_dtype():
         changed = weight.clone()
         changed.view(torch.int16 if dtype != torch.float32 else torch.int32)[2, 1] ^= 1  # one bit
         assert weight_digest(weight) == weight_digest(weight.clone()) != weight_digest(changed)
+
+
+def test_soft_guard_repair_maps_slipped_keys_back_lowest_layer_first(tiny_gpt2, stats_dir):
+    model, tok = tiny_gpt2
+    guard = dict(guard_max_keys_fraction=0.0, guard_fallback_weight=10.0, guard_repair=True, guard_scope="model",
+                 guard_refresh_within_edit=False)
+    spread, below = tiny_hp(stats_dir, layers=(2,), spread_layers=2, **guard), tiny_hp(stats_dir, layers=(0,), **guard)
+    modules = [spread.rewrite_module_tmp.format(layer) for layer in (1, 2)]
+
+    def outputs(requests):
+        return {m: [weight_out_in(get_module(model, m)).detach().float() @ key_at(model, tok, r, m) for r in requests]
+                for m in modules}
+
+    values = {m: [] for m in modules}
+    for request in TINY_REQUESTS[:2]:
+        apply_wilke_to_model(model, tok, [request], spread)
+        for m, (v,) in outputs([request]).items():
+            values[m].append(v)
+
+    def drifts():
+        return {m: [float((now - v).norm() / v.norm()) for now, v in zip(outputs(TINY_REQUESTS[:2])[m], values[m])]
+                for m in modules}
+
+    apply_wilke_to_model(model, tok, TINY_REQUESTS[2:4], below)  # edits below: layers 1 and 2's keys go stale
+    before = drifts()
+    assert min(min(d) for d in before.values()) > 0.1  # every earlier key at both layers has slipped
+    with collect_events() as fired:
+        apply_wilke_to_model(model, tok, [TINY_REQUESTS[4]], spread)
+    lower, upper = (piece["guard"] for piece in fired[0][0].info["spread"])
+    assert lower["keys_refreshed"] == upper["keys_refreshed"] == 2
+    assert lower["repair_slipped"] == upper["repair_slipped"] == 2
+    # layer 2's keys were read again after layer 1's repair had moved them back toward where they were
+    assert upper["repair_drift_max"] < 0.9 * max(before[modules[1]])
+    after = drifts()
+    for module in modules:  # back to about their values (λ = 10 holds hard; the new edit moves them a little)
+        assert all(a < 0.1 * b for a, b in zip(after[module], before[module])), (module, before, after)

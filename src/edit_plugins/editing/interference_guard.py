@@ -10,7 +10,8 @@ per edit besides one C⁻¹ product), and their Gram matrix G = Σ k_j k_jᵀ. W
 basis's span, or the keys fill most of the layer's width, it falls back to the regularised direction
 u = (C + λG)⁻¹k̄, from a Cholesky factor made again when G has changed (O(d³), once per edit at most).
 The keys themselves are kept only where the exact basis can use them (max_keys_fraction > 0): the soft
-guard holds G and each key's source, O(d²) memory per layer however many edits it holds.
+guard holds G and each key's source, O(d²) memory per layer however many edits it holds (and, to repair,
+each key's value).
 """
 from __future__ import annotations
 
@@ -168,6 +169,11 @@ class LayerGuard:
     @property
     def stores_keys(self) -> bool:
         return self.settings.max_keys_fraction > 0
+
+    @property
+    def stores_values(self) -> bool:
+        """The exact guard's keys come with their values; the soft guard keeps values only to repair."""
+        return self.stores_keys or self.settings.repair
 
     @property
     def count(self) -> int:
@@ -353,7 +359,7 @@ class LayerGuard:
         if keys:
             self._admit(self.space.project(torch.stack(keys).to(device)), 0)
         self.keys = list(keys) if self.stores_keys else []
-        if not self.stores_keys:
+        if not self.stores_values:
             self.values = []
 
     def _remake(self, device) -> None:
@@ -380,6 +386,7 @@ class LayerGuard:
         for key, value, source, edit_id in zip(keys, values, sources, edit_ids, strict=True):
             if self.stores_keys:
                 self.keys.append(key)
+            if self.stores_values:
                 self.values.append(value.detach().float().clone())
             self.sources.append(source)
             self.edit_ids.append(edit_id)
@@ -422,8 +429,10 @@ class LayerGuard:
         if len(kept) == self.count:
             return
         self.snapshots = [(sum(1 for i in kept if i < n), digest) for n, digest in self.snapshots]
-        if self.stores_keys:
-            self.keys, self.values = [self.keys[i] for i in kept], [self.values[i] for i in kept]
+        if self.keys:
+            self.keys = [self.keys[i] for i in kept]
+        if self.values:
+            self.values = [self.values[i] for i in kept]
         self.sources, self.edit_ids = [self.sources[i] for i in kept], [self.edit_ids[i] for i in kept]
         self._remake(device)
 
@@ -432,26 +441,40 @@ class LayerGuard:
         self.fresh_at = log_position
         self._rebuild([k.float().clone() for k in keys], device)
 
-    def repair_update(self, weight_out_in: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
-        """ΔW that maps every slipped basis key back to its value and leaves the other basis keys' outputs:
-        ΔW = Σ_j (v_j − W k_j) u_jᵀ, with u_jᵀk_i = δ_ij from the dual basis u_j = Σ_l (R⁻¹)_jl M b_l."""
+    def repair_update(self, weight_out_in: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
+        """ΔW that maps the slipped keys (``keys``: all of them as they are now, one per source) back to their
+        values, and holds the rest where they are. Exact guard: ΔW = Σ_j (v_j − W k_j) u_jᵀ over the slipped
+        basis keys, with u_jᵀk_i = δ_ij from the dual basis u_j = Σ_l (R⁻¹)_jl M b_l, so the other basis keys
+        do not move. Soft guard: the least-squares form, ΔW = λ TᵀZ(M⁻¹ + λG)⁻¹, with T the residuals of the
+        slipped keys (0 for the others), which minimises ‖ΔW‖²_C + λ Σ_j ‖ΔW k_j − t_j‖² over all held keys."""
         W = weight_out_in.detach().float()
-        if not self.in_basis:
+        if not self.values:
             return None, {"slipped": 0}
-        keys = torch.stack([self.keys[j] for j in self.in_basis]).to(W.device)
-        values = torch.stack([self.values[j] for j in self.in_basis]).to(W.device)
+        if len(self.values) != self.count:  # a state saved without repair, resumed with it
+            LOG.warning("%s: %d values for %d keys; no repair", self.module, len(self.values), self.count)
+            return None, {"slipped": 0}
+        keys, values = keys.float().to(W.device), torch.stack(self.values).to(W.device)
         residuals = values - keys @ W.T
         drift = residuals.norm(dim=1) / values.norm(dim=1).clamp_min(1e-12)
-        slipped = torch.nonzero(drift > self.settings.repair_threshold).flatten()
-        info = {"slipped": int(len(slipped)), "drift_max": float(drift.max())}
+        info = {"drift_median": float(drift.median()), "drift_max": float(drift.max())}
+        if self.stores_keys:  # only basis keys can be moved without moving the others
+            in_basis = torch.tensor(self.in_basis, dtype=torch.long, device=W.device)
+            slipped = torch.nonzero(drift[in_basis] > self.settings.repair_threshold).flatten()
+        else:
+            slipped = torch.nonzero(drift > self.settings.repair_threshold).flatten()
+        info["slipped"] = int(len(slipped))
         if not len(slipped):
             return None, info
-        R = self.triangular.to(W.device)
-        selector = torch.zeros(len(R), len(slipped), dtype=torch.float64, device=W.device)
-        selector[slipped, torch.arange(len(slipped), device=W.device)] = 1.0
-        rows = torch.linalg.solve_triangular(R.T, selector, upper=False).T  # rows of R⁻¹ for the slipped keys
-        duals = self.space.lift((rows @ self.metric_basis.to(W.device)).T).T.float()  # (|S|, d)
-        return residuals[slipped].T @ duals, info
+        if self.stores_keys:
+            R = self.triangular.to(W.device)
+            selector = torch.zeros(len(R), len(slipped), dtype=torch.float64, device=W.device)
+            selector[slipped, torch.arange(len(slipped), device=W.device)] = 1.0
+            rows = torch.linalg.solve_triangular(R.T, selector, upper=False).T  # rows of R⁻¹ for the slipped keys
+            duals = self.space.lift((rows @ self.metric_basis.to(W.device)).T).T.float()  # (|S|, d)
+            return residuals[in_basis[slipped]].T @ duals, info
+        z = self.space.project(keys[slipped])  # (|S|, m)
+        solved = torch.cholesky_solve(z.T @ residuals[slipped].double(), self._fallback_factor(W.device))  # (m, out)
+        return (self.settings.fallback_weight * self.space.lift(solved)).T.float(), info
 
     def nbytes(self) -> int:
         tensors = self.keys + self.values + [self._basis, self._metric_basis, self._triangular]
@@ -478,8 +501,9 @@ class ModelGuard:
             if saved is not None:
                 guard.sources, guard.edit_ids, guard.fresh_at = saved["sources"], saved["edit_ids"], saved["fresh_at"]
                 keys, gram = saved["keys"], saved.get("gram")
+                if guard.stores_values:
+                    guard.values = saved["values"]
                 if keys:  # the exact guard's, or a state saved before the soft guard kept only G
-                    guard.values = saved["values"] if guard.stores_keys else []
                     guard._rebuild(keys, weight.device)
                 if gram is not None and (keys or not guard.stores_keys):
                     guard.gram = gram.to(weight.device)  # as the saving run summed it, to the last bit
@@ -578,29 +602,39 @@ class ModelGuard:
 
     def refresh(self, model, tok, guards: list[LayerGuard]) -> dict[str, dict]:
         """Recompute these layers' keys (one batched forward pass, cut off at the highest); with ``repair``,
-        map the ones that slipped back to their values. Returns what was done per layer, for the edit's report."""
-        sources = list(dict.fromkeys(s for g in guards for s in g.sources))
-        fresh = current_keys(model, tok, [g.module for g in guards], sources)
-        row = {s: i for i, s in enumerate(sources)}
+        map the ones that slipped back to their values, lowest layer first: a repair moves the keys of the
+        layers above, so they are read again before theirs. Returns what was done per layer, for the edit's
+        report."""
         reports = {}
-        for guard in guards:
-            module = get_module(model, guard.module)
-            keys = fresh[guard.module][[row[s] for s in guard.sources]]
-            report = reports[guard.module] = {"keys_refreshed": guard.count}
-            if guard.keys:  # the soft guard keeps no keys to compare
-                old = torch.stack(guard.keys).to(keys.device)
-                report["key_change_max"] = float(((keys - old).norm(dim=1) / old.norm(dim=1).clamp_min(1e-12)).max())
-            old_gram = None if guard.gram is None or guard.needs_keys else guard.gram.clone()
-            guard.replace_keys(keys, len(self.edit_log), weight_out_in(module).device)
-            if old_gram is not None and guard.gram is not None:  # how stale the keys had gone, all of them at once
-                report["gram_change"] = float((guard.gram - old_gram.to(guard.gram.device)).norm() / old_gram.norm())
-            if self.settings.repair:
-                delta, info = guard.repair_update(weight_out_in(module))
-                report.update({f"repair_{k}": v for k, v in info.items()})
+        left = sorted(guards, key=lambda g: g.layer)
+        while left:
+            sources = list(dict.fromkeys(s for g in left for s in g.sources))
+            fresh = current_keys(model, tok, [g.module for g in left], sources)
+            row = {s: i for i, s in enumerate(sources)}
+            done = 0
+            for guard in left:
+                done += 1
+                module = get_module(model, guard.module)
+                keys = fresh[guard.module][[row[s] for s in guard.sources]]
+                report = reports[guard.module] = {"keys_refreshed": guard.count}
+                if guard.keys:  # the soft guard keeps no keys to compare
+                    old = torch.stack(guard.keys).to(keys.device)
+                    report["key_change_max"] = float(((keys - old).norm(dim=1) / old.norm(dim=1).clamp_min(1e-12)).max())
+                old_gram = None if guard.gram is None or guard.needs_keys else guard.gram.clone()
+                guard.replace_keys(keys, len(self.edit_log), weight_out_in(module).device)
+                if old_gram is not None and guard.gram is not None:  # how stale the keys had gone, all at once
+                    report["gram_change"] = float((guard.gram - old_gram.to(guard.gram.device)).norm() / old_gram.norm())
+                delta = None
+                if self.settings.repair:
+                    delta, info = guard.repair_update(weight_out_in(module), keys)
+                    report.update({f"repair_{k}": v for k, v in info.items()})
+                    if delta is not None:
+                        add_to_weight(module, delta)
+                        report["repair_delta"] = delta
+                guard.snapshots.append((guard.count, weight_digest(weight_out_in(module))))
                 if delta is not None:
-                    add_to_weight(module, delta)
-                    report["repair_delta"] = delta
-            guard.snapshots.append((guard.count, weight_digest(weight_out_in(module))))
+                    break
+            left = left[done:]
         return reports
 
     def log_edit(self, layer: int) -> None:
@@ -675,6 +709,7 @@ def guard_state(model) -> tuple[dict, dict] | None:
             tensors[f"{name}.gram"] = entry["gram"].detach().cpu().clone()  # G grows in place: not a view
         if entry["keys"]:
             tensors[f"{name}.keys"] = torch.stack(entry["keys"]).cpu().contiguous()
+        if entry["values"]:
             tensors[f"{name}.values"] = torch.stack(entry["values"]).cpu().contiguous()
         # neither: a soft guard's keys undone and G not yet made again; it is made from the sources on load
         layers[name] = {k: entry[k] for k in ("sources", "edit_ids", "fresh_at")}
@@ -696,7 +731,9 @@ def load_guard_state(model, tensors: dict, metadata: dict) -> None:
                  "edit_ids": info.get("edit_ids", [-1] * len(sources)),  # states saved before edit ids
                  "fresh_at": info["fresh_at"]}
         if f"{name}.keys" in tensors:
-            entry["keys"], entry["values"] = list(tensors[f"{name}.keys"].float()), list(tensors[f"{name}.values"].float())
+            entry["keys"] = list(tensors[f"{name}.keys"].float())
+        if f"{name}.values" in tensors:
+            entry["values"] = list(tensors[f"{name}.values"].float())
         pending[name] = entry
     _pending[model] = pending
 

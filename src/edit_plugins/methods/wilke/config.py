@@ -59,7 +59,9 @@ class WilKEHyperParams(EditHyperParams):
     guard_refresh_stale_keys: bool = True  # recompute a layer's keys after edits at layers below it
     guard_refresh_within_edit: bool = True  # ... and after a spread edit's own lower pieces (off: once per edit)
     guard_refresh_every: int = 1  # ... at most once per this many edits (stale keys wait in between)
-    guard_repair: bool = False  # on refresh, map earlier keys that slipped back to their values
+    # on refresh, map earlier keys that slipped back to their values (the soft guard: in least squares,
+    # keeping each key's value, d_out floats, besides G)
+    guard_repair: bool = False
     guard_repair_threshold: float = 0.1  # slipped: ‖W k_j − v_j‖ / ‖v_j‖ above this
     # keys guarded per edit: "subject_last"; also where the score reads the next token ("readout"); or every
     # position the score passes through ("prompt")
@@ -135,10 +137,6 @@ class WilKEHyperParams(EditHyperParams):
         if self.spread_direction != SPREAD_DIRECTIONS[0] and self.spread_layers == 1:
             raise HparamsError(f"{source}: field 'spread_direction' directs the pieces of a spread edit: it needs "
                                "'spread_layers' above 1")
-        if self.guard_repair and self.guard_max_keys_fraction == 0:
-            raise HparamsError(f"{source}: field 'guard_repair' maps slipped keys back through the exact guard's "
-                               "basis, which the soft guard ('guard_max_keys_fraction' 0) does not keep: raise "
-                               "'guard_max_keys_fraction' above 0 or turn repair off")
         if self.guard_repair and not (self.interference_guard and self.guard_refresh_stale_keys):
             raise HparamsError(f"{source}: field 'guard_repair' works on refreshed guarded keys: it needs "
                                "'interference_guard' and 'guard_refresh_stale_keys' true")
