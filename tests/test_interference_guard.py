@@ -762,9 +762,12 @@ def test_soft_guard_repair_maps_slipped_keys_back_lowest_layer_first(tiny_gpt2, 
 
     values = {m: [] for m in modules}
     for request in TINY_REQUESTS[:2]:
-        apply_wilke_to_model(model, tok, [request], spread)
+        with collect_events() as fired:
+            apply_wilke_to_model(model, tok, [request], spread)
         for m, (v,) in outputs([request]).items():
             values[m].append(v)
+    # the lowest layer's keys are never stale here, but its own soft-guarded update moved their outputs
+    assert fired[0][0].info["spread"][0]["guard"]["keys_refreshed"] == 1
 
     def drifts():
         return {m: [float((now - v).norm() / v.norm()) for now, v in zip(outputs(TINY_REQUESTS[:2])[m], values[m])]

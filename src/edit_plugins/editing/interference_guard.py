@@ -533,7 +533,8 @@ class ModelGuard:
     def is_stale(self, guard: LayerGuard, edited_now: tuple = ()) -> bool:
         """Has a layer below been edited since the keys were computed (``edited_now``: layers the edit in
         progress has already changed, counted with ``refresh_within_edit``), and is a refresh due
-        (``refresh_every``)?"""
+        (``refresh_every``)? With ``repair``, an edit at the layer itself counts too: the soft guard's own
+        updates move the outputs of the keys it holds, though not the keys."""
         if guard.needs_keys:
             return True
         since = self.edit_log[guard.fresh_at:]
@@ -542,7 +543,8 @@ class ModelGuard:
             return False
         if periodic or not self.settings.refresh_within_edit:
             edited_now = ()
-        below = any(l < guard.layer for l in (*since, *edited_now))
+        top = guard.layer + 1 if self.settings.repair else guard.layer
+        below = any(l < top for l in (*since, *edited_now))
         return self.settings.refresh_stale_keys and bool(guard.count) and below
 
     def refresh_stale(self, model, tok, guards: list[LayerGuard]) -> dict[str, dict]:
