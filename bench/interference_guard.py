@@ -123,10 +123,12 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
     # ... holding the subject key and the positions whose next token the score reads (the prompt's last token
     # and the target's: 1-4 keys per edit, 2.2 on average): between the subject key alone and every position
     "rome-soft-guard-spread-every-10-mean-key-readout": (LIFELONG, {"guard_positions": "readout"}),
-    # the shipped lifelong hparams mapping slipped earlier keys back at each refresh (least squares, under
-    # the soft guard): the held keys' drift adds up as a random walk, and this resets it every 10 edits
+    # the shipped lifelong hparams mapping every earlier key back toward its value at each refresh (least
+    # squares, under the soft guard): the held keys' drift adds up as a random walk, and this resets it
+    # every 10 edits. Threshold 0: with a threshold (0.05 tried) the slipped keys sit among held ones that
+    # drifted alike, and the least squares holds them there
     "rome-soft-guard-spread-every-10-mean-key-repair": (LIFELONG, {"guard_repair": True,
-                                                                   "guard_repair_threshold": 0.05}),
+                                                                   "guard_repair_threshold": 0.0}),
     # the ablations of the shipped lifelong hparams: neither the past-edit guard nor AlphaEdit's null space
     # (C from pydoc), and the null space alone; both is "-mean-key-preserved" above
     "rome-spread-mean-key": (LIFELONG, NO_GUARD),
