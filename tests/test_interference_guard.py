@@ -781,6 +781,7 @@ def test_soft_guard_repair_maps_slipped_keys_back_lowest_layer_first(tiny_gpt2, 
     lower, upper = (piece["guard"] for piece in fired[0][0].info["spread"])
     assert lower["keys_refreshed"] == upper["keys_refreshed"] == 2
     assert lower["repair_slipped"] == upper["repair_slipped"] == 2
+    assert lower["repair_drift_max_after"] < 0.01 * lower["repair_drift_max"]  # the log shows what is left
     # layer 2's keys were read again after layer 1's repair had moved them back toward where they were
     assert upper["repair_drift_max"] < 0.9 * max(before[modules[1]])
     after = drifts()

@@ -471,10 +471,15 @@ class LayerGuard:
             selector[slipped, torch.arange(len(slipped), device=W.device)] = 1.0
             rows = torch.linalg.solve_triangular(R.T, selector, upper=False).T  # rows of R⁻¹ for the slipped keys
             duals = self.space.lift((rows @ self.metric_basis.to(W.device)).T).T.float()  # (|S|, d)
-            return residuals[in_basis[slipped]].T @ duals, info
-        z = self.space.project(keys[slipped])  # (|S|, m)
-        solved = torch.cholesky_solve(z.T @ residuals[slipped].double(), self._fallback_factor(W.device))  # (m, out)
-        return (self.settings.fallback_weight * self.space.lift(solved)).T.float(), info
+            delta = residuals[in_basis[slipped]].T @ duals
+        else:
+            z = self.space.project(keys[slipped])  # (|S|, m)
+            solved = torch.cholesky_solve(z.T @ residuals[slipped].double(), self._fallback_factor(W.device))  # (m, out)
+            delta = (self.settings.fallback_weight * self.space.lift(solved)).T.float()
+        # what is left: the soft form cannot map more keys than the layer is wide each to its own value
+        left = (residuals - keys @ delta.T).norm(dim=1) / values.norm(dim=1).clamp_min(1e-12)
+        info.update(drift_median_after=float(left.median()), drift_max_after=float(left.max()))
+        return delta, info
 
     def nbytes(self) -> int:
         tensors = self.keys + self.values + [self._basis, self._metric_basis, self._triangular]
