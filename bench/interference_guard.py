@@ -168,6 +168,8 @@ def method_hparams(method):
     hp.stats_dir = str(ROOT / "data" / "stats")
     for name, value in fields.items():
         setattr(hp, name, value)
+    if fields:  # checked as the run's config.yaml will be on resume (EasyEdit's hparams set none)
+        hp.validate(f"bench method {method!r}")
     return hp
 
 

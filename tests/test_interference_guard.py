@@ -718,6 +718,7 @@ def test_the_shipped_lifelong_hparams_edit_smollm2_in_sequence_and_keep_the_earl
     ({"guard_preserved_knowledge": True, "mom2_adjustment": False}, "'mom2_adjustment' must be true"),
     ({"guard_min_residual": 1.5}, "field 'guard_min_residual' must be at most 1"),
     ({"guard_fallback_weight": 0}, "field 'guard_fallback_weight' must be positive"),
+    ({"guard_repair_threshold": -0.1}, "field 'guard_repair_threshold' must be 0 or more"),
     ({"guard_max_keys_fraction": -0.1}, "field 'guard_max_keys_fraction' must be between 0 and 1"),
     ({"guard_max_keys_fraction": 1.5}, "field 'guard_max_keys_fraction' must be at most 1"),
     ({"guard_repair": True}, "'guard_repair' works on refreshed guarded keys"),

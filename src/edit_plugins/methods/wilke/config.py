@@ -62,7 +62,7 @@ class WilKEHyperParams(EditHyperParams):
     # on refresh, map earlier keys that slipped back to their values (the soft guard: in least squares,
     # keeping each key's value, d_out floats, besides G)
     guard_repair: bool = False
-    guard_repair_threshold: float = 0.1  # slipped: ‖W k_j − v_j‖ / ‖v_j‖ above this
+    guard_repair_threshold: float = 0.1  # slipped: ‖W k_j − v_j‖ / ‖v_j‖ above this (0: every key)
     # keys guarded per edit: "subject_last"; also where the score reads the next token ("readout"); or every
     # position the score passes through ("prompt")
     guard_positions: str = "subject_last"
@@ -97,10 +97,12 @@ class WilKEHyperParams(EditHyperParams):
                      "fast_scan_candidates", "spread_layers"):
             if getattr(self, name) <= 0:
                 raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")
-        for name in ("guard_null_space_energy", "guard_min_residual", "guard_fallback_weight",
-                     "guard_repair_threshold"):
+        for name in ("guard_null_space_energy", "guard_min_residual", "guard_fallback_weight"):
             if getattr(self, name) <= 0:
                 raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")
+        if self.guard_repair_threshold < 0:  # 0: every held key is mapped back toward its value
+            raise HparamsError(f"{source}: field 'guard_repair_threshold' must be 0 or more, got "
+                               f"{self.guard_repair_threshold!r}")
         if self.guard_refresh_every < 1:  # an integer: the loader checks the field's type
             raise HparamsError(f"{source}: field 'guard_refresh_every' must be a whole number of edits, 1 or more, "
                                f"got {self.guard_refresh_every!r}")
