@@ -618,9 +618,7 @@ class ModelGuard:
             sources = list(dict.fromkeys(s for g in left for s in g.sources))
             fresh = current_keys(model, tok, [g.module for g in left], sources)
             row = {s: i for i, s in enumerate(sources)}
-            done = 0
-            for guard in left:
-                done += 1
+            for done, guard in enumerate(left, start=1):
                 module = get_module(model, guard.module)
                 keys = fresh[guard.module][[row[s] for s in guard.sources]]
                 report = reports[guard.module] = {"keys_refreshed": guard.count}
