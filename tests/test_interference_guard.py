@@ -688,6 +688,35 @@ def test_a_spread_edit_whose_subject_opens_the_prompt_stays_small_and_leaves_oth
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_spread_that_diverges_through_the_first_tokens_outsized_layers_is_taken_back(smollm2, stats_dir, guarded):
+    """At layers 8-11 SmolLM2 builds the first token's outsized activation (norm ~23,000 out of layer 11, ~30
+    elsewhere). A subject at position 0 spread over them moves the top layer's output away from v* (gap 5 →
+    thousands by layer 10), and the rest of the edit would break every prompt. The pieces are taken back to
+    the bit, the guard holds nothing of the edit, and the report says where it diverged."""
+    from edit_plugins.editing.interference_guard import guard_for
+
+    model, tok = smollm2
+    before = snapshot(model)
+    raw = {"prompt": "Germany is a part of the continent of", "subject": "Germany", "target_new": "Antarctica"}
+    fields = dict(layers=[11], spread_layers=4)
+    if guarded:
+        fields.update(interference_guard=True, guard_scope="model", guard_positions="prompt",
+                      guard_max_keys_fraction=0.0, guard_refresh_within_edit=False)
+    try:
+        event = _one_edit(model, tok, raw, smollm2_hp(stats_dir, **fields))
+        assert changed_parameters(model, before) == []
+        assert event.modules == [] and not event.weight_deltas and event.info["layer"] is None
+        assert 8 <= event.info["diverged_at_layer"] <= 10
+        assert "diverged at layer" in event.info["not_applied"]
+        if guarded:
+            assert guard_for(model, smollm2_hp(stats_dir, **fields).guard_settings()).sources == []
+    finally:
+        restore(model, before)
+        _guards.pop(model, None)
+
+
+@pytest.mark.slow
 def test_the_shipped_lifelong_hparams_edit_smollm2_in_sequence_and_keep_the_earlier_edits(smollm2, stats_dir):
     """hparams/WilKE/smollm2-135m-lifelong.yaml, as a user loads it: each edit spread over layers 3-7 under
     the soft guard takes hold, the earlier edits still answer, and the guard damps the interference the

@@ -23,7 +23,7 @@ from ...events import EditEvent, LinearEdit, emit_after_edit
 from .change_budget import LayerBudgetSpent, layer_change, remember_original, spent_layers
 from .config import WilKEHyperParams
 from .layer_selection import estimate_layer_scores, la_norms
-from .spread import spread_edit, spread_layers
+from .spread import SpreadDiverged, spread_edit, spread_layers
 
 LOG = logging.getLogger(__name__)
 
@@ -293,9 +293,17 @@ def _apply_spread(model, tok, request, hp: WilKEHyperParams, result: WilKEResult
     templates = None
     if hp.spread_direction == "own_and_mean_key":
         templates = context_templates(model, tok, hp.context_template_length_params)
-    pieces = spread_edit(model, tok, request, hp.rewrite_module_tmp, edit.layer, edit.module, edit.residual,
-                         hp.spread_layers, lambda name: layer_inverses(model, tok, hp, [name])[name],
-                         guard, keep_original, templates)
+    try:
+        pieces = spread_edit(model, tok, request, hp.rewrite_module_tmp, edit.layer, edit.module, edit.residual,
+                             hp.spread_layers, lambda name: layer_inverses(model, tok, hp, [name])[name],
+                             guard, keep_original, templates)
+    except SpreadDiverged as diverged:  # the model is as it was: the edit is reported, not applied
+        LOG.warning("WilKE, request %r: %s", request.prompt.format(request.subject), diverged)
+        report = {**result.report(), "layer": None, "not_applied": str(diverged), "diverged_at_layer": diverged.layer}
+        report.pop("guard", None)
+        emit_after_edit(EditEvent(method=hp.alg_name, request=request.raw, model=model, hparams=hp, modules=[],
+                                  weight_deltas={}, info=report))
+        return
     if guard is not None:
         guard.record_edit(model, tok, request, [(p.module, p.layer, p.key, p.target) for p in pieces])
     report = result.report()

@@ -14,6 +14,11 @@ where k and k̄ are far apart instead of blowing up (ROME's k̄ is there for the
 
 With the guard's ``refresh_within_edit`` off, one pass before the first piece recomputes every stale
 layer's keys.
+
+Each piece should leave less for the ones above it. Where a piece instead moves the top layer's output
+away from the goal, the spread diverges: on SmolLM2 a subject at position 0 does so at layers 8-11, where
+the first token's activation grows to thousands (the attention sink), and the rest of the edit would
+break the model for every prompt. The pieces are then taken back and the edit is not applied.
 """
 from __future__ import annotations
 
@@ -26,6 +31,22 @@ from ...editing.keys import compute_keys, key_and_block_output
 from ...editing.layers import add_to_weight, get_module, weight_out_in
 from ...editing.rank_one import direction_for_keys, rank_one_update, update_direction
 from ...editing.requests import EditRequest
+
+
+# The gap to the goal, over v*'s own change δ, that means the spread diverges: over 1,300 CounterFact edits
+# spread over layers 3-7 it reached at most 1.8; the diverging edits reach hundreds within two layers
+DIVERGED_GAP_RATIO = 10.0
+
+
+class SpreadDiverged(Exception):
+    """The edit could not be spread: a piece moved the top layer's output away from v*. Nothing is left
+    written: the pieces applied before were taken back."""
+
+    def __init__(self, layer: int, gap: float, delta_norm: float):
+        super().__init__(f"spreading the edit diverged at layer {layer}: the gap to v* at the top layer grew to "
+                         f"{gap:.3g}, {gap / max(delta_norm, 1e-12):.3g} times v*'s change ({delta_norm:.3g}); "
+                         f"the edit is not applied")
+        self.layer, self.gap, self.delta_norm = layer, gap, delta_norm
 
 
 @dataclass
@@ -71,6 +92,8 @@ def spread_edit(model, tok, request: EditRequest, rewrite_module_tmp: str, top: 
         refreshed = guard.refresh_stale(model, tok, [guard.layer(model, name, layer, c_inverse(name))
                                                      for name, layer in zip(names, layers)])
     pieces: list[Piece] = []
+    written = []  # (module, its weight before the piece): taken back if the spread diverges
+    delta_norm = float(delta.norm())
     for i, (layer, name) in enumerate(zip(layers, names)):
         module = get_module(model, name)
         before_write(name)
@@ -81,6 +104,12 @@ def spread_edit(model, tok, request: EditRequest, rewrite_module_tmp: str, top: 
                     **guard.prepare(model, tok, layer_guard, edited_now=tuple(p.layer for p in pieces))}
             repair = info.pop("repair_delta", None)
         key, now = key_and_block_output(model, tok, request, name, top)
+        gap = float((goal - now).norm())
+        if gap > DIVERGED_GAP_RATIO * max(delta_norm, 1e-3):
+            with torch.no_grad():
+                for written_module, weight in reversed(written):
+                    written_module.weight.copy_(weight)
+            raise SpreadDiverged(pieces[-1].layer if pieces else layer, gap, delta_norm)
         share = (goal - now) / (len(layers) - i)
         W = weight_out_in(module).detach().float()
         keys = [key] if templates is None else [key, compute_keys(model, tok, [request], [name], templates)[name][0]]
@@ -96,6 +125,7 @@ def spread_edit(model, tok, request: EditRequest, rewrite_module_tmp: str, top: 
         key, share = key.to(W.device), share.to(W.device)
         target = W @ key + share
         update = rank_one_update(W, key, target, None, direction=u)
+        written.append((module, module.weight.detach().clone()))
         add_to_weight(module, update)
         pieces.append(Piece(layer, name, update, key, share, u.to(W.device), target, repair, info))
     return pieces
