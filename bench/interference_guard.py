@@ -132,8 +132,8 @@ METHODS = {  # name: (hparams file under hparams/, fields set on it)
     # ... and with AlphaEdit's null space too: the ablation "both with repair"
     "rome-soft-guard-spread-every-10-mean-key-preserved-repair": (LIFELONG, {
         "guard_preserved_knowledge": True, "guard_repair": True, "guard_repair_threshold": 0.0}),
-    # the shipped lifelong hparams over ten layers (3-12) instead of five: each keeps the same keys, and
-    # carries half the change, so what one update leaks onto them halves (the capacity reading, tested)
+    # the shipped lifelong hparams over ten layers (3-12) instead of five: each layer holds the same keys and
+    # carries half the change (does more width in total hold more edits?)
     "rome-soft-guard-spread-every-10-mean-key-ten-layers": (LIFELONG, {"layers": [12], "spread_layers": 10}),
     # the ablations of the shipped lifelong hparams: neither the past-edit guard nor AlphaEdit's null space
     # (C from pydoc), and the null space alone; both is "-mean-key-preserved" above
