@@ -10,7 +10,7 @@ import pytest
 from conftest import HPARAMS, ROOT, SHARED_DATA, changed_parameters, kill_at_position, snapshot
 from edit_plugins.hookspecs import hookimpl
 from edit_plugins.lifelong import evaluate
-from edit_plugins.lifelong.data import DataError, load_records
+from edit_plugins.lifelong.data import DataError, EditRecord, load_records
 from edit_plugins.lifelong.runner import RunOptions, checkpoint_steps, run_lifelong
 from edit_plugins.plugins import pm
 
@@ -253,6 +253,37 @@ def test_short_run_on_smollm2(tmp_path, smollm2, stats_dir):
     assert summary["immediate"]["efficacy"] >= 0.75  # the edits take hold on the real model
     assert summary["final_checkpoint"]["retention_exact"] >= 0.5
     assert summary["final_checkpoint"]["probe_locality"] >= 0.8
+
+
+@pytest.mark.slow
+def test_an_edit_the_method_refuses_is_counted_scored_as_lost_and_the_run_goes_on(tmp_path, smollm2, stats_dir):
+    """WilKE refuses a spread that diverges (a subject at position 0 spread over SmolLM2's layers 8-11, where
+    the first token's outsized activation is built). The run logs it with no layer, counts it, scores it as
+    lost, and edits the next record."""
+    from edit_plugins import hparams
+    from conftest import restore
+
+    model, tok = smollm2
+    hp = hparams.load(HPARAMS / "WilKE" / "smollm2-135m-rome.yaml")
+    hp.stats_dir, hp.mom2_n_samples, hp.layers, hp.spread_layers = stats_dir, 100, [11], 4
+    records = [EditRecord("refused", {"prompt": "Germany is a part of the continent of", "subject": "Germany",
+                                      "target_new": "Antarctica", "ground_truth": "Europe"}),
+               EditRecord("taken", {"prompt": "The mother tongue of Danielle Darrieux is", "subject": "Danielle Darrieux",
+                                    "target_new": "English", "ground_truth": "French"})]
+    before = snapshot(model)
+    try:
+        summary = run_lifelong(hp, records, tmp_path / "run", model=model, tok=tok,
+                               options=RunOptions(checkpoints=[1, 2], diagnostics=[]), progress_bar=False)
+        edited = changed_parameters(model, before)
+    finally:
+        restore(model, before)
+    edits = [json.loads(line) for line in (tmp_path / "run" / "edits.jsonl").read_text().splitlines()]
+    assert [e["layer"] for e in edits] == [None, 11]
+    assert "diverged at layer" in edits[0]["info"]["not_applied"] and "not_applied" not in edits[1]["info"]
+    assert edited and all(any(f"layers.{layer}." in name for layer in (8, 9, 10, 11)) for name in edited)
+    assert summary["edits_not_applied"] == 1 and summary["complete"]
+    assert summary["edits_done"] == 2 and summary["lost_edits_at_end"] == 1
+    assert summary["final_checkpoint"]["retention_exact"] == 0.5
 
 
 def test_retention_re_measures_counterfacts_probability_scores_like_the_immediate_ones(tiny_gpt2):

@@ -43,7 +43,8 @@ class EditEvent:
     linear_edits: list = field(default_factory=list)  # LinearEdit per module, for linear methods
     output_edits: list = field(default_factory=list)  # OutputEdit per module, for adaptor methods
     # The method's own report. "layer" (the decoder layer edited, where there is one) is read by lifelong
-    # runs for their layer histogram; the rest is logged as it is (WilKE: layer_scores, ...).
+    # runs for their layer histogram, and "not_applied" (why, where the method refused the edit and left
+    # the model as it was) for their count of refused edits; the rest is logged as it is (WilKE: layer_scores, ...).
     info: dict = field(default_factory=dict)
     step: int | None = None
 

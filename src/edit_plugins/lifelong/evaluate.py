@@ -314,6 +314,8 @@ def run_summary(method: str, records, position: int, edits: list[dict], checkpoi
         "lost_edits_at_end": len(final.get("lost_case_ids", [])),
         "S": harmonic_mean(components.values()), "S_components": components,
         "layer_histogram": layer_histogram(edits),
+        # refused by the method, the model left as it was (WilKE: a spread that diverged); they count as lost
+        "edits_not_applied": sum(bool(e.get("info", {}).get("not_applied")) for e in edits),
         "diagnostics": {type(d).__name__: d.summarize(final.get("lost_case_ids", []))
                         for d in diagnostics if hasattr(d, "summarize")},
     }

@@ -19,7 +19,7 @@ def _line(path, xs, series: dict, xlabel, ylabel, title, logx=False):
         ax.set_xscale("log", base=2)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    if len(series) > 1:
+    if len(ax.get_lines()) > 1:  # series with no points drew nothing
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

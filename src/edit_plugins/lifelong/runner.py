@@ -168,7 +168,9 @@ class _Run:
 
     # -- one edit ---------------------------------------------------------------------------------
     def apply(self, batch: list[EditRecord]) -> tuple[list, float]:
-        requests = [easyedit_compat.method_request(self.hp.alg_name, dict(r.request), r.locality) for r in batch]
+        # the record's case_id goes with its request: events are matched back to records by it
+        requests = [easyedit_compat.method_request(self.hp.alg_name, {**r.request, "case_id": r.case_id}, r.locality)
+                    for r in batch]
         started = time.perf_counter()
         with collect_events() as events:
             _, weights_copy = self.apply_fn(self.model, self.tok, requests, self.hp,
