@@ -480,12 +480,14 @@ def interference_guard(lines: list[str]) -> None:
               "refused the next edit (a spent `layer_change_budget`), \"stopped\" where the run was stopped. The runs planned for 1,000 edits "
               "and stopped at 100 shared the CPU with test runs (the WilKE run with one thread), so their s/edit are "
               "not the guard's cost; the 100-edit runs ran alone.", "",
+              "Efficacy: the share of all past edits whose new answer is more probable than the true one on the "
+              "rewrite prompt (CounterFact only), the end-of-sequence metric AlphaEdit's paper reports.", "",
               "Forgotten: edits lost at the last checkpoint that were exact right after their own edit (the others "
               "never took hold), where the result records it. Guard paths count layer updates: a spread edit "
               "makes one per layer.", "",
               "| stream | method | edits | retention @10 | @100 | @300 | @1000 | forgotten / lost at last "
-              "| gen EM at last checkpoint | probe locality at last | immediate paraphrase | s/edit | guard paths "
-              "| guard memory, largest layer MB | peak RSS MB |", "|" + "---|" * 15]
+              "| gen EM at last checkpoint | efficacy at last | probe locality at last | immediate paraphrase | s/edit "
+              "| guard paths | guard memory, largest layer MB | peak RSS MB |", "|" + "---|" * 16]
     for r in results:
         at = {c["step"]: c for c in r["checkpoints"]}
         last = r["checkpoints"][-1] if r["checkpoints"] else {}
@@ -498,7 +500,8 @@ def interference_guard(lines: list[str]) -> None:
         lines.append(
             f"| {r['stream']} | {r['method']}{' (' + r['note'] + ')' if r.get('note') else ''} | {done} | "
             + " | ".join(f(at[s].get("retention_exact")) if s in at else "—" for s in (10, 100, 300, 1000))
-            + f" | {forgotten(r, last)} | {f(last.get('retention_gen_em'))} (step {last.get('step', '—')}) | {f(last.get('probe_locality'))} "
+            + f" | {forgotten(r, last)} | {f(last.get('retention_gen_em'))} (step {last.get('step', '—')}) "
+            f"| {f(last.get('retention_efficacy'))} | {f(last.get('probe_locality'))} "
             f"| {f(sum(immediate) / len(immediate)) if immediate else 'n/a'} | {f(r['seconds_per_edit'], 2)} | {paths} "
             f"| {f(max(memory.values()), 1) if memory else 'n/a'} | {f(r['peak_rss_mb'])} |")
     lines.append("")
