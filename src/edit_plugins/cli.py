@@ -124,6 +124,8 @@ def print_summary(summary: dict) -> None:
     rows += [(f"final {k}", v) for k, v in summary["final_checkpoint"].items() if k != "step" and v is not None]
     rows += [(f"S component {k}", v) for k, v in summary["S_components"].items() if v is not None]
     rows += [("S (harmonic mean)", summary["S"])]
+    if summary.get("edits_not_applied"):
+        rows.append(("edits refused by the method", summary["edits_not_applied"]))
     if summary.get("layer_histogram"):
         rows.append(("layers chosen", " ".join(f"{k}:{v}" for k, v in summary["layer_histogram"].items())))
     width = max(len(k) for k, _ in rows)
