@@ -24,6 +24,7 @@ from pathlib import Path
 from bench.common import (ROOT, SHARED, bench_device, device_suffix, fill_covariance_stats, known_counterfact, setup,
                           write_result)
 from edit_plugins.hookspecs import hookimpl
+from edit_plugins.lifelong.evaluate import edits_not_applied
 from edit_plugins.methods.wilke.config import WilKEHyperParams
 
 ROME, WILKE = "WilKE/smollm2-135m-rome.yaml", "WilKE/smollm2-135m-fast.yaml"  # under hparams/
@@ -235,7 +236,7 @@ def report_one(stream, method, edits):
            "seconds_per_edit": sum(r["seconds"] for r in rows) / max(len(rows), 1),
            "peak_rss_mb": max((r["hooks"].get("peak_rss_mb", 0) for r in rows), default=None),
            "layer_histogram": dict(collections.Counter(str(r["layer"]) for r in rows).most_common()),
-           "edits_not_applied": sum(bool(r["info"].get("not_applied")) for r in rows),  # a spread that diverged
+           "edits_not_applied": edits_not_applied(rows),
            "guard_paths": dict(collections.Counter(g["path"] for g in guards)),
            "keys_refreshed_edits": sum(any("keys_refreshed" in g for g in gs) for gs in per_edit),
            "repaired_keys": sum(g.get("repair_slipped", 0) for g in guards),

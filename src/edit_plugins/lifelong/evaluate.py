@@ -314,11 +314,16 @@ def run_summary(method: str, records, position: int, edits: list[dict], checkpoi
         "lost_edits_at_end": len(final.get("lost_case_ids", [])),
         "S": harmonic_mean(components.values()), "S_components": components,
         "layer_histogram": layer_histogram(edits),
-        # refused by the method, the model left as it was (WilKE: a spread that diverged); they count as lost
-        "edits_not_applied": sum(bool(e.get("info", {}).get("not_applied")) for e in edits),
+        "edits_not_applied": edits_not_applied(edits),
         "diagnostics": {type(d).__name__: d.summarize(final.get("lost_case_ids", []))
                         for d in diagnostics if hasattr(d, "summarize")},
     }
+
+
+def edits_not_applied(edits) -> int:
+    """How many edits the method refused, leaving the model as it was (each log line's ``info`` carries
+    ``not_applied``; WilKE: a spread that diverged). They stay in the stream and count as lost."""
+    return sum(bool(e.get("info", {}).get("not_applied")) for e in edits)
 
 
 def layer_histogram(edits) -> dict:
