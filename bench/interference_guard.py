@@ -366,12 +366,12 @@ def report(_args):
         plot_retention(stream)
 
 
-PLOT_REFERENCES = {"rome-spread": "unguarded", "wilke": "unguarded", "alphaedit": "EasyEdit HEAD"}  # beside the guarded
+PLOT_REFERENCES = {"rome-spread", "wilke", "alphaedit"}  # plotted beside the guarded runs that reached 1,000
 COMPARED = {"rome": "ROME, layer 4 (unguarded)", "wilke": "WilKE (unguarded)", "lemoe": "LEMoE"}
 
 
 def plot_retention(stream):
-    """docs/img/guard_<stream>_retention.png: retention vs step of every guarded run that reached step 1,000 and
+    """docs/img/guard_<stream>_retention.png: retention vs step of every run here that reached step 1,000 and
     of PLOT_REFERENCES, beside the unguarded editors and LEMoE of the stream's largest comparison."""
     from edit_plugins.lifelong.compare import plot
 
@@ -381,7 +381,12 @@ def plot_retention(stream):
     def on(result):
         return "" if result.get("device", "cpu") == "cpu" else f" ({result['device']})"
 
-    lines = [{"label": f"{r['method']} ({PLOT_REFERENCES.get(r['method'], 'guarded')}){on(r)}",
+    def kind(method):
+        if method in COVARIANCE_METHODS:
+            return "EasyEdit HEAD"
+        return "guarded" if method_hparams(method).interference_guard else "unguarded"
+
+    lines = [{"label": f"{r['method']} ({kind(r['method'])}){on(r)}",
               "checkpoints": r["checkpoints"]} for r in load(f"guard_{stream}_*.json")
              if r["method"] in PLOT_REFERENCES or any(c["step"] >= 1000 for c in r["checkpoints"])]
     comparisons = load(f"compare_{stream}_*.json")

@@ -148,9 +148,8 @@ def plot(rows_: list[dict], path: Path) -> None:
     ax.set(xlabel="edits so far", ylabel="past edits still exact (teacher-forced)", ylim=(-0.02, 1.02),
            title="Retention curve: every past edit re-scored at each checkpoint")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: it hides no curve
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
