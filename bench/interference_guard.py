@@ -19,12 +19,12 @@ import dataclasses
 import json
 import resource
 import statistics
-from pathlib import Path
 
 from bench.common import (ROOT, SHARED, bench_device, device_suffix, fill_covariance_stats, known_counterfact, setup,
                           write_result)
 from edit_plugins.hookspecs import hookimpl
-from edit_plugins.lifelong.evaluate import edits_not_applied
+from edit_plugins.lifelong.run_log import read_checkpoints, read_edits, read_summary
+from edit_plugins.lifelong.summary import edits_not_applied
 from edit_plugins.methods.wilke.config import WilKEHyperParams
 
 ROME, WILKE = "WilKE/smollm2-135m-rome.yaml", "WilKE/smollm2-135m-fast.yaml"  # under hparams/
@@ -195,7 +195,7 @@ class PeakRss:
 
 def run(args):
     from edit_plugins.editing.interference_guard import _guards
-    from edit_plugins.lifelong.runner import RunOptions, resume_lifelong, run_lifelong
+    from edit_plugins.lifelong import RunOptions, resume_lifelong, run_lifelong
     from edit_plugins.models import load_model
     from edit_plugins.plugins import pm
 
@@ -222,9 +222,7 @@ def report_one(stream, method, edits):
     folder = folder_for(stream, method, edits)
     if not (folder / "edits.jsonl").is_file():
         return
-    rows = [json.loads(line) for line in (folder / "edits.jsonl").read_text().splitlines()]
-    checkpoints = [json.loads(line) for line in (folder / "checkpoints.jsonl").read_text().splitlines()]
-    summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else None
+    rows, checkpoints, summary = read_edits(folder), read_checkpoints(folder), read_summary(folder)
     per_edit = [edit_guards(r) for r in rows]
     guards = [g for gs in per_edit for g in gs]  # one per layer update: a spread edit has several
     memory = folder / "guard_memory.json"
@@ -349,7 +347,7 @@ def predicted_interference(rows, block=50):
 def held(args):
     """`holding` for any lifelong run folder (this benchmark's or compare_methods'), first `--edits` edits."""
     for folder in args.folders:
-        rows = [json.loads(line) for line in (Path(folder) / "edits.jsonl").read_text().splitlines()][: args.edits]
+        rows = read_edits(folder)[: args.edits]
         print(folder, json.dumps(holding(rows)))
 
 

@@ -10,7 +10,6 @@ bench/lemoe_inference.py, on the adaptor the run saves).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import time
@@ -18,7 +17,8 @@ import time
 from bench.common import bench_device, device_suffix, FAST_SCAN_ESTIMATE, ROOT, SHARED, known_counterfact, peak_rss_mb, setup, write_result
 from edit_plugins import hparams
 from edit_plugins.lifelong.data import load_records
-from edit_plugins.lifelong.runner import RunOptions, run_lifelong
+from edit_plugins.lifelong.run_log import read_checkpoints, read_edits, read_timing
+from edit_plugins.lifelong import RunOptions, run_lifelong
 from edit_plugins.models import load_model
 
 
@@ -68,13 +68,13 @@ summary = run_lifelong(hp, records, folder, model=model, tok=tok,
 result = {"dataset": args.dataset, "variant": args.variant, "edits": len(records), "fast_scan_estimate": FAST_SCAN_ESTIMATE,
           "wall_seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak_rss_mb()),
           "hparams": {k: v for k, v in vars(hp).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
-          "summary": summary, "checkpoints": [json.loads(l) for l in (folder / "checkpoints.jsonl").read_text().splitlines()],
-          "timing": json.loads((folder / "timing.json").read_text())}
+          "summary": summary, "checkpoints": read_checkpoints(folder),
+          "timing": read_timing(folder)}
 
 if hp.alg_name == "LEMoE":
     from edit_plugins.methods.lemoe import adaptor_size
 
-    edits = [json.loads(l) for l in (folder / "edits.jsonl").read_text().splitlines()]
+    edits = read_edits(folder)
     per_expert = {e["info"]["expert"]: e["info"]["train_seconds"] for e in edits if "expert" in e.get("info", {})}
     result["experts"] = len(per_expert)
     result["train_seconds_per_expert_median"] = statistics.median(per_expert.values())

@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from bench.common import bench_device, device_suffix, ROOT, SHARED, known_counterfact, setup, write_result
-from edit_plugins.lifelong import evaluate
+from edit_plugins.lifelong import metrics, scoring
 from edit_plugins.lifelong.data import load_records
 from edit_plugins.methods.lemoe import find_adaptor, load_adaptor
 from edit_plugins.methods.lemoe.layer import valid_positions
@@ -32,9 +32,9 @@ model, tok = load_model("smollm2-135m", bench_device())
 records = (known_counterfact(model, tok, limit=args.edits) if args.dataset == "counterfact"
            else load_records(SHARED / "zsre_mend_eval.json")[: args.edits])
 locality_pairs = [pair for r in records for pair in r.locality]
-unedited_scores = evaluate.score_answers(model, tok, locality_pairs)
+unedited_scores = scoring.score_answers(model, tok, locality_pairs)
 unedited_predictions = [s.predicted for s in unedited_scores]
-unedited_neighbourhood = evaluate.neighbourhood_success(model, tok, records) if args.dataset == "counterfact" else None
+unedited_neighbourhood = metrics.neighbourhood_success(model, tok, records) if args.dataset == "counterfact" else None
 state = ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}{device_suffix()}" / "state"
 load_adaptor(model, next(p for p in (state / "method_state.safetensors", state / "adaptor.safetensors") if p.is_file()))
 _, adaptor = find_adaptor(model)
@@ -76,12 +76,12 @@ for t in THRESHOLDS:
                  "paraphrase_any_expert": sum(c >= t for _, (c, _) in para) / len(para),
                  "neighbour_any_expert": sum(c >= t for c, _ in neigh) / len(neigh)})
     print(rows[-1], flush=True)
-final_scores = evaluate.score_answers(model, tok, locality_pairs)
-locality = evaluate.locality_by_edited_subjects(evaluate.agreement(final_scores, unedited_predictions),
+final_scores = scoring.score_answers(model, tok, locality_pairs)
+locality = metrics.locality_by_edited_subjects(metrics.agreement(final_scores, unedited_predictions),
                                                 [p for p, _ in locality_pairs], {r.request.get("subject") for r in records})
 if unedited_neighbourhood is not None:
     locality["neighbourhood_success"] = {"unedited": unedited_neighbourhood,
-                                         "final": evaluate.neighbourhood_success(model, tok, records)}
+                                         "final": metrics.neighbourhood_success(model, tok, records)}
 print(locality)
 write_result(f"lemoe_routing_{args.dataset}_{args.variant}_{args.edits}",
              {"dataset": args.dataset, "variant": args.variant, "edits": args.edits,

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from statistics import median_high
 
+from edit_plugins.lifelong.run_log import read_checkpoints
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
@@ -230,7 +232,8 @@ def wilke_sequential(lines: list[str]) -> None:
                 lines += [f"{label} was not run at {edits} edits (about an hour on this machine); the "
                           "100-edit comparison above is the latest for it.", ""]
         if len(names) == 2:
-            w, r = by_method["smollm2-135m-fast"]["summary"]["S"], by_method["smollm2-135m-rome"]["summary"]["S"]
+            score = lambda s: s.get("harmonic_mean_score", s.get("S"))  # noqa: E731  (results before the rename say S)
+            w, r = (score(by_method[n]["summary"]) for n in ("smollm2-135m-fast", "smollm2-135m-rome"))
             verdict = "the same ordering as" if w > r else "the **opposite** ordering to"
             lines += [f"The paper (GPT2-XL, 1,024 edits) reports S of .194 for WilKE against .093 for ROME. Here S is "
                       f"{f(w)} for {names[0][1]} against {f(r)} for ROME: {verdict} the paper.", ""]
@@ -327,9 +330,9 @@ def lemoe(lines: list[str]) -> None:
         finished = [RESULTS / f"lemoe_{dataset}_{variant}_{edits}{suffix}.json" for suffix in ("", "_cuda")]
         if any(path.is_file() for path in finished) or not (folder / "checkpoints.jsonl").is_file():
             continue
-        rows_done = (folder / "checkpoints.jsonl").read_text().splitlines()
+        rows_done = read_checkpoints(folder)
         if rows_done and int(edits) >= 50:
-            partial.append((dataset, variant, int(edits), json.loads(rows_done[-1])))
+            partial.append((dataset, variant, int(edits), rows_done[-1]))
     if lemoe_rows or partial:
         labels = {"full": "LEMoE", "softmax_router": "LEMoE, plain softmax router (ablation)",
                   "no_order_planning": "LEMoE, no order planning (ablation)",

@@ -10,7 +10,7 @@ bench/results/recheck_speed.json.
 import time
 
 from bench.common import SHARED, peak_rss_mb, setup, write_result
-from edit_plugins.lifelong import evaluate
+from edit_plugins.lifelong import metrics, scoring
 from edit_plugins.lifelong.data import load_records
 from edit_plugins.models import load_model
 
@@ -23,17 +23,17 @@ SOURCES = {  # (file, past edits): ZsRE has 700 records here; the EasyEdit Count
     "counterfact_easyedit": (SHARED / "counterfact_easyedit.json", 1000),
 }
 scored = []  # how many answers each scoring pass got, counted where it happens
-_score_answers = evaluate.score_answers
-evaluate.score_answers = lambda model, tok, pairs, **kw: scored.append(len(pairs)) or _score_answers(model, tok, pairs, **kw)
+_score_answers = scoring.score_answers
+scoring.score_answers = lambda model, tok, pairs, **kw: scored.append(len(pairs)) or _score_answers(model, tok, pairs, **kw)
 result = {}
-evaluate.retention(model, tok, load_records(SOURCES["zsre"][0], num_edits=8))  # warm-up
+metrics.retention(model, tok, load_records(SOURCES["zsre"][0], num_edits=8))  # warm-up
 for name, (path, count) in SOURCES.items():
     records = load_records(path, num_edits=count)
     scored.clear()
     started = time.perf_counter()
-    evaluate.retention(model, tok, records)
+    metrics.retention(model, tok, records)
     locality_pairs = [pair for r in records for pair in r.locality]
-    evaluate.score_answers(model, tok, locality_pairs)
+    scoring.score_answers(model, tok, locality_pairs)
     seconds = time.perf_counter() - started
     result[name] = {"records": len(records), "scored_pairs": sum(scored), "seconds": round(seconds, 1)}
     print(name, result[name], flush=True)

@@ -11,7 +11,7 @@ import argparse
 
 from bench.common import ROOT, known_counterfact, setup, write_result
 from edit_plugins import hparams
-from edit_plugins.lifelong import evaluate
+from edit_plugins.lifelong import metrics
 from edit_plugins.methods.wilke import apply_wilke_to_model
 from edit_plugins.models import load_model
 from edit_plugins.plugins import get_method
@@ -34,9 +34,9 @@ for label, n in settings:
     rows = []
     for record in records:
         _, weights_copy = apply_wilke_to_model(model, tok, [record.request], hp, return_orig_weights=True)
-        rows.append(evaluate.edit_metrics(model, tok, record, [[-1]] * len(record.locality)))
+        rows.append(metrics.edit_metrics(model, tok, record, [[-1]] * len(record.locality)))
         get_method("WilKE").undo(model, weights_copy)
-    row = {"corpus": label, "documents": n, **{m: evaluate.mean(r.get(m) for r in rows)
+    row = {"corpus": label, "documents": n, **{m: metrics.mean(r.get(m) for r in rows)
                                                  for m in ("efficacy", "paraphrase", "neighbourhood", "rewrite_acc")}}
     result["rows"].append(row)
     print(row, flush=True)

@@ -22,8 +22,9 @@ from bench.common import bench_device, device_suffix, FAST_SCAN_ESTIMATE, ROOT, 
 from edit_plugins import hparams
 from edit_plugins.events import collect_events
 from edit_plugins.hookspecs import hookimpl
-from edit_plugins.lifelong import evaluate
-from edit_plugins.lifelong.runner import RunOptions, run_lifelong
+from edit_plugins.lifelong.metrics import edit_metrics, mean
+from edit_plugins.lifelong import RunOptions, run_lifelong
+from edit_plugins.lifelong.run_log import read_checkpoints, read_edits, read_timing
 from edit_plugins.methods.wilke import apply_wilke_to_model
 from edit_plugins.models import load_model
 from edit_plugins.plugins import get_method, pm
@@ -65,7 +66,7 @@ for hp in HP.values():
 def edit_and_measure(hp, record):
     with collect_events() as events:
         _, weights_copy = apply_wilke_to_model(model, tok, [record.request], hp, return_orig_weights=True)
-    metrics = evaluate.edit_metrics(model, tok, record, [[-1]] * len(record.locality))
+    metrics = edit_metrics(model, tok, record, [[-1]] * len(record.locality))
     # neighbourhood success needs no reference; locality_acc (vs unedited) is not used here
     get_method("WilKE").undo(model, weights_copy)
     return events[0][0].info, metrics
@@ -80,7 +81,7 @@ if args.mode == "independent":
             rows.append(metrics)
             layers[str(info["layer"])] = layers.get(str(info["layer"]), 0) + 1
         metric_names = ("efficacy", "paraphrase", "neighbourhood", "rewrite_acc", "rephrase_acc")
-        out[name] = {m: evaluate.mean(r.get(m) for r in rows) for m in metric_names}
+        out[name] = {m: mean(r.get(m) for r in rows) for m in metric_names}
         out[name]["layer_histogram"] = dict(sorted(layers.items(), key=lambda kv: int(kv[0])))
         print(name, out[name], flush=True)
     write_result("wilke_independent", out)
@@ -113,9 +114,9 @@ elif args.mode == "agreement":
         print({k: v for k, v in rows[-1].items() if k != "fast_scores"}, flush=True)
         write_result(agreement_name, {  # after every edit: a stopped run still leaves its rows
             "fast_scan_estimate": FAST_SCAN_ESTIMATE, "fast_scan_candidates": args.fast_candidates, "edits": len(rows),
-            "same_layer_rate": evaluate.mean(r["faithful_layer"] == r["fast_layer"] for r in rows),
-            "faithful_efficacy": evaluate.mean(r["faithful_efficacy"] for r in rows),
-            "fast_efficacy": evaluate.mean(r["fast_efficacy"] for r in rows), "rows": rows}, echo=False)
+            "same_layer_rate": mean(r["faithful_layer"] == r["fast_layer"] for r in rows),
+            "faithful_efficacy": mean(r["faithful_efficacy"] for r in rows),
+            "fast_efficacy": mean(r["fast_efficacy"] for r in rows), "rows": rows}, echo=False)
 
 else:
     # One method per process, so that its peak RSS is its own.
@@ -132,15 +133,14 @@ else:
                            options=RunOptions(probe_data=str(SHARED / "known_1000.json"), num_probes=100,
                                               save_every=25, checkpoints=checkpoints),
                            progress_bar=False)
-    edits = [json.loads(line) for line in (folder / "edits.jsonl").read_text().splitlines()]
+    edits = read_edits(folder)
     hook_s = [e["hooks"].get("after_edit_seconds", 0.0) for e in edits]
     edit_s = [e["seconds"] for e in edits]
     late = slice(max(0, len(edits) - 50), len(edits))  # the last 50 edits, where the stored history is longest
     out = {"method": name, "edits": len(edits), "summary": summary, "fast_scan_estimate": FAST_SCAN_ESTIMATE,
            "mom2": {"adjustment": HP[name].mom2_adjustment, "n_samples": HP[name].mom2_n_samples,
                     "dataset": HP[name].mom2_dataset},
-           "checkpoints": [json.loads(line) for line in (folder / "checkpoints.jsonl").read_text().splitlines()],
-           "timing": json.loads((folder / "timing.json").read_text()),
+           "checkpoints": read_checkpoints(folder), "timing": read_timing(folder),
            "layer_histogram": dict(sorted(collections.Counter(str(e["layer"]) for e in edits).items(),
                                           key=lambda kv: int(kv[0]))),
            "peak_rss_mb_at": {str(e["step"]): e["hooks"]["peak_rss_mb"] for e in edits

@@ -73,9 +73,9 @@ def changed_parameters(model, before):
 
 
 def restore(model, weights):
-    with torch.no_grad():
-        for name, value in weights.items():
-            model.get_parameter(name).copy_(value)
+    from edit_plugins.editing.layers import restore_weights
+
+    restore_weights(model, weights)
 
 
 def kill_at_position(victim, progress, position: int, timeout: float = 300) -> None:

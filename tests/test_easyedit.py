@@ -245,7 +245,7 @@ def test_token_accuracy_agrees_with_easyeditors_compute_edit_quality(smollm2):
     from conftest import SHARED_DATA
     from edit_plugins import easyedit_compat, hparams
     from edit_plugins.lifelong.data import load_records
-    from edit_plugins.lifelong.evaluate import edit_metrics
+    from edit_plugins.lifelong.metrics import edit_metrics
 
     if not easyedit_compat.is_head():
         pytest.skip("easyeditor 0.0.1.dev0 evaluates on cuda:N only")

@@ -5,7 +5,7 @@ import torch
 
 from conftest import HPARAMS, snapshot
 from edit_plugins import easyedit_compat, hparams
-from edit_plugins.lifelong.evaluate import generated_answers, score_answers
+from edit_plugins.lifelong.scoring import generated_answers, score_answers
 from edit_plugins.plugins import get_method
 
 TINY_REQUESTS = {  # the random tiny GPT-2 attends weakly, so WilKE's prompt ends with the subject
@@ -33,12 +33,7 @@ def edit_generate_and_restore(model, tok, method_name, requests, hp):
         out = model.generate(**ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.eos_token_id)
         text = tok.decode(out[0, ids.input_ids.shape[1]:])
     finally:
-        if method.restore == "callable":
-            weights_copy()
-        else:
-            with torch.no_grad():
-                for name, value in weights_copy.items():
-                    model.get_parameter(name).copy_(value)
+        method.undo(model, weights_copy)
     assert teacher_forced == [True] * len(pairs)
     assert generated == [True] * len(pairs)
     assert text.startswith(" " + pairs[0][1]), text

@@ -6,7 +6,8 @@ import torch
 
 from conftest import EIFFEL, HPARAMS
 from edit_plugins import hparams
-from edit_plugins.diagnostics.interference import InterferenceLog, describe, superposition_degree
+from edit_plugins.diagnostics.interference import InterferenceLog, describe
+from edit_plugins.diagnostics.superposition_degree import superposition_degree
 from edit_plugins.events import EditEvent, LinearEdit, collect_events
 from edit_plugins.methods.wilke import apply_wilke_to_model
 from edit_plugins.plugins import pm

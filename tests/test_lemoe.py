@@ -10,7 +10,7 @@ from edit_plugins import easyedit_compat, hparams
 from edit_plugins.editing.layers import LayerError
 from edit_plugins.editing.requests import RequestError
 from edit_plugins.hparams import HparamsError
-from edit_plugins.lifelong.evaluate import score_answers
+from edit_plugins.lifelong.scoring import score_answers
 from edit_plugins.methods import lemoe
 from edit_plugins.methods.lemoe import model as lemoe_model
 from edit_plugins.methods.lemoe.layer import LEMoELayer

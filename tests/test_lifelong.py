@@ -9,9 +9,10 @@ import pytest
 
 from conftest import HPARAMS, ROOT, SHARED_DATA, changed_parameters, kill_at_position, snapshot
 from edit_plugins.hookspecs import hookimpl
-from edit_plugins.lifelong import evaluate
+from edit_plugins.lifelong import metrics, scoring
 from edit_plugins.lifelong.data import DataError, EditRecord, load_records
-from edit_plugins.lifelong.runner import RunOptions, checkpoint_steps, run_lifelong
+from edit_plugins.lifelong import RunOptions, run_lifelong
+from edit_plugins.lifelong.options import checkpoint_steps
 from edit_plugins.plugins import pm
 
 ZSRE = SHARED_DATA / "zsre_mend_eval.json"
@@ -125,7 +126,7 @@ def test_short_run_on_tiny_gpt2_writes_every_output(tmp_path, tiny_gpt2, stats_d
     end, last = protocols["end_of_sequence"], checkpoints[-1]
     assert (end["step"], end["reliability"], end["reliability_gen_em"], end["generality_gen_em"]) == (
         5, last["retention_acc"], last["retention_gen_em"], last["retention_rephrase_gen_em"])
-    assert protocols["immediate"]["reliability_gen_em"] == evaluate.mean(e["metrics"]["rewrite_gen_em"] for e in edits)
+    assert protocols["immediate"]["reliability_gen_em"] == metrics.mean(e["metrics"]["rewrite_gen_em"] for e in edits)
     assert all(0 <= e["metrics"]["rephrase_gen_em"] <= 1 for e in edits)
 
 
@@ -153,12 +154,12 @@ def test_generation_exact_match_is_what_greedy_decoding_produces(tiny_gpt2):
     out = model.generate(**ids, max_new_tokens=2, do_sample=False, pad_token_id=tok.eos_token_id)
     produced = tok.decode(out[0, ids.input_ids.shape[1]:])
     first = tok.decode(out[0, ids.input_ids.shape[1]])
-    assert evaluate.generated_answers(model, tok, [(prompt, produced), (prompt, first), (prompt, first + " zebra")]) == [
+    assert scoring.generated_answers(model, tok, [(prompt, produced), (prompt, first), (prompt, first + " zebra")]) == [
         True, True, False]
 
 
 def test_a_run_from_in_memory_records_resumes_with_the_same_records(tmp_path, tiny_gpt2, stats_dir):
-    from edit_plugins.lifelong.runner import LifelongError, resume_lifelong
+    from edit_plugins.lifelong import LifelongError, resume_lifelong
 
     model, tok = tiny_gpt2
     before = snapshot(model)
@@ -291,8 +292,8 @@ def test_retention_re_measures_counterfacts_probability_scores_like_the_immediat
 
     model, tok = tiny_gpt2
     records = load_records(CF_ROME, num_edits=8)
-    immediate = [evaluate.edit_metrics(model, tok, r, [[-1]] * len(r.locality)) for r in records]
-    row = evaluate.retention(model, tok, records)
+    immediate = [metrics.edit_metrics(model, tok, r, [[-1]] * len(r.locality)) for r in records]
+    row = metrics.retention(model, tok, records)
     per_paraphrase = [m["paraphrase"] for m in immediate]
     counts = [len(r.rephrase_prompts) for r in records]
     assert len(set(m["efficacy"] for m in immediate)) == 2  # a random model: both outcomes occur
@@ -309,8 +310,8 @@ def test_batched_scoring_equals_scoring_each_answer_alone(tiny_gpt2):
     pairs = [(p, a) for r in records for p in [r.request["prompt"], *r.rephrase_prompts]
              for a in (r.request["target_new"], r.request["ground_truth"])]
     pairs += [pair for r in records for pair in r.locality]
-    alone = [evaluate.score_answers(model, tok, [pair])[0] for pair in pairs]
-    batched = evaluate.score_answers(model, tok, pairs, batch_size=7, max_tokens=120)
+    alone = [scoring.score_answers(model, tok, [pair])[0] for pair in pairs]
+    batched = scoring.score_answers(model, tok, pairs, batch_size=7, max_tokens=120)
     assert [s.predicted for s in batched] == [s.predicted for s in alone]
     assert [s.n_tokens for s in batched] == [s.n_tokens for s in alone]
     assert [s.mean_logprob for s in batched] == pytest.approx([s.mean_logprob for s in alone], abs=1e-4)
@@ -318,7 +319,7 @@ def test_batched_scoring_equals_scoring_each_answer_alone(tiny_gpt2):
 
 
 def test_length_batches_cover_every_index_once_within_the_token_budget():
-    from edit_plugins.lifelong.evaluate import _length_batches
+    from edit_plugins.lifelong.scoring import _length_batches
 
     lengths = [5, 40, 3, 3, 17, 60, 8, 8, 8, 1]
     batches = _length_batches(lengths, max_rows=3, max_tokens=64)
@@ -329,9 +330,9 @@ def test_length_batches_cover_every_index_once_within_the_token_budget():
 def test_locality_prompts_naming_an_edited_subject_are_found_as_whole_phrases():
     prompts = ["Nintendo 3DS is developed by", "The official religion of Hema Malini is",
                "Toyota Corolla Spacio, created by", "Mali's capital is", "Nintendo 3DSi is made by"]
-    assert evaluate.names_any(prompts, {"Nintendo 3DS", "Mali", "Toyota Corolla", None}) == [
+    assert metrics.names_any(prompts, {"Nintendo 3DS", "Mali", "Toyota Corolla", None}) == [
         True, False, True, True, False]
-    assert evaluate.names_any(prompts[:1], set()) == [False]
+    assert metrics.names_any(prompts[:1], set()) == [False]
 
 
 def test_compare_runs_each_method_on_the_same_edits_and_writes_one_table_and_plot(tmp_path, stats_dir):

@@ -21,7 +21,7 @@ from edit_plugins.hparams import HparamsError
 from edit_plugins.hparams import load as load_hparams
 from edit_plugins.lifelong.data import DataError
 from edit_plugins.lifelong.run_folder import RunFolder, RunFolderError
-from edit_plugins.lifelong.runner import RunOptions, run_lifelong
+from edit_plugins.lifelong import RunOptions, run_lifelong
 from edit_plugins.lifelong.state import StateError
 
 ZSRE = SHARED_DATA / "zsre_mend_eval.json"

@@ -14,7 +14,7 @@ import warnings
 warnings.simplefilter("always")
 import torch
 from edit_plugins import easyedit_compat, hparams
-from edit_plugins.lifelong.evaluate import generated_answers, score_answers
+from edit_plugins.lifelong.scoring import generated_answers, score_answers
 from edit_plugins.models import load_model
 from edit_plugins.plugins import get_method
 

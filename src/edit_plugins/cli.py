@@ -7,6 +7,7 @@ import sys
 import click
 
 from .errors import UserError
+from .plugins import register_commands
 
 
 class _Commands(click.Group):
@@ -45,19 +46,9 @@ def _steps(ctx, param, value):
 
 
 def _diagnostic_names(ctx, param, value):
+    if value is None:  # the diagnostics registered as defaults
+        return None
     return [d.strip() for d in value.split(",") if d.strip()]  # RunOptions.check refuses unknown ones
-
-
-def _layer_list(ctx, param, value):
-    if value == "all":
-        return value
-    try:
-        layers = [int(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(f"expected 'all' or comma-separated layer indices such as 3,8,14, got {value!r}") from None
-    if not layers:
-        raise click.BadParameter("no layer given")
-    return layers
 
 
 @main.command()
@@ -122,8 +113,8 @@ def print_summary(summary: dict) -> None:
     rows = [("method", summary["method"]), ("edits", f"{summary['edits_done']}/{summary['edits_planned']}")]
     rows += [(f"immediate {k}", v) for k, v in summary["immediate"].items() if v is not None]
     rows += [(f"final {k}", v) for k, v in summary["final_checkpoint"].items() if k != "step" and v is not None]
-    rows += [(f"S component {k}", v) for k, v in summary["S_components"].items() if v is not None]
-    rows += [("S (harmonic mean)", summary["S"])]
+    rows += [(f"harmonic mean: {k}", v) for k, v in summary["harmonic_mean_components"].items() if v is not None]
+    rows += [("harmonic mean score", summary["harmonic_mean_score"])]
     if summary.get("edits_not_applied"):
         rows.append(("edits refused by the method", summary["edits_not_applied"]))
     if summary.get("layer_histogram"):
@@ -154,14 +145,14 @@ def print_summary(summary: dict) -> None:
 @click.option("--probe-data", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Never-edited facts for locality, in ROME's known_1000.json format.")
 @click.option("--num-probes", type=click.IntRange(min=0), default=100)
-@click.option("--diagnostics", default="interference", callback=_diagnostic_names,
-              help="Comma-separated diagnostics to run ('' for none).")
+@click.option("--diagnostics", default=None, callback=_diagnostic_names,
+              help="Comma-separated diagnostics to run ('' for none; default: those registered as defaults).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def lifelong(ctx, hparams_path, data, out_dir, resume, num_edits, start, shuffle, seed, batch_size, checkpoints,
              save_every, probe_data, num_probes, diagnostics, quiet):
     """Stream edits with no rollback, re-check old ones at checkpoints; resumable after a kill."""
-    from .lifelong.runner import RunOptions, resume_lifelong, run_lifelong
+    from .lifelong import RunOptions, resume_lifelong, run_lifelong
 
     if resume is not None:
         given = [p.opts[0] for p in ctx.command.params if p.name not in ("out_dir", "resume", "quiet")
@@ -175,7 +166,7 @@ def lifelong(ctx, hparams_path, data, out_dir, resume, num_edits, start, shuffle
             raise click.UsageError("--hparams and --data are required (unless --resume)")
         options = RunOptions(num_edits=num_edits, start=start, shuffle=shuffle, seed=seed, batch_size=batch_size,
                              checkpoints=checkpoints, save_every=save_every, probe_data=probe_data,
-                             num_probes=num_probes, diagnostics=diagnostics)
+                             num_probes=num_probes, **({} if diagnostics is None else {"diagnostics": diagnostics}))
         summary = run_lifelong(hparams_path, data, out_dir, options=options, progress_bar=not quiet)
     click.echo(f"Run folder: {out_dir if resume is None else (resume or out_dir)}")
     print_summary(summary)
@@ -211,71 +202,8 @@ def compare(hparams_paths, data, out_dir, num_edits, checkpoints, probe_data, nu
     click.echo(f"Table: {table_path}\nPlot: {plot_path}")
 
 
-@main.command()
-@click.option("--hparams", "hparams_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="EasyEdit hparams of a covariance method (MEMIT, AlphaEdit, EMMET, PMET).")
-@click.option("--overwrite", is_flag=True, help="Recompute files that are already there.")
-def stats(hparams_path, overwrite):
-    """Fill the statistics files EasyEdit's layer_stats looks for (and AlphaEdit's P), offline.
-
-    From the corpus the hparams' mom2_dataset names: 'pydoc', 'self', a local text file, or (with downloads
-    allowed) one of EasyEdit's Hugging Face datasets. EasyEdit then finds them and downloads nothing.
-    """
-    from .easyedit_stats import fill_stats, plan
-
-    written = fill_stats(hparams_path, overwrite=overwrite)
-    p = plan(hparams_path)
-    for path in p.files + ([p.projection] if p.projection else []):
-        click.echo(f"{'written' if path in written else 'present'}  {path}")
-
-
-@main.command()
-@click.option("--model", "models_", required=True, multiple=True,
-              help="Model name or path (repeat for a scaling fit); 'random-init:NAME' is a random control.")
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Facts with subject and prompt: known_1000.json, CounterFact or ZsRE.")
-@click.option("--layers", default="all", callback=_layer_list, help="'all' or comma-separated layer indices.")
-@click.option("--num-facts", type=click.IntRange(min=1), default=300)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--mom2-dataset", default="pydoc", help="Text for C: pydoc (offline), self, a .txt/.jsonl file.")
-@click.option("--mom2-n-samples", type=click.IntRange(min=1), default=400)
-@click.option("--damping", type=click.FloatRange(min=0), default=1e-4,
-              help="Relative ridge on C before inverting (0: none).")
-@click.option("--stats-dir", default="data/stats")
-@click.option("--heatmap-layers", default=None, help="Layers to plot P for (default: first, middle, last).")
-@click.option("--scaling-statistic", default="whitened_cos:kurtosis", help="MATRIX:STATISTIC for the scaling fit.")
-def superposition(models_, data, layers, num_facts, out_dir, mom2_dataset, mom2_n_samples, damping, stats_dir,
-                  heatmap_layers, scaling_statistic):
-    """Measure knowledge superposition per layer (P, Q, whitened and raw cosine); fit scaling across models."""
-    from pathlib import Path
-
-    from .diagnostics import superposition as sp
-    from .models import load_model
-
-    facts = sp.facts_from_file(data, num_facts)
-    results = []
-    for name in models_:
-        model, tok = load_model(name, "auto")
-        from .editing.layers import num_layers
-
-        total = num_layers(model)
-        chosen = layers
-        span = list(range(total)) if chosen == "all" else chosen
-        heat = [int(x) for x in heatmap_layers.split(",")] if heatmap_layers else sorted({span[0], span[len(span) // 2], span[-1]})
-        result = sp.analyze(model, tok, facts, chosen, model_label=name.replace("/", "_").replace(":", "_"),
-                            mom2_dataset=mom2_dataset, mom2_n_samples=mom2_n_samples, damping=damping,
-                            stats_dir=stats_dir, keep_matrices=heat)
-        folder = Path(out_dir) / result.model if len(models_) > 1 else Path(out_dir)
-        sp.write_outputs(result, folder, heat)
-        click.echo(sp.text_summary(result))
-        results.append(result)
-        del model
-    if len(results) > 1:
-        matrix, statistic = scaling_statistic.split(":")
-        fit = sp.scaling_fit(results, matrix, statistic)
-        Path(out_dir, "scaling.json").write_text(__import__("json").dumps(fit, indent=2) + "\n")
-        click.echo(f"scaling of {matrix} {statistic} with parameter count: slope {fit['slope']:.3f}, "
-                   f"R² {fit['r_squared']:.3f} over {len(results)} models")
+# Commands that plugins add (superposition, stats, a third party's).
+register_commands(main)
 
 
 if __name__ == "__main__":

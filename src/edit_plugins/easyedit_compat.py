@@ -157,6 +157,20 @@ def foreign_hparams_class(alg_name: str):
                     f"(looked for {candidates} and any *HyperParams spelled like it)")
 
 
+def foreign_method(alg_name: str, method_class):
+    """One of EasyEdit's own methods as an ordinary method object (``plugins.Method``): its apply function, its
+    hparams class, the state it keeps in module globals, and what it needs to keep edits across calls."""
+    state = module_state_functions(alg_name) or (None, None)
+
+    def prepare(hparams):
+        prepare_for_sequential_use(alg_name, hparams)
+        clear_module_state(alg_name)  # a resumed run loads it back with its state
+
+    return method_class(alg_name, alg_dict()[alg_name], foreign_hparams_class(alg_name), plugin="EasyEdit",
+                        save_state=state[0], load_state=state[1], from_easyedit=True, prepare=prepare,
+                        request_for=lambda request, locality: method_request(alg_name, request, locality))
+
+
 def prepare_for_sequential_use(alg_name: str, hparams) -> None:
     """Per-method settings so that an EasyEdit method keeps its edits across apply calls."""
     if alg_name == "WISE":

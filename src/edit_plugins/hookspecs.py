@@ -24,7 +24,8 @@ def register_methods(register):
 
 @hookspec
 def register_diagnostics(register):
-    """Register diagnostics: ``register(name, factory)``.
+    """Register diagnostics: ``register(name, factory, default=False)``; ``default=True`` runs it in every
+    lifelong run whose options name no diagnostics.
 
     ``factory(model=, tok=, hparams=, probes=, log_path=)`` returns an object that is registered as a
     plugin for the length of a run, so its ``after_edit`` etc. hook implementations are called
@@ -33,6 +34,11 @@ def register_diagnostics(register):
     ``summarize(lost_case_ids) -> dict`` (in the summary) and ``state_dict()`` / ``load_state_dict()``
     (saved with the run: tensors, numbers, strings, lists and dicts).
     """
+
+
+@hookspec
+def register_commands(cli):
+    """Add commands to the ``edit-plugins`` command line: ``cli`` is its click group (``@cli.command()``)."""
 
 
 @hookspec

@@ -208,10 +208,10 @@ def from_dict(config: dict, source: str = "<dict>"):
     """An hparams mapping (as a run folder stores it) into the class registered for its ``alg_name``."""
     if not isinstance(config, dict) or not isinstance(config.get("alg_name"), str):
         raise HparamsError(f"{source}: expected a mapping with the field 'alg_name' (a method name)")
-    resolved = _resolve(config["alg_name"], source)
-    if resolved.method is not None:
-        return resolved.hparams_class.from_dict(config, source)
-    return _with_loadable_model(resolved.hparams_class(**config))
+    method = _resolve(config["alg_name"], source)
+    if not method.from_easyedit:
+        return method.hparams_class.from_dict(config, source)
+    return _with_loadable_model(method.hparams_class(**config))
 
 
 def _resolve(alg_name: str, source: str):
@@ -232,10 +232,10 @@ def load(path):
     alg_name = config.get("alg_name")
     if not isinstance(alg_name, str):
         raise HparamsError(f"{source}: missing required field 'alg_name' (expected a method name)")
-    resolved = _resolve(alg_name, source)
-    if resolved.method is not None:
-        return resolved.hparams_class.from_dict(config, source)
-    return _with_loadable_model(resolved.hparams_class.from_hparams(source))
+    method = _resolve(alg_name, source)
+    if not method.from_easyedit:
+        return method.hparams_class.from_dict(config, source)
+    return _with_loadable_model(method.hparams_class.from_hparams(source))
 
 
 def _with_loadable_model(hparams):

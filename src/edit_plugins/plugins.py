@@ -34,18 +34,24 @@ class Method:
     plan_order: Callable | None = None  # (model, tok, requests, hparams) -> permutation of a known pool
     save_state: Callable | None = None  # (model) -> (tensors, metadata)
     load_state: Callable | None = None  # (model, tensors, metadata) -> None
+    # Set where easyedit_compat adapts one of EasyEdit's own methods (their hparams load through EasyEdit):
+    from_easyedit: bool = False
+    prepare: Callable | None = None  # (hparams) -> None: before a run's first edit, settings that keep edits
+    request_for: Callable | None = None  # (request, locality pairs) -> the request as the method needs it
+
+    def restores_by_call(self, weights_copy) -> bool:
+        """Whether ``weights_copy`` is a callable that undoes the edit (EasyEdit's memories return one)."""
+        return self.restore == "callable" or callable(weights_copy)
 
     def undo(self, model, weights_copy) -> None:
         """Take back an edit made with ``return_orig_weights=True``: call ``weights_copy``, or write its
         original weights back."""
-        if self.restore == "callable":
+        if self.restores_by_call(weights_copy):
             weights_copy()
             return
-        import torch
+        from .editing.layers import restore_weights
 
-        with torch.no_grad():
-            for name, value in weights_copy.items():
-                model.get_parameter(name).copy_(value)
+        restore_weights(model, weights_copy)
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class Diagnostic:
     name: str
     factory: Callable
     plugin: str = ""
+    default: bool = False  # runs in every lifelong run whose options name no diagnostics
 
 
 @dataclass
@@ -124,8 +131,8 @@ def registry() -> Registry:
     for impl in pm.hook.register_diagnostics.get_hookimpls():
         source = _plugin_name(impl.plugin)
 
-        def register_diagnostic(name, factory, _source=source):
-            reg.diagnostics[name] = Diagnostic(name, factory, _source)
+        def register_diagnostic(name, factory, default=False, _source=source):
+            reg.diagnostics[name] = Diagnostic(name, factory, _source, bool(default))
 
         impl.function(register=register_diagnostic)
     return reg
@@ -136,28 +143,32 @@ class UnknownMethodError(UserError, KeyError):
         return self.args[0]
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """An ``alg_name`` resolved: a registered method, or (where easyeditor imports) one of EasyEdit's own."""
-    name: str
-    apply: Callable
-    hparams_class: type
-    method: Method | None  # None for EasyEdit's own methods
-
-
-def resolve(alg_name: str) -> Resolved:
-    """The one lookup of an ``alg_name``, for hparams files and lifelong runs alike."""
+def resolve(alg_name: str) -> Method:
+    """The one lookup of an ``alg_name``, for hparams files and lifelong runs alike: a registered method, or
+    (where easyeditor imports) one of EasyEdit's own, adapted by ``easyedit_compat``."""
     from . import easyedit_compat
 
     methods = registry().methods
     if alg_name in methods:
-        method = methods[alg_name]
-        return Resolved(alg_name, method.apply, method.hparams_class, method)
+        return methods[alg_name]
     foreign = easyedit_compat.foreign_methods()
     if alg_name in foreign:
-        return Resolved(alg_name, foreign[alg_name], easyedit_compat.foreign_hparams_class(alg_name), None)
+        return easyedit_compat.foreign_method(alg_name, Method)
     raise UnknownMethodError(f"unknown method {alg_name!r}; registered methods: {sorted(set(methods) | set(foreign))}"
                              + ("" if foreign else " (easyeditor is not installed)"))
+
+
+def default_diagnostics() -> list[str]:
+    """The diagnostics a lifelong run starts when its options name none: those registered as defaults."""
+    return sorted(d.name for d in registry().diagnostics.values() if d.default)
+
+
+def register_commands(cli) -> None:
+    """Let every loaded plugin add its commands to ``cli``."""
+    load_plugins()
+    core = dict(cli.commands)
+    pm.hook.register_commands(cli=cli)
+    cli.commands.update(core)  # a plugin adds commands; it cannot replace one of the core's
 
 
 def start_diagnostic(name: str, key, *, model, hparams, tok=None, probes=(), log_path=None):

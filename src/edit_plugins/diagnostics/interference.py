@@ -18,15 +18,11 @@ from ..editing.keys import compute_keys, module_input_sequences, pad_sequences
 from ..editing.layers import get_module, weight_out_in
 from ..editing.requests import EditRequest
 from ..hookspecs import hookimpl
+from .superposition_degree import superposition_degree
 
 PERCENTILES = (50, 90, 99)
 # An edit is "at risk" once the predicted interference on it is half the size of its value vector.
 RISK_THRESHOLD = 0.5
-
-
-def superposition_degree(c_inv_key_new: torch.Tensor, key_new: torch.Tensor, keys_old: torch.Tensor) -> torch.Tensor:
-    """p(k_new, k_j) for every earlier key k_j (rows of keys_old)."""
-    return keys_old @ c_inv_key_new / torch.dot(c_inv_key_new, key_new)
 
 
 def describe(values) -> dict:
@@ -213,4 +209,4 @@ class InterferenceLog:
 
 @hookimpl
 def register_diagnostics(register):
-    register("interference", InterferenceLog)
+    register("interference", InterferenceLog, default=True)

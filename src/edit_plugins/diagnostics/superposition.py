@@ -26,6 +26,7 @@ from ..editing.covariance import safe_inverse, second_moments
 from ..editing.keys import compute_keys
 from ..editing.layers import check_layer_index, ffn_output_template, num_layers
 from ..editing.requests import EditRequest
+from .superposition_degree import superposition_degrees, whitened_gram
 
 MATRICES = ("P", "Q", "whitened_cos", "raw_cos")
 GAUSSIAN_TAIL_3SIGMA = 0.0027
@@ -39,11 +40,11 @@ class SuperpositionError(UserError, ValueError):
 def superposition_matrices(keys: torch.Tensor, c_inv: torch.Tensor) -> dict[str, torch.Tensor]:
     """The four N×N matrices for keys (N, d) and C⁻¹ (d, d), in float64."""
     K = keys.double()
-    W = K @ c_inv.double() @ K.T  # k_iᵀC⁻¹k_j
+    W = whitened_gram(K, c_inv)
     diag = W.diagonal()
     norms = K.norm(dim=1)
     return {
-        "P": W / diag[:, None],
+        "P": superposition_degrees(W),
         "Q": K @ K.T,
         "whitened_cos": W / torch.sqrt(diag[:, None] * diag[None, :]),
         "raw_cos": (K @ K.T) / (norms[:, None] * norms[None, :]),

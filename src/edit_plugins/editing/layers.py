@@ -56,6 +56,13 @@ def add_to_weight(module, delta_out_in: torch.Tensor) -> None:
         module.weight.add_(delta.t() if is_transposed(module) else delta)
 
 
+def restore_weights(model, weights: dict) -> None:
+    """Write saved parameters back by name (EasyEdit's ``weights_copy``, or a snapshot)."""
+    with torch.no_grad():
+        for name, value in weights.items():
+            model.get_parameter(name).copy_(value)
+
+
 def weight_digest(weight: torch.Tensor) -> str:
     """A fingerprint of the weight's bytes, whatever its dtype (bf16 too): has anything written to it since?"""
     raw = weight.detach().contiguous().view(torch.uint8).cpu().numpy()

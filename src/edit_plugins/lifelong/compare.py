@@ -6,7 +6,6 @@ folder that is complete is kept, one that was stopped is resumed.
 """
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 
 from ..errors import UserError
 from ..files import atomic_write_text
+from .run_log import read_checkpoints, read_summary, read_timing
 
 
 class CompareError(UserError, ValueError):
@@ -48,7 +48,7 @@ def run_all(hparams_paths, data, out_dir, lifelong_args: list[str], quiet: bool 
     for path, label in zip(hparams_paths, labels_for(hparams_paths)):
         folder = out_dir / label
         folders.append(folder)
-        if (folder / "summary.json").is_file() and json.loads((folder / "summary.json").read_text()).get("complete"):
+        if (read_summary(folder) or {}).get("complete"):
             continue
         command = [sys.executable, "-m", "edit_plugins.cli", "lifelong", "--out", str(folder)]
         if (folder / "config.yaml").is_file():
@@ -89,9 +89,7 @@ def rows(folders) -> list[dict]:
     out = []
     for folder in folders:
         folder = Path(folder)
-        summary = json.loads((folder / "summary.json").read_text())
-        checkpoints = [json.loads(line) for line in (folder / "checkpoints.jsonl").read_text().splitlines()]
-        timing = json.loads((folder / "timing.json").read_text())
+        summary, checkpoints, timing = read_summary(folder), read_checkpoints(folder), read_timing(folder)
         end = summary["protocols"]["end_of_sequence"]
         overhead = (timing["wall_seconds"] - timing["edit_seconds"] - timing["eval_seconds"]) / timing["wall_seconds"] \
             if timing.get("wall_seconds") else None

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ..editing.requests import normalize_request
 from .data import EditRecord
-from .runner import RunOptions, run_lifelong
+from .options import RunOptions
+from .start import run_lifelong
 
 
 def records_from_requests(requests: list[dict]) -> list[EditRecord]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..editing.layers import restore_weights
 from ..errors import UserError
 from ..files import TMP_SUFFIX, atomic_write_json, load_tensors, save_tensors
 
@@ -32,6 +33,13 @@ class StateError(UserError, ValueError):
 
 
 # -- RNG states as JSON and a tensor ------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """The random state a run starts from (torch, Python, NumPy), so that a replay starts from it too."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 def rng_state() -> dict:
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -158,9 +166,7 @@ def load_state(run_dir: Path, model, load_method_state=None) -> dict:
     header = json.loads((state_dir / PROGRESS).read_text())
     if header.get("format") != FORMAT:
         raise StateError(f"{state_dir / PROGRESS}: unknown state format {header.get('format')!r} (expected {FORMAT})")
-    with torch.no_grad():
-        for name, value in load_tensors(state_dir / "edited_parameters.safetensors")[0].items():
-            model.get_parameter(name).copy_(value)
+    restore_weights(model, load_tensors(state_dir / "edited_parameters.safetensors")[0])
     method_file = state_dir / METHOD_STATE
     if not method_file.is_file():
         method_file = state_dir / LEGACY_METHOD_STATE

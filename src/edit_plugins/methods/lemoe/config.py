@@ -5,6 +5,7 @@ import dataclasses
 from typing import ClassVar, List
 
 from ...hparams import EditHyperParams, HparamsError
+from .injection import find_ffn
 
 ROUTINGS = ("anchor", "softmax")
 SPANS = ("sequence", "token")
@@ -45,9 +46,7 @@ class LEMoEHyperParams(EditHyperParams):
         return max(self.batch_size, self.edits_per_expert)
 
     def check_model(self, model) -> None:
-        from .injection import find_ffn  # the adaptor's own check of the FFN it wraps
-
-        find_ffn(model, self)
+        find_ffn(model, self)  # the adaptor's own check of the FFN it wraps
 
     def validate(self, source: str) -> None:
         super().validate(source)

@@ -1,6 +1,7 @@
 """Putting the adaptor around one FFN of a model, finding it again, and taking it out."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -9,8 +10,10 @@ from ...editing.keys import capture_inputs, run_until_captured
 from ...editing.layers import LayerError, check_layer_index, get_module, input_device
 from ...editing.tokens import pad_batch
 from ...errors import UserError
-from .config import LEMoEHyperParams
 from .layer import LEMoELayer
+
+if TYPE_CHECKING:  # annotations only: config imports find_ffn from here
+    from .config import LEMoEHyperParams
 
 class AdaptorError(UserError, ValueError):
     pass

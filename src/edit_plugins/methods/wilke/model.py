@@ -13,7 +13,7 @@ from ... import easyedit_compat
 from ...editing.covariance import safe_inverse, second_moments, stats_model_key
 from ...editing.interference_guard import ModelGuard, guard_for
 from ...editing.keys import compute_keys
-from ...editing.layers import add_to_weight, check_layers, get_module, is_transposed, weight_out_in
+from ...editing.layers import add_to_weight, check_layers, get_module, is_transposed, restore_weights, weight_out_in
 from ...editing.rank_one import rank_one_update, update_direction
 from ...editing.requests import EditRequest, normalize_requests
 from ...editing.runtime import SuffixRunner
@@ -279,9 +279,7 @@ def apply_wilke_to_model(model, tok, requests, hparams: WilKEHyperParams, copy=F
                 linear_edits=[LinearEdit(edit.module, edit.key, edit.residual, edit.c_inv_key)],
                 info=report))
     except BaseException:
-        with torch.no_grad():  # never leave the model half-edited
-            for name, value in originals.items():
-                model.get_parameter(name).copy_(value)
+        restore_weights(model, originals)  # never leave the model half-edited
         raise
     weights_copy = originals if return_orig_weights else {}
     return model, easyedit_compat.weights_copy_for_caller(weights_copy, keep_original_weight)
