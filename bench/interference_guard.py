@@ -185,17 +185,17 @@ class PeakRss:
 
     @hookimpl
     def after_edit(self, event):
-        from edit_plugins.editing.interference_guard import _guards
+        from edit_plugins.methods.wilke.model_state import model_guard
 
-        guard = _guards.get(event.model)
+        guard = model_guard(event.model)
         memory = max(guard.memory().values(), default=0) / 2**20 if guard is not None else None
         return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                 "guard_layer_mb_max": memory}
 
 
 def run(args):
-    from edit_plugins.editing.interference_guard import _guards
     from edit_plugins.lifelong import RunOptions, resume_lifelong, run_lifelong
+    from edit_plugins.methods.wilke.model_state import model_guard
     from edit_plugins.models import load_model
     from edit_plugins.plugins import pm
 
@@ -212,7 +212,7 @@ def run(args):
         options = RunOptions(probe_data=str(SHARED / "known_1000.json"), num_probes=100, save_every=25,
                              checkpoints=[c for c in CHECKPOINTS if c <= args.edits])
         run_lifelong(hp, records, folder, model=model, tok=tok, options=options, progress_bar=False)
-    guard = _guards.get(model)
+    guard = model_guard(model)
     memory = {m: b / 2**20 for m, b in guard.memory().items()} if guard is not None else {}
     (folder / "guard_memory.json").write_text(json.dumps(memory))
     report_one(args.stream, args.method, args.edits)

@@ -124,7 +124,9 @@ def test_a_spread_edit_under_the_soft_guard_holds_each_layers_keys_as_one_pass_f
     scored position of every earlier edit, one refresh pass per edit): each layer's update is rank one and
     holds G of the earlier keys as recomputed on the model before the edit, and the residual stream after
     the top block, at the subject's last token, ends where v* asked."""
-    from edit_plugins.editing.interference_guard import LayerGuard, _guards, current_keys
+    from edit_plugins.methods.wilke.guard.layer import LayerGuard
+    from edit_plugins.methods.wilke.guard.model import current_keys
+    from edit_plugins.methods.wilke.model_state import drop_guard, model_guard
     from edit_plugins.editing.keys import key_and_block_output
     from edit_plugins.events import collect_events
     from edit_plugins.methods.wilke.model import execute_wilke
@@ -146,7 +148,7 @@ def test_a_spread_edit_under_the_soft_guard_holds_each_layers_keys_as_one_pass_f
 
     try:
         apply_wilke_to_model(model, tok, [REQUEST], hp)
-        earlier = current_keys(model, tok, modules, _guards[model].layers[modules[0]].sources)
+        earlier = current_keys(model, tok, modules, model_guard(model).layers[modules[0]].sources)
         request = normalize_requests([MID_REQUEST])[0]
         delta = execute_wilke(model, tok, request, hp).chosen.residual
         _, start = key_and_block_output(model, tok, request, modules[-1], 1)
@@ -169,7 +171,7 @@ def test_a_spread_edit_under_the_soft_guard_holds_each_layers_keys_as_one_pass_f
         torch.testing.assert_close(end, start + delta, rtol=1e-3, atol=1e-3 * float(delta.norm()))
     finally:
         restore(model, before)
-        _guards.pop(model, None)
+        drop_guard(model)
 
 
 @pytest.mark.dev0_compatible

@@ -8,8 +8,13 @@ import torch
 from conftest import EIFFEL, HPARAMS, changed_parameters, next_token, restore, snapshot
 from edit_plugins import hparams
 from edit_plugins.diagnostics.interference import InterferenceLog
-from edit_plugins.editing.interference_guard import (GuardError, GuardSettings, LayerGuard, _guards, _Space,
-                                                     current_keys, guard_state, load_guard_state)
+from edit_plugins.methods.wilke.guard.layer import LayerGuard
+from edit_plugins.methods.wilke.guard.model import current_keys
+from edit_plugins.methods.wilke.guard.settings import GuardError, GuardSettings
+from edit_plugins.methods.wilke.guard.space import MetricSpace
+from edit_plugins.methods.wilke.model_state import drop_guard, model_guard
+from edit_plugins.methods.wilke.serialization import load_guard as load_guard_state
+from edit_plugins.methods.wilke.serialization import save_guard as guard_state
 from edit_plugins.editing.keys import compute_keys, scored_position_keys
 from edit_plugins.editing.layers import get_module, weight_out_in
 from edit_plugins.editing.requests import normalize_requests, with_leading_space
@@ -156,7 +161,7 @@ def test_readout_positions_guard_where_the_score_reads_the_next_token_and_no_oth
         outputs, readout, counts = [], [], []
         for raw, request in zip(TINY_REQUESTS, requests):
             apply_wilke_to_model(model, tok, [raw], hp)
-            counts.append(_guards[model].layers[module].count)
+            counts.append(model_guard(model).layers[module].count)
             keys = scored_position_keys(model, tok, [request], [module])[module][0].float()
             outputs.append(keys @ weight_out_in(get_module(model, module)).detach().float().T)
             first = len(encode(tok, request.text)) - 1
@@ -208,8 +213,8 @@ def _synthetic_guard(d=16, **settings):
     A = torch.randn(d, d, generator=g, dtype=torch.float64)
     C = A @ A.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
     c_inv = torch.linalg.inv(C).float()
-    settings = GuardSettings(past_edits=True, **settings)
-    return LayerGuard("m", 0, _Space(c_inv, d, settings, torch.device("cpu")), settings), C, g
+    settings = GuardSettings(interference_guard=True, **{f"guard_{name}": value for name, value in settings.items()})
+    return LayerGuard("m", 0, MetricSpace(c_inv, d, settings, torch.device("cpu")), settings), C, g
 
 
 def _interference(u, key, earlier):
@@ -379,7 +384,7 @@ def test_weights_copy_restores_every_bit_and_the_guard_forgets_the_undone_edit(t
         guarded = fired[0][0].info["guard"]["keys_guarded"]
         assert guarded == (1 if scope == "model" or layers == (1,) else 0)  # only the edit still in the weights
         if soft:  # G, which cannot be taken apart, was made again from the keys still guarded, as they are now
-            layer_guard = _guards[model].layers[fired[0][0].modules[0]]
+            layer_guard = model_guard(model).layers[fired[0][0].modules[0]]
             keys = current_keys(model, tok, [layer_guard.module], layer_guard.sources)[layer_guard.module].double()
             fresh = keys.T @ keys  # float32 keys from passes batched otherwise: equal to rounding, not bit for bit
             assert float((layer_guard.gram - fresh).norm() / fresh.norm()) < 1e-5
@@ -545,7 +550,7 @@ def test_a_spread_edits_stale_keys_are_recomputed_per_piece_or_in_one_pass_befor
     """With ``guard_refresh_within_edit`` (the default) each piece above the lowest recomputes its layer's keys
     after the pieces below it: one pass per layer. Off, one pass before the edit recomputes every stale layer,
     and each piece holds the keys as they were before the edit. Either way the edit reaches its goal."""
-    from edit_plugins.editing import interference_guard as guard_module
+    from edit_plugins.methods.wilke.guard import model as guard_module
     from edit_plugins.editing.keys import key_and_block_output
     from edit_plugins.methods.wilke.model import execute_wilke
 
@@ -568,7 +573,7 @@ def test_a_spread_edits_stale_keys_are_recomputed_per_piece_or_in_one_pass_befor
     try:
         for raw in TINY_REQUESTS[:3]:
             apply_wilke_to_model(model, tok, [raw], hp)
-        sources = list(_guards[model].layers[modules[0]].sources)
+        sources = list(model_guard(model).layers[modules[0]].sources)
         earlier = {m: k.double() for m, k in real_keys(model, tok, modules, sources).items()}
         r = normalize_requests([TINY_REQUESTS[3]])[0]
         delta = execute_wilke(model, tok, r, hp).chosen.residual
@@ -636,7 +641,7 @@ def test_own_and_mean_key_pieces_map_the_template_mean_key_to_the_same_share(tin
         misses = {}
         for direction in ("own_key", "own_and_mean_key"):
             restore(model, before)
-            _guards.pop(model, None)
+            drop_guard(model)
             hp = tiny_hp(stats_dir, layers=[3], spread_layers=3, spread_direction=direction, **guard)
             hp.interference_guard = guarded
             templates = context_templates(model, tok, hp.context_template_length_params)
@@ -659,7 +664,7 @@ def test_own_and_mean_key_pieces_map_the_template_mean_key_to_the_same_share(tin
         assert misses["own_and_mean_key"] < 1e-3 < misses["own_key"]
     finally:
         restore(model, before)
-        _guards.pop(model, None)
+        drop_guard(model)
 
 
 @pytest.mark.slow
@@ -694,7 +699,7 @@ def test_a_spread_that_diverges_through_the_first_tokens_outsized_layers_is_take
     elsewhere). A subject at position 0 spread over them moves the top layer's output away from v* (gap 5 →
     thousands by layer 10), and the rest of the edit would break every prompt. The pieces are taken back to
     the bit, the guard holds nothing of the edit, and the report says where it diverged."""
-    from edit_plugins.editing.interference_guard import guard_for
+    from edit_plugins.methods.wilke.model_state import guard_for
 
     model, tok = smollm2
     before = snapshot(model)
@@ -710,10 +715,10 @@ def test_a_spread_that_diverges_through_the_first_tokens_outsized_layers_is_take
         assert 8 <= event.info["diverged_at_layer"] <= 10
         assert "diverged at layer" in event.info["not_applied"]
         if guarded:
-            assert guard_for(model, smollm2_hp(stats_dir, **fields).guard_settings()).sources == []
+            assert guard_for(model, smollm2_hp(stats_dir, **fields)).sources == []
     finally:
         restore(model, before)
-        _guards.pop(model, None)
+        drop_guard(model)
 
 
 @pytest.mark.slow
@@ -740,7 +745,7 @@ def test_the_shipped_lifelong_hparams_edit_smollm2_in_sequence_and_keep_the_earl
         assert changed_parameters(model, before) == [f"model.layers.{l}.mlp.down_proj.weight" for l in range(3, 8)]
     finally:
         restore(model, before)
-        _guards.pop(model, None)
+        drop_guard(model)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -460,7 +460,8 @@ def test_the_change_budgets_original_weights_survive_a_saved_state(tiny_gpt2, ti
     from edit_plugins.files import load_tensors, save_tensors
     from edit_plugins.methods.wilke.change_budget import layer_change
     from edit_plugins.methods.wilke.model import second_moment
-    from edit_plugins.methods.wilke.serialization import load_wilke_state, wilke_state
+    from edit_plugins.methods.wilke.serialization import load_wilke_state
+    from edit_plugins.methods.wilke.serialization import save_wilke_state as wilke_state
 
     model, tok = tiny_gpt2
     model = deepcopy(model)
@@ -481,7 +482,8 @@ def test_the_change_budgets_original_weights_survive_a_saved_state(tiny_gpt2, ti
 def test_original_norms_survive_a_saved_state(tiny_gpt2, tiny_hparams, tmp_path):
     from edit_plugins.files import load_tensors, save_tensors
     from edit_plugins.methods.wilke.layer_selection import la_norms
-    from edit_plugins.methods.wilke.serialization import load_wilke_state, wilke_state
+    from edit_plugins.methods.wilke.serialization import load_wilke_state
+    from edit_plugins.methods.wilke.serialization import save_wilke_state as wilke_state
 
     model, tok = tiny_gpt2
     model = deepcopy(model)

@@ -7,12 +7,12 @@ before WilKE first edited it on this model. A layer at its budget takes no more 
 from __future__ import annotations
 
 import dataclasses
-import weakref
 
 import torch
 
 from ...editing.layers import get_module, weight_digest, weight_out_in
 from ...errors import CapacityReached
+from .model_state import wilke_state
 
 
 class LayerBudgetSpent(CapacityReached):
@@ -20,26 +20,23 @@ class LayerBudgetSpent(CapacityReached):
 
 
 @dataclasses.dataclass
-class _Layer:
+class BudgetLayer:
     original: torch.Tensor  # W₀ (out, in), float32 on the CPU
     digest: str | None = None  # of W when ``change`` was measured
     change: float = 0.0
 
 
-_layers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {module: _Layer}
-
-
 def remember_original(model, module_name: str) -> None:
     """Keep W₀, if WilKE has not edited this layer of the model before (call before anything is written)."""
-    layers = _layers.setdefault(model, {})
+    layers = wilke_state(model).budget_layers
     if module_name not in layers:
-        layers[module_name] = _Layer(weight_out_in(get_module(model, module_name)).detach().float().cpu().clone())
+        layers[module_name] = BudgetLayer(weight_out_in(get_module(model, module_name)).detach().float().cpu().clone())
 
 
 def layer_change(model, module_name: str, second_moment) -> float:
     """‖W − W₀‖_C / ‖W₀‖_C now; 0 for a layer WilKE has not edited. ``second_moment(name)`` gives C (in, in).
     Measured again only when W changed since (EasyEdit's weights_copy may have put it back)."""
-    layer = _layers.get(model, {}).get(module_name)
+    layer = wilke_state(model).budget_layers.get(module_name)
     if layer is None:
         return 0.0
     W = weight_out_in(get_module(model, module_name)).detach()
@@ -60,8 +57,8 @@ def spent_layers(model, module_names, budget: float, second_moment) -> dict[str,
 
 
 def originals(model) -> dict[str, torch.Tensor]:
-    return {name: layer.original for name, layer in _layers.get(model, {}).items()}
+    return {name: layer.original for name, layer in wilke_state(model).budget_layers.items()}
 
 
 def set_originals(model, weights: dict[str, torch.Tensor]) -> None:
-    _layers[model] = {name: _Layer(w.float().cpu().clone()) for name, w in weights.items()}
+    wilke_state(model).budget_layers = {name: BudgetLayer(w.float().cpu().clone()) for name, w in weights.items()}

@@ -4,9 +4,9 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, List, Optional
 
-from ...editing.interference_guard import GUARD_POSITIONS, GUARD_SCOPES, GuardSettings
 from ...editing.layers import check_layers
 from ...hparams import EditHyperParams, HparamsError
+from .guard.settings import GuardSettings, with_preset
 from .layer_selection import LA_NORMS
 
 # How candidate layers are ranked when the guard is on: by the update the guard would make there (its cost
@@ -16,7 +16,7 @@ SPREAD_DIRECTIONS = ("own_key", "own_and_mean_key")  # what each piece of a spre
 
 
 @dataclasses.dataclass(kw_only=True)
-class WilKEHyperParams(EditHyperParams):
+class WilKEHyperParams(GuardSettings, EditHyperParams):
     ALG_NAME: ClassVar[str] = "WilKE"
 
     layers: List[int]  # candidate layers; a single one is plain ROME
@@ -49,35 +49,15 @@ class WilKEHyperParams(EditHyperParams):
     spread_layers: int = 1
     # each piece maps the prompt's own key k ("own_key"), or k and ROME's template mean k̄ at once
     spread_direction: str = "own_key"
-    # The interference guard (docs/interference_guard.md): each part on or off, for ablations.
-    interference_guard: bool = False  # ΔW leaves every earlier edit's key at the layer mapped as it was
-    guard_preserved_knowledge: bool = False  # u in C's low-variance eigenvectors (AlphaEdit's null space)
-    guard_null_space_energy: float = 0.05  # ... C's smallest eigen-directions carrying this share of its trace
-    guard_min_residual: float = 0.1  # regularised fallback when the exact guard would grow ΔW over 1/this
-    guard_max_keys_fraction: float = 0.9  # ... or once exact keys fill this share of the layer's width (0: always)
-    guard_fallback_weight: float = 1.0  # λ of the fallback's (C + λ Σ k_j k_jᵀ)
-    guard_refresh_stale_keys: bool = True  # recompute a layer's keys after edits at layers below it
-    guard_refresh_within_edit: bool = True  # ... and after a spread edit's own lower pieces (off: once per edit)
-    guard_refresh_every: int = 1  # ... at most once per this many edits (stale keys wait in between)
-    # on refresh, map earlier keys that slipped back to their values (the soft guard: in least squares,
-    # keeping each key's value, d_out floats, besides G)
-    guard_repair: bool = False
-    guard_repair_threshold: float = 0.1  # slipped: ‖W k_j − v_j‖ / ‖v_j‖ above this (0: every key)
-    # keys guarded per edit: "subject_last"; also where the score reads the next token ("readout"); or every
-    # position the score passes through ("prompt")
-    guard_positions: str = "subject_last"
-    guard_scope: str = "layer"  # whose keys an edited layer holds: its own earlier edits, or every earlier "model" edit
+    # The interference guard's fields are GuardSettings' (guard/settings.py); a named preset fills them in
+    guard_preset: Optional[str] = None
     guard_layer_choice: str = "guarded"  # rank candidate layers by the guarded update, or by the "plain" one
 
-    def guard_settings(self) -> GuardSettings:
-        return GuardSettings(
-            past_edits=self.interference_guard, preserved_knowledge=self.guard_preserved_knowledge,
-            null_space_energy=self.guard_null_space_energy, min_residual=self.guard_min_residual,
-            max_keys_fraction=self.guard_max_keys_fraction, fallback_weight=self.guard_fallback_weight,
-            refresh_stale_keys=self.guard_refresh_stale_keys, refresh_within_edit=self.guard_refresh_within_edit,
-            refresh_every=self.guard_refresh_every, repair=self.guard_repair,
-            repair_threshold=self.guard_repair_threshold, positions=self.guard_positions,
-            scope=self.guard_scope)
+    @classmethod
+    def from_dict(cls, config: dict, source: str = "<dict>"):
+        if isinstance(config, dict):
+            config = with_preset(config, source)
+        return super().from_dict(config, source)
 
     def check_model(self, model) -> None:
         check_layers(model, self.rewrite_module_tmp, self.layers)
@@ -97,24 +77,7 @@ class WilKEHyperParams(EditHyperParams):
                      "fast_scan_candidates", "spread_layers"):
             if getattr(self, name) <= 0:
                 raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")
-        for name in ("guard_null_space_energy", "guard_min_residual", "guard_fallback_weight"):
-            if getattr(self, name) <= 0:
-                raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")
-        if self.guard_repair_threshold < 0:  # 0: every held key is mapped back toward its value
-            raise HparamsError(f"{source}: field 'guard_repair_threshold' must be 0 or more, got "
-                               f"{self.guard_repair_threshold!r}")
-        if self.guard_refresh_every < 1:  # an integer: the loader checks the field's type
-            raise HparamsError(f"{source}: field 'guard_refresh_every' must be a whole number of edits, 1 or more, "
-                               f"got {self.guard_refresh_every!r}")
-        if self.guard_max_keys_fraction < 0:  # 0: no exact keys, every edit takes the regularised form
-            raise HparamsError(f"{source}: field 'guard_max_keys_fraction' must be between 0 and 1, got "
-                               f"{self.guard_max_keys_fraction!r}")
-        for name in ("guard_min_residual", "guard_max_keys_fraction", "guard_null_space_energy"):
-            if getattr(self, name) > 1:
-                raise HparamsError(f"{source}: field {name!r} must be at most 1, got {getattr(self, name)!r}")
-        if self.guard_preserved_knowledge and not self.mom2_adjustment:
-            raise HparamsError(f"{source}: field 'guard_preserved_knowledge' needs C's eigenvectors, so "
-                               "'mom2_adjustment' must be true")
+        self.validate_guard(source, self.mom2_adjustment)
         if self.layer_change_budget is not None:
             if self.layer_change_budget <= 0:
                 raise HparamsError(f"{source}: field 'layer_change_budget' must be a positive number (a share of "
@@ -124,21 +87,15 @@ class WilKEHyperParams(EditHyperParams):
                                    "'mom2_adjustment' must be true")
         if self.la_norm not in LA_NORMS:
             raise HparamsError(f"{source}: field 'la_norm' must be one of {list(LA_NORMS)}, got {self.la_norm!r}")
-        for name, allowed, what in (
-                ("guard_positions", GUARD_POSITIONS, "the keys the past-edit guard holds"),
-                ("guard_scope", GUARD_SCOPES, "whose keys the past-edit guard holds"),
-                ("guard_layer_choice", GUARD_LAYER_CHOICES, "how layers are ranked under the past-edit guard")):
-            value = getattr(self, name)  # allowed[0]: the default, which needs no guard
-            if value not in allowed:
-                raise HparamsError(f"{source}: field {name!r} must be one of {list(allowed)}, got {value!r}")
-            if value != allowed[0] and not self.interference_guard:
-                raise HparamsError(f"{source}: field {name!r} chooses {what}: it needs 'interference_guard' true")
+        if self.guard_layer_choice not in GUARD_LAYER_CHOICES:
+            raise HparamsError(f"{source}: field 'guard_layer_choice' must be one of {list(GUARD_LAYER_CHOICES)}, "
+                               f"got {self.guard_layer_choice!r}")
+        if self.guard_layer_choice != GUARD_LAYER_CHOICES[0] and not self.interference_guard:
+            raise HparamsError(f"{source}: field 'guard_layer_choice' chooses how layers are ranked under the "
+                               "past-edit guard: it needs 'interference_guard' true")
         if self.spread_direction not in SPREAD_DIRECTIONS:
             raise HparamsError(f"{source}: field 'spread_direction' must be one of {list(SPREAD_DIRECTIONS)}, got "
                                f"{self.spread_direction!r}")
         if self.spread_direction != SPREAD_DIRECTIONS[0] and self.spread_layers == 1:
             raise HparamsError(f"{source}: field 'spread_direction' directs the pieces of a spread edit: it needs "
                                "'spread_layers' above 1")
-        if self.guard_repair and not (self.interference_guard and self.guard_refresh_stale_keys):
-            raise HparamsError(f"{source}: field 'guard_repair' works on refreshed guarded keys: it needs "
-                               "'interference_guard' and 'guard_refresh_stale_keys' true")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import weakref
 
 import torch
 
@@ -10,6 +9,7 @@ from ...editing.layers import get_module, input_device, weight_out_in
 from ...editing.output_head import OutputHead
 from ...editing.runtime import SuffixRunner, add_at_positions, frozen_parameters
 from ...editing.values import rewrite_nll
+from .model_state import wilke_state
 
 
 # The norm LA divides by. "current": the layer's norm now (the paper's rule, for one edit). In a long sequence
@@ -17,7 +17,6 @@ from ...editing.values import rewrite_nll
 # draws ever more of them; "original" divides by the norm it had when the model first came to WilKE. That
 # spreads the edits, and in lifelong runs breaks the model sooner (docs/wilke.md), so "current" stays the default.
 LA_NORMS = ("current", "original")
-_original_norms: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {module: ‖W‖_F}
 
 
 def la_norms(model, module_names, reference: str) -> dict[str, float]:
@@ -27,19 +26,11 @@ def la_norms(model, module_names, reference: str) -> dict[str, float]:
 
     if reference == "current":
         return {name: now(name) for name in module_names}
-    seen = _original_norms.setdefault(model, {})
+    seen = wilke_state(model).original_norms
     for name in module_names:
         if name not in seen:
             seen[name] = now(name)
     return {name: seen[name] for name in module_names}
-
-
-def original_norms(model) -> dict[str, float]:
-    return dict(_original_norms.get(model, {}))
-
-
-def set_original_norms(model, norms: dict[str, float]) -> None:
-    _original_norms[model] = dict(norms)
 
 
 def reachable_layers(model, runner: SuffixRunner, module_names) -> set[str]:

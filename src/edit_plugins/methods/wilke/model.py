@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import weakref
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
 from typing import Iterator
@@ -11,7 +10,6 @@ import torch
 
 from ... import easyedit_compat
 from ...editing.covariance import safe_inverse, second_moments, stats_model_key
-from ...editing.interference_guard import ModelGuard, guard_for
 from ...editing.keys import compute_keys
 from ...editing.layers import add_to_weight, check_layers, get_module, is_transposed, restore_weights, weight_out_in
 from ...editing.rank_one import rank_one_update, update_direction
@@ -22,7 +20,9 @@ from ...editing.values import Candidate, optimise_deltas
 from ...events import EditEvent, LinearEdit, emit_after_edit
 from .change_budget import LayerBudgetSpent, layer_change, remember_original, spent_layers
 from .config import WilKEHyperParams
+from .guard.model import ModelGuard
 from .layer_selection import estimate_layer_scores, la_norms
+from .model_state import guard_for, wilke_state
 from .spread import SpreadDiverged, spread_edit, spread_layers
 
 LOG = logging.getLogger(__name__)
@@ -30,10 +30,6 @@ LOG = logging.getLogger(__name__)
 # fast_scan optimises at most this many layers, in the estimate's order, looking for one where δ reaches
 # the target. Usually the first does.
 FAST_SCAN_TRIES = 3
-
-# Per-model caches: context templates and C⁻¹ per module. They never change during editing.
-_inverses: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
 
 @dataclass
 class LayerEdit:
@@ -79,7 +75,7 @@ def layer_inverses(model, tok, hp: WilKEHyperParams, module_names) -> dict:
     """C⁻¹ per module (None when mom2_adjustment is off), cached per model."""
     if not hp.mom2_adjustment:
         return {name: None for name in module_names}
-    cache = _inverses.setdefault(model, {})
+    cache = wilke_state(model).inverses  # C never changes during editing
     settings = (hp.mom2_dataset, hp.mom2_n_samples, hp.mom2_damping)
     missing = [n for n in module_names if (n, settings) not in cache]
     if missing:
@@ -173,7 +169,7 @@ def execute_wilke(model, tok, request: EditRequest, hp: WilKEHyperParams) -> Wil
     keys = {n: k[0] for n, k in compute_keys(model, tok, [request], modules, ("{}",)).items()}
     # all at once, before the first edit writes: a layer's C is the unedited model's, whichever edit needs it first
     c_invs = layer_inverses(model, tok, hp, statistics_modules(hp))
-    ranking_guard = guard_for(model, hp.guard_settings()) if hp.guard_layer_choice == "guarded" else None
+    ranking_guard = guard_for(model, hp) if hp.guard_layer_choice == "guarded" else None
     directions = update_directions(model, ranking_guard, names, keys, mean_keys, c_invs)
     norms = la_norms(model, modules, hp.la_norm)
     runner = SuffixRunner.for_request(model, tok, request, templates)  # shared by every candidate
@@ -240,8 +236,8 @@ def apply_wilke_to_model(model, tok, requests, hparams: WilKEHyperParams, copy=F
     if copy:
         model = deepcopy(model)
     originals: dict = {}
-    guard = guard_for(model, hparams.guard_settings())
-    if guard is not None and guard.settings.scope == "model":
+    guard = guard_for(model, hparams)
+    if guard is not None and guard.settings.guard_scope == "model":
         guard.sync(model)  # every layer at once: an edit undone at one layer leaves every layer's guard
 
     def keep_original(name):

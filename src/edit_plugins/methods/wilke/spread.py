@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...editing.interference_guard import ModelGuard
 from ...editing.keys import compute_keys, key_and_block_output
 from ...editing.layers import add_to_weight, get_module, weight_out_in
 from ...editing.rank_one import direction_for_keys, rank_one_update, update_direction
 from ...editing.requests import EditRequest
+from .guard.model import ModelGuard
 
 
 # The gap to the goal, over v*'s own change δ, that means the spread diverges: over 1,300 CounterFact edits
@@ -86,7 +86,7 @@ def spread_edit(model, tok, request: EditRequest, rewrite_module_tmp: str, top: 
     layers = spread_layers(top, count)
     names = [rewrite_module_tmp.format(layer) for layer in layers]
     refreshed = {}
-    if guard is not None and not guard.settings.refresh_within_edit:
+    if guard is not None and not guard.settings.guard_refresh_within_edit:
         for name in names:
             before_write(name)  # a repair in the refresh writes
         refreshed = guard.refresh_stale(model, tok, [guard.layer(model, name, layer, c_inverse(name))
