@@ -6,10 +6,24 @@
 #   .venv-easyedit   PyPI easyeditor 0.0.1.dev0 under transformers 4.55;
 #   .venv-easyedit-head  the EasyEdit tests against EasyEdit HEAD (../shared/easyedit-head, or EASYEDIT_HEAD).
 # Every environment runs even if an earlier one fails; the exit status is the first failure's.
+# Each runs on two pytest-xdist workers of one thread each (two cores); TEST_WORKERS changes the count.
+# --quick: the inner loop: the main environment only, without the process and slow tests (tests/conftest.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --all || exit $?
+QUICK=0
+args=()
+for arg in "$@"; do
+  if [ "$arg" = "--quick" ]; then QUICK=1; else args+=("$arg"); fi
+done
+set -- "${args[@]+"${args[@]}"}"
+WORKERS=(-n "${TEST_WORKERS:-2}")
 CACHE="${EDIT_PLUGINS_CACHE:-$PWD/.cache/edit_plugins}"
+if [ $QUICK = 1 ]; then
+  bash scripts/setup.sh || exit $?
+  exec env EDIT_PLUGINS_CACHE="$CACHE" .venv/bin/python -m pytest -q "${WORKERS[@]}" \
+      -m "not easyeditor and not process and not slow" "$@"
+fi
+bash scripts/setup.sh --all || exit $?
 HEAD="$(cd "${EASYEDIT_HEAD:-../shared/easyedit-head}" && pwd)"
 status=0
 run() {
@@ -17,11 +31,12 @@ run() {
   echo "== $name"
   "$@" || { rc=$?; [ $status -ne 0 ] || status=$rc; echo "== $name: FAILED (exit $rc)"; }
 }
-run "main suite (.venv)" env EDIT_PLUGINS_CACHE="$CACHE" .venv/bin/python -m pytest -q -m "not easyeditor" "$@"
+run "main suite (.venv)" env EDIT_PLUGINS_CACHE="$CACHE" .venv/bin/python -m pytest -q "${WORKERS[@]}" \
+    -m "not easyeditor" "$@"
 run "oldest transformers (.venv-oldest)" env EDIT_PLUGINS_CACHE="$CACHE-oldest" \
-    .venv-oldest/bin/python -m pytest -q -m "dev0_compatible and not easyeditor" "$@"
+    .venv-oldest/bin/python -m pytest -q "${WORKERS[@]}" -m "dev0_compatible and not easyeditor" "$@"
 run "easyeditor 0.0.1.dev0 (.venv-easyedit)" env EDIT_PLUGINS_CACHE="$CACHE" \
-    .venv-easyedit/bin/python -m pytest -q -m "easyeditor or dev0_compatible" "$@"
+    .venv-easyedit/bin/python -m pytest -q "${WORKERS[@]}" -m "easyeditor or dev0_compatible" "$@"
 run "EasyEdit HEAD (.venv-easyedit-head)" env EDIT_PLUGINS_CACHE="$CACHE" EASYEDIT_HEAD="$HEAD" PYTHONPATH="$HEAD" \
-    .venv-easyedit-head/bin/python -m pytest -q -m easyeditor "$@"
+    .venv-easyedit-head/bin/python -m pytest -q "${WORKERS[@]}" -m easyeditor "$@"
 exit $status

@@ -1,9 +1,18 @@
+"""Tests come in three groups, by what they need: pure unit tests; ``model`` tests, which load a model in
+this process (marked here from the fixtures they take); and ``process`` tests, which start edit-plugins in
+other processes (the command line, kill-and-resume; marked where they are written). ``slow`` ones edit
+SmolLM2. ``bash scripts/test.sh --quick`` runs all but process and slow ones, in the main environment."""
 import json
 import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# Under pytest-xdist each worker has a core of its own: one thread in it, and in the processes its tests start
+# (they read this when they import torch). Two threads per worker on two cores would oversubscribe them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -11,7 +20,15 @@ HPARAMS = ROOT / "hparams"
 
 # Keep model/template/stat caches inside the checkout unless the caller chose a place.
 os.environ.setdefault("EDIT_PLUGINS_CACHE", str(ROOT / ".cache" / "edit_plugins"))
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+
+MODEL_FIXTURES = {"smollm2", "tiny_gpt2", "_tiny_gpt2_as_loaded"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
 
 EIFFEL = {"prompt": "The Eiffel Tower is located in the city of", "subject": "Eiffel Tower", "target_new": "Rome",
           "ground_truth": "Paris"}

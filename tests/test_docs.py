@@ -16,6 +16,7 @@ def code_blocks(path: Path, language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", path.read_text(), flags=re.S)
 
 
+@pytest.mark.process
 def test_lifelong_tutorial_commands_run():
     blocks = code_blocks(ROOT / "docs" / "lifelong.md", "bash")
     assert len(blocks) >= 3
@@ -34,6 +35,7 @@ def test_lifelong_tutorial_commands_run():
             shutil.rmtree(ROOT / folder, ignore_errors=True)
 
 
+@pytest.mark.process
 def test_lemoe_tutorial_commands_run():
     blocks = code_blocks(ROOT / "docs" / "lemoe.md", "bash")
     assert len(blocks) == 2
@@ -71,6 +73,7 @@ def readme_adoption_example() -> str:
     return block
 
 
+@pytest.mark.process
 @pytest.mark.easyeditor
 def test_readme_adoption_example_with_easyedit_head(tmp_path):
     """Runs the three README lines, unchanged, against a real EasyEdit HEAD checkout (EASYEDIT_HEAD)."""

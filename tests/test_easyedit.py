@@ -20,6 +20,7 @@ def run_fresh(code, **env):
                           env={**os.environ, **env}, cwd=ROOT)
 
 
+@pytest.mark.process
 def test_importing_easyeditor_registers_every_plugin_method_with_no_import_of_ours():
     out = run_fresh('''
         import sys, importlib
@@ -44,6 +45,7 @@ def test_every_registered_method_is_in_alg_dict():
     assert [n for n, m in methods.items() if ALG_DICT.get(n) is not m.apply] == []
 
 
+@pytest.mark.process
 def test_opt_out_env_var_keeps_alg_dict_untouched():
     out = run_fresh('''
         import importlib, easyeditor
@@ -53,6 +55,7 @@ def test_opt_out_env_var_keeps_alg_dict_untouched():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.process
 def test_importing_edit_plugins_first_also_registers():
     out = run_fresh('''
         import edit_plugins, importlib
@@ -383,6 +386,7 @@ def test_covariance_methods_run_offline_after_stats(alg_name, tmp_path, monkeypa
     assert float(np.mean(metrics[0]["post"]["rewrite_acc"])) == 1.0
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_alphaedit_keeps_its_past_edits_term_across_a_kill_and_resume(tmp_path):
     """AlphaEdit keeps the sum of past edits' key outer products (cache_c) in a module global, not in the
@@ -432,6 +436,7 @@ def test_alphaedit_keeps_its_past_edits_term_across_a_kill_and_resume(tmp_path):
         assert torch.equal(weights[0][name], weights[1][name]), name
 
 
+@pytest.mark.process
 @pytest.mark.slow
 @pytest.mark.parametrize("alg_name, fast", [("GRACE", {"n_iter": 20}), ("WISE", {"n_iter": 5})])
 def test_restore_callable_methods_survive_a_kill_and_resume_by_replay(alg_name, fast, tmp_path):

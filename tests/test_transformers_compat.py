@@ -35,6 +35,7 @@ print("ran")
 """
 
 
+@pytest.mark.process
 @pytest.mark.dev0_compatible
 def test_our_calls_trigger_no_transformers_deprecation_message(stats_dir):
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "info", "PYTHONWARNINGS": "always"}
