@@ -14,7 +14,7 @@ import argparse
 import statistics
 
 from bench.common import bench_device, setup, write_result
-from bench.interference_guard import METHODS, method_hparams, stream_records
+from bench.interference_guard import experiments, method_hparams, stream_records
 
 REPORT_AT = (10, 25, 50, 100, 150, 200, 300, 500, 1000)
 
@@ -25,7 +25,7 @@ def median(values):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--method", required=True, choices=sorted(METHODS))
+    parser.add_argument("--method", required=True, choices=sorted(experiments()))
     parser.add_argument("--stream", default="counterfact", choices=("counterfact", "zsre"))
     parser.add_argument("--edits", type=int, default=200)
     parser.add_argument("--watch", type=int, default=20, help="how many of the first edits to follow")

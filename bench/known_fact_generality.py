@@ -13,19 +13,25 @@ from bench.common import bench_device, known_counterfact, setup, write_result
 from edit_plugins.lifelong import metrics, scoring
 from edit_plugins.models import load_model
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--edits", type=int, default=300, help="the first N known facts, as lemoe_lifelong.py takes them")
-args = parser.parse_args()
-setup(2)
 
-model, tok = load_model("smollm2-135m", bench_device())
-records = known_counterfact(model, tok, limit=args.edits)
-true_on_rewrite = scoring.score_answers(model, tok, [(r.request["prompt"], r.request["ground_truth"]) for r in records])
-true_on_paraphrase = scoring.score_answers(
-    model, tok, [(p, r.request["ground_truth"]) for r in records for p in r.rephrase_prompts])
-write_result(f"known_fact_generality_{args.edits}", {
-    "records": len(records), "paraphrase_prompts": len(true_on_paraphrase),
-    "rewrite_token_acc": metrics.mean(s.accuracy for s in true_on_rewrite),
-    "paraphrase_token_acc": metrics.mean(s.accuracy for s in true_on_paraphrase),
-    "paraphrase_exact": metrics.mean(float(s.exact) for s in true_on_paraphrase),
-})
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--edits", type=int, default=300, help="the first N known facts, as lemoe_lifelong.py takes them")
+    args = parser.parse_args()
+    setup(2)
+
+    model, tok = load_model("smollm2-135m", bench_device())
+    records = known_counterfact(model, tok, limit=args.edits)
+    true_on_rewrite = scoring.score_answers(model, tok, [(r.request["prompt"], r.request["ground_truth"]) for r in records])
+    true_on_paraphrase = scoring.score_answers(
+        model, tok, [(p, r.request["ground_truth"]) for r in records for p in r.rephrase_prompts])
+    write_result(f"known_fact_generality_{args.edits}", {
+        "records": len(records), "paraphrase_prompts": len(true_on_paraphrase),
+        "rewrite_token_acc": metrics.mean(s.accuracy for s in true_on_rewrite),
+        "paraphrase_token_acc": metrics.mean(s.accuracy for s in true_on_paraphrase),
+        "paraphrase_exact": metrics.mean(float(s.exact) for s in true_on_paraphrase),
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -18,44 +18,50 @@ from edit_plugins.lifelong.data import load_records
 from edit_plugins.methods.lemoe import load_adaptor_state, remove_adaptor
 from edit_plugins.models import load_model
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--repeats", type=int, default=15)
-parser.add_argument("--prompts", type=int, default=48)
-args = parser.parse_args()
-setup(2)
 
-model, tok = load_model("smollm2-135m", bench_device())
-rows = []
-for state in sorted([*ROOT.glob(f"runs/bench-lemoe-*-full-*{device_suffix()}/state/method_state.safetensors"),
-                     *ROOT.glob(f"runs/bench-lemoe-*-full-*{device_suffix()}/state/adaptor.safetensors")]):
-    dataset, edits = state.parent.parent.name.split("-")[2], int(state.parent.parent.name.split("-")[-1])
-    if not (ROOT / "bench" / "results" / f"lemoe_{dataset}_full_{edits}{device_suffix()}.json").is_file():
-        continue  # only the runs in the benchmark table
-    records = (load_records(SHARED / "zsre_mend_eval.json", num_edits=args.prompts) if dataset == "zsre"
-               else known_counterfact(model, tok, limit=max(args.prompts, 139)))[: args.prompts]
-    batch = tok([r.request["prompt"] for r in records], return_tensors="pt", padding=True).to(model.device)
-    tensors, metadata = load_tensors(state)
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--prompts", type=int, default=48)
+    args = parser.parse_args()
+    setup(2)
 
-    def forward_seconds():
-        start = time.perf_counter()
-        with torch.no_grad():
-            model(**batch)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
+    model, tok = load_model("smollm2-135m", bench_device())
+    rows = []
+    for state in sorted([*ROOT.glob(f"runs/bench-lemoe-*-full-*{device_suffix()}/state/method_state.safetensors"),
+                         *ROOT.glob(f"runs/bench-lemoe-*-full-*{device_suffix()}/state/adaptor.safetensors")]):
+        dataset, edits = state.parent.parent.name.split("-")[2], int(state.parent.parent.name.split("-")[-1])
+        if not (ROOT / "bench" / "results" / f"lemoe_{dataset}_full_{edits}{device_suffix()}.json").is_file():
+            continue  # only the runs in the benchmark table
+        records = (load_records(SHARED / "zsre_mend_eval.json", num_edits=args.prompts) if dataset == "zsre"
+                   else known_counterfact(model, tok, limit=max(args.prompts, 139)))[: args.prompts]
+        batch = tok([r.request["prompt"] for r in records], return_tensors="pt", padding=True).to(model.device)
+        tensors, metadata = load_tensors(state)
 
-    times = {"with": [], "without": []}
-    for repeat in range(args.repeats + 1):  # the first round warms up and is not kept
-        for condition in (("with", "without") if repeat % 2 else ("without", "with")):
-            if condition == "with":
-                adaptor = load_adaptor_state(model, tensors, metadata, source=str(state))
-            seconds = forward_seconds()
-            remove_adaptor(model)
-            if repeat:
-                times[condition].append(seconds)
-    with_adaptor, without = statistics.median(times["with"]), statistics.median(times["without"])
-    rows.append({"dataset": dataset, "edits": edits, "experts": len(adaptor.experts), "prompts": len(records),
-                 "tokens": int(batch.attention_mask.sum()), "forward_seconds_with_adaptor": with_adaptor,
-                 "forward_seconds_without": without, "overhead": with_adaptor / without - 1})
-    print(rows[-1], flush=True)
-write_result("lemoe_inference", {"repeats": args.repeats, "rows": rows})
+        def forward_seconds():
+            start = time.perf_counter()
+            with torch.no_grad():
+                model(**batch)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+        times = {"with": [], "without": []}
+        for repeat in range(args.repeats + 1):  # the first round warms up and is not kept
+            for condition in (("with", "without") if repeat % 2 else ("without", "with")):
+                if condition == "with":
+                    adaptor = load_adaptor_state(model, tensors, metadata, source=str(state))
+                seconds = forward_seconds()
+                remove_adaptor(model)
+                if repeat:
+                    times[condition].append(seconds)
+        with_adaptor, without = statistics.median(times["with"]), statistics.median(times["without"])
+        rows.append({"dataset": dataset, "edits": edits, "experts": len(adaptor.experts), "prompts": len(records),
+                     "tokens": int(batch.attention_mask.sum()), "forward_seconds_with_adaptor": with_adaptor,
+                     "forward_seconds_without": without, "overhead": with_adaptor / without - 1})
+        print(rows[-1], flush=True)
+    write_result("lemoe_inference", {"repeats": args.repeats, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

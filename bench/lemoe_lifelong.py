@@ -22,61 +22,66 @@ from edit_plugins.lifelong import RunOptions, run_lifelong
 from edit_plugins.models import load_model
 
 
-setup()
+def main():
+    setup()
 
-VARIANTS = {
-    "full": ("LEMoE/smollm2-135m.yaml", {}),
-    "templates": ("LEMoE/smollm2-135m.yaml", {"context_template_length_params": [[10, 2]]}),
-    "token_span": ("LEMoE/smollm2-135m.yaml", {"routing_span": "token"}),
-    "token_span_templates": ("LEMoE/smollm2-135m.yaml", {"routing_span": "token",
-                                                         "context_template_length_params": [[10, 4]]}),
-    "token_span_templates_longer": ("LEMoE/smollm2-135m.yaml", {"routing_span": "token", "steps": 60,
-                                                                "early_stop_loss": 0.01,
-                                                                "context_template_length_params": [[10, 4]]}),
-    "softmax_router": ("LEMoE/smollm2-135m.yaml", {"routing": "softmax"}),
-    "no_order_planning": ("LEMoE/smollm2-135m.yaml", {"order_planning": False}),
-    "unfrozen": ("LEMoE/smollm2-135m.yaml", {"freeze_previous_experts": False}),
-    "wilke": ("WilKE/smollm2-135m-fast.yaml", {}),
-    "rome": ("WilKE/smollm2-135m-rome.yaml", {}),
-}
+    VARIANTS = {
+        "full": ("LEMoE/smollm2-135m.yaml", {}),
+        "templates": ("LEMoE/smollm2-135m.yaml", {"context_template_length_params": [[10, 2]]}),
+        "token_span": ("LEMoE/smollm2-135m.yaml", {"routing_span": "token"}),
+        "token_span_templates": ("LEMoE/smollm2-135m.yaml", {"routing_span": "token",
+                                                             "context_template_length_params": [[10, 4]]}),
+        "token_span_templates_longer": ("LEMoE/smollm2-135m.yaml", {"routing_span": "token", "steps": 60,
+                                                                    "early_stop_loss": 0.01,
+                                                                    "context_template_length_params": [[10, 4]]}),
+        "softmax_router": ("LEMoE/smollm2-135m.yaml", {"routing": "softmax"}),
+        "no_order_planning": ("LEMoE/smollm2-135m.yaml", {"order_planning": False}),
+        "unfrozen": ("LEMoE/smollm2-135m.yaml", {"freeze_previous_experts": False}),
+        "wilke": ("WilKE/smollm2-135m-fast.yaml", {}),
+        "rome": ("WilKE/smollm2-135m-rome.yaml", {}),
+    }
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--dataset", choices=["zsre", "counterfact"], required=True)
-parser.add_argument("--edits", type=int, default=300)
-parser.add_argument("--variant", choices=sorted(VARIANTS), default="full")
-args = parser.parse_args()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", choices=["zsre", "counterfact"], required=True)
+    parser.add_argument("--edits", type=int, default=300)
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="full")
+    args = parser.parse_args()
 
-model, tok = load_model("smollm2-135m", bench_device())
-if args.dataset == "zsre":
-    records = load_records(SHARED / "zsre_mend_eval.json", num_edits=args.edits)
-else:
-    records = known_counterfact(model, tok, limit=args.edits)  # only facts the model knows
-path, changes = VARIANTS[args.variant]
-hp = hparams.load(ROOT / "hparams" / path)
-for key, value in changes.items():
-    setattr(hp, key, value)
-if hasattr(hp, "stats_dir"):
-    hp.stats_dir = str(ROOT / "data" / "stats")
+    model, tok = load_model("smollm2-135m", bench_device())
+    if args.dataset == "zsre":
+        records = load_records(SHARED / "zsre_mend_eval.json", num_edits=args.edits)
+    else:
+        records = known_counterfact(model, tok, limit=args.edits)  # only facts the model knows
+    path, changes = VARIANTS[args.variant]
+    hp = hparams.load(ROOT / "hparams" / path)
+    for key, value in changes.items():
+        setattr(hp, key, value)
+    if hasattr(hp, "stats_dir"):
+        hp.stats_dir = str(ROOT / "data" / "stats")
 
-folder = ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}{device_suffix()}"
-shutil.rmtree(folder, ignore_errors=True)
-started = time.perf_counter()
-summary = run_lifelong(hp, records, folder, model=model, tok=tok,
-                       options=RunOptions(probe_data=str(SHARED / "known_1000.json"), num_probes=100,
-                                          save_every=50, checkpoints=[1, 10, 50, 100, 200, 300]),
-                       progress_bar=False)
-result = {"dataset": args.dataset, "variant": args.variant, "edits": len(records), "fast_scan_estimate": FAST_SCAN_ESTIMATE,
-          "wall_seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak_rss_mb()),
-          "hparams": {k: v for k, v in vars(hp).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
-          "summary": summary, "checkpoints": read_checkpoints(folder),
-          "timing": read_timing(folder)}
+    folder = ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}{device_suffix()}"
+    shutil.rmtree(folder, ignore_errors=True)
+    started = time.perf_counter()
+    summary = run_lifelong(hp, records, folder, model=model, tok=tok,
+                           options=RunOptions(probe_data=str(SHARED / "known_1000.json"), num_probes=100,
+                                              save_every=50, checkpoints=[1, 10, 50, 100, 200, 300]),
+                           progress_bar=False)
+    result = {"dataset": args.dataset, "variant": args.variant, "edits": len(records), "fast_scan_estimate": FAST_SCAN_ESTIMATE,
+              "wall_seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak_rss_mb()),
+              "hparams": {k: v for k, v in vars(hp).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
+              "summary": summary, "checkpoints": read_checkpoints(folder),
+              "timing": read_timing(folder)}
 
-if hp.alg_name == "LEMoE":
-    from edit_plugins.methods.lemoe import adaptor_size
+    if hp.alg_name == "LEMoE":
+        from edit_plugins.methods.lemoe import adaptor_size
 
-    edits = read_edits(folder)
-    per_expert = {e["info"]["expert"]: e["info"]["train_seconds"] for e in edits if "expert" in e.get("info", {})}
-    result["experts"] = len(per_expert)
-    result["train_seconds_per_expert_median"] = statistics.median(per_expert.values())
-    result["adaptor"] = adaptor_size(model)
-write_result(f"lemoe_{args.dataset}_{args.variant}_{args.edits}", result)
+        edits = read_edits(folder)
+        per_expert = {e["info"]["expert"]: e["info"]["train_seconds"] for e in edits if "expert" in e.get("info", {})}
+        result["experts"] = len(per_expert)
+        result["train_seconds_per_expert_median"] = statistics.median(per_expert.values())
+        result["adaptor"] = adaptor_size(model)
+    write_result(f"lemoe_{args.dataset}_{args.variant}_{args.edits}", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -19,71 +19,77 @@ from edit_plugins.methods.lemoe import find_adaptor, load_adaptor
 from edit_plugins.methods.lemoe.layer import valid_positions
 from edit_plugins.models import load_model
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--dataset", choices=["zsre", "counterfact"], default="counterfact")
-parser.add_argument("--edits", type=int, default=300)
-parser.add_argument("--variant", default="full")
-args = parser.parse_args()
-setup(2)
 
-THRESHOLDS = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", choices=["zsre", "counterfact"], default="counterfact")
+    parser.add_argument("--edits", type=int, default=300)
+    parser.add_argument("--variant", default="full")
+    args = parser.parse_args()
+    setup(2)
 
-model, tok = load_model("smollm2-135m", bench_device())
-records = (known_counterfact(model, tok, limit=args.edits) if args.dataset == "counterfact"
-           else load_records(SHARED / "zsre_mend_eval.json")[: args.edits])
-locality_pairs = [pair for r in records for pair in r.locality]
-unedited_scores = scoring.score_answers(model, tok, locality_pairs)
-unedited_predictions = [s.predicted for s in unedited_scores]
-unedited_neighbourhood = metrics.neighbourhood_success(model, tok, records) if args.dataset == "counterfact" else None
-state = ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}{device_suffix()}" / "state"
-load_adaptor(model, next(p for p in (state / "method_state.safetensors", state / "adaptor.safetensors") if p.is_file()))
-_, adaptor = find_adaptor(model)
-if adaptor.router.span != "sequence":
-    # Below, a prompt's route is read at its last position, which holds only under sequence-span routing.
-    raise SystemExit(f"this adaptor routes with routing_span {adaptor.router.span!r}; "
-                     "bench/lemoe_routing.py measures sequence-span routing only")
-tok.padding_side = "left"  # the last column is every row's last token: its running best is the row's route
+    THRESHOLDS = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 
-
-def best_matches(prompts, batch_size=32):
-    """(best cosine over anchors and positions, that anchor's index) per prompt."""
-    captured = {}
-    handle = adaptor.register_forward_pre_hook(lambda module, inputs: captured.update(x=inputs[0]))
-    out = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            batch = tok(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(model.device)
-            with torch.no_grad():
-                model.base_model(**batch)
-            valid, _ = valid_positions(captured["x"], batch.attention_mask)
-            cosine, anchor = adaptor.router.best_match(captured["x"], valid, past=0, decoding=False)
-            out += list(zip(cosine[:, -1].tolist(), anchor[:, -1].tolist()))
-    finally:
-        handle.remove()
-    return out
+    model, tok = load_model("smollm2-135m", bench_device())
+    records = (known_counterfact(model, tok, limit=args.edits) if args.dataset == "counterfact"
+               else load_records(SHARED / "zsre_mend_eval.json")[: args.edits])
+    locality_pairs = [pair for r in records for pair in r.locality]
+    unedited_scores = scoring.score_answers(model, tok, locality_pairs)
+    unedited_predictions = [s.predicted for s in unedited_scores]
+    unedited_neighbourhood = metrics.neighbourhood_success(model, tok, records) if args.dataset == "counterfact" else None
+    state = ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}{device_suffix()}" / "state"
+    load_adaptor(model, next(p for p in (state / "method_state.safetensors", state / "adaptor.safetensors") if p.is_file()))
+    _, adaptor = find_adaptor(model)
+    if adaptor.router.span != "sequence":
+        # Below, a prompt's route is read at its last position, which holds only under sequence-span routing.
+        raise SystemExit(f"this adaptor routes with routing_span {adaptor.router.span!r}; "
+                         "bench/lemoe_routing.py measures sequence-span routing only")
+    tok.padding_side = "left"  # the last column is every row's last token: its running best is the row's route
 
 
-# Each edit's own anchor: the one its edit prompt matches (cosine ≈ 1, the anchor was made from it).
-own = [anchor for _, anchor in best_matches([r.request["prompt"] for r in records])]
-paraphrases = [(i, p) for i, r in enumerate(records) for p in r.rephrase_prompts]
-neighbours = [p for r in records for p, _ in r.locality]
-para = [(own[i], match) for (i, _), match in zip(paraphrases, best_matches([p for _, p in paraphrases]))]
-neigh = best_matches(neighbours)
-rows = []
-for t in THRESHOLDS:
-    rows.append({"threshold": t,
-                 "paraphrase_own_expert": sum(c >= t and a == mine for mine, (c, a) in para) / len(para),
-                 "paraphrase_any_expert": sum(c >= t for _, (c, _) in para) / len(para),
-                 "neighbour_any_expert": sum(c >= t for c, _ in neigh) / len(neigh)})
-    print(rows[-1], flush=True)
-final_scores = scoring.score_answers(model, tok, locality_pairs)
-locality = metrics.locality_by_edited_subjects(metrics.agreement(final_scores, unedited_predictions),
-                                                [p for p, _ in locality_pairs], {r.request.get("subject") for r in records})
-if unedited_neighbourhood is not None:
-    locality["neighbourhood_success"] = {"unedited": unedited_neighbourhood,
-                                         "final": metrics.neighbourhood_success(model, tok, records)}
-print(locality)
-write_result(f"lemoe_routing_{args.dataset}_{args.variant}_{args.edits}",
-             {"dataset": args.dataset, "variant": args.variant, "edits": args.edits,
-              "anchors": len(adaptor.router.anchors), "threshold_used": adaptor.router.threshold,
-              "paraphrases": len(para), "neighbours": len(neigh), "rows": rows, "locality": locality})
+    def best_matches(prompts, batch_size=32):
+        """(best cosine over anchors and positions, that anchor's index) per prompt."""
+        captured = {}
+        handle = adaptor.register_forward_pre_hook(lambda module, inputs: captured.update(x=inputs[0]))
+        out = []
+        try:
+            for start in range(0, len(prompts), batch_size):
+                batch = tok(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(model.device)
+                with torch.no_grad():
+                    model.base_model(**batch)
+                valid, _ = valid_positions(captured["x"], batch.attention_mask)
+                cosine, anchor = adaptor.router.best_match(captured["x"], valid, past=0, decoding=False)
+                out += list(zip(cosine[:, -1].tolist(), anchor[:, -1].tolist()))
+        finally:
+            handle.remove()
+        return out
+
+
+    # Each edit's own anchor: the one its edit prompt matches (cosine ≈ 1, the anchor was made from it).
+    own = [anchor for _, anchor in best_matches([r.request["prompt"] for r in records])]
+    paraphrases = [(i, p) for i, r in enumerate(records) for p in r.rephrase_prompts]
+    neighbours = [p for r in records for p, _ in r.locality]
+    para = [(own[i], match) for (i, _), match in zip(paraphrases, best_matches([p for _, p in paraphrases]))]
+    neigh = best_matches(neighbours)
+    rows = []
+    for t in THRESHOLDS:
+        rows.append({"threshold": t,
+                     "paraphrase_own_expert": sum(c >= t and a == mine for mine, (c, a) in para) / len(para),
+                     "paraphrase_any_expert": sum(c >= t for _, (c, _) in para) / len(para),
+                     "neighbour_any_expert": sum(c >= t for c, _ in neigh) / len(neigh)})
+        print(rows[-1], flush=True)
+    final_scores = scoring.score_answers(model, tok, locality_pairs)
+    locality = metrics.locality_by_edited_subjects(metrics.agreement(final_scores, unedited_predictions),
+                                                    [p for p, _ in locality_pairs], {r.request.get("subject") for r in records})
+    if unedited_neighbourhood is not None:
+        locality["neighbourhood_success"] = {"unedited": unedited_neighbourhood,
+                                             "final": metrics.neighbourhood_success(model, tok, records)}
+    print(locality)
+    write_result(f"lemoe_routing_{args.dataset}_{args.variant}_{args.edits}",
+                 {"dataset": args.dataset, "variant": args.variant, "edits": args.edits,
+                  "anchors": len(adaptor.router.anchors), "threshold_used": adaptor.router.threshold,
+                  "paraphrases": len(para), "neighbours": len(neigh), "rows": rows, "locality": locality})
+
+
+if __name__ == "__main__":
+    main()

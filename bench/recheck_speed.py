@@ -15,27 +15,32 @@ from edit_plugins.lifelong.data import load_records
 from edit_plugins.models import load_model
 
 
-setup(2)
+def main():
+    setup(2)
 
-model, tok = load_model("smollm2-135m", "cpu")
-SOURCES = {  # (file, past edits): ZsRE has 700 records here; the EasyEdit CounterFact file has 10,000
-    "zsre": (SHARED / "zsre_mend_eval.json", 700),
-    "counterfact_easyedit": (SHARED / "counterfact_easyedit.json", 1000),
-}
-scored = []  # how many answers each scoring pass got, counted where it happens
-_score_answers = scoring.score_answers
-scoring.score_answers = lambda model, tok, pairs, **kw: scored.append(len(pairs)) or _score_answers(model, tok, pairs, **kw)
-result = {}
-metrics.retention(model, tok, load_records(SOURCES["zsre"][0], num_edits=8))  # warm-up
-for name, (path, count) in SOURCES.items():
-    records = load_records(path, num_edits=count)
-    scored.clear()
-    started = time.perf_counter()
-    metrics.retention(model, tok, records)
-    locality_pairs = [pair for r in records for pair in r.locality]
-    scoring.score_answers(model, tok, locality_pairs)
-    seconds = time.perf_counter() - started
-    result[name] = {"records": len(records), "scored_pairs": sum(scored), "seconds": round(seconds, 1)}
-    print(name, result[name], flush=True)
-result["peak_rss_mb"] = round(peak_rss_mb())
-write_result("recheck_speed", result)
+    model, tok = load_model("smollm2-135m", "cpu")
+    SOURCES = {  # (file, past edits): ZsRE has 700 records here; the EasyEdit CounterFact file has 10,000
+        "zsre": (SHARED / "zsre_mend_eval.json", 700),
+        "counterfact_easyedit": (SHARED / "counterfact_easyedit.json", 1000),
+    }
+    scored = []  # how many answers each scoring pass got, counted where it happens
+    _score_answers = scoring.score_answers
+    scoring.score_answers = lambda model, tok, pairs, **kw: scored.append(len(pairs)) or _score_answers(model, tok, pairs, **kw)
+    result = {}
+    metrics.retention(model, tok, load_records(SOURCES["zsre"][0], num_edits=8))  # warm-up
+    for name, (path, count) in SOURCES.items():
+        records = load_records(path, num_edits=count)
+        scored.clear()
+        started = time.perf_counter()
+        metrics.retention(model, tok, records)
+        locality_pairs = [pair for r in records for pair in r.locality]
+        scoring.score_answers(model, tok, locality_pairs)
+        seconds = time.perf_counter() - started
+        result[name] = {"records": len(records), "scored_pairs": sum(scored), "seconds": round(seconds, 1)}
+        print(name, result[name], flush=True)
+    result["peak_rss_mb"] = round(peak_rss_mb())
+    write_result("recheck_speed", result)
+
+
+if __name__ == "__main__":
+    main()
