@@ -2,10 +2,13 @@
 
     python -m bench.make_table
 """
+import functools
 import json
 import re
 from pathlib import Path
 from statistics import median_high
+
+import yaml
 
 from edit_plugins.lifelong.run_log import read_checkpoints
 
@@ -36,6 +39,12 @@ def f(x, digits=3):
 
 
 TEMPLATES = ROOT / "bench" / "templates"
+
+
+@functools.cache
+def notes() -> dict:
+    """Editorial facts about particular results (bench/templates/notes.yaml)."""
+    return yaml.safe_load((TEMPLATES / "notes.yaml").read_text())
 
 
 def anchor(title: str) -> str:
@@ -83,9 +92,13 @@ def summary() -> str:
     return "\n".join(out)
 
 
+def fill(template: str, **values) -> list[str]:
+    """bench/templates/<template>.md with the numbers in, as lines (the prose lives there, not here)."""
+    return (TEMPLATES / f"{template}.md").read_text().format(**values).rstrip("\n").split("\n")
+
+
 def header(sections: list[str]) -> list[str]:
-    text = (TEMPLATES / "benchmarks_header.md").read_text()
-    return text.format(contents=contents(sections), summary=summary()).split("\n")
+    return fill("benchmarks_header", contents=contents(sections), summary=summary()) + [""]
 
 
 def on_gpu(result):
@@ -109,22 +122,22 @@ def wilke_speed(lines: list[str]) -> None:
     """WilKE speed: single layer, faithful scan, fast_scan."""
     speed = load("wilke_speed")
     if speed:
-        lines += ["## WilKE speed", "", f"Command: `python -m bench.wilke_speed --edits {speed['edits']}` "
-                  "(each edit from the unedited model; one-time statistics and templates excluded; run alone)."
-                  + ("" if "device" in speed else " Measured before two later changes and not re-measured: the "
-                     "key-mapping fix (adds one single-row forward pass per edit) and sharing the batch and prefix cache "
-                     "across candidate layers (makes the faithful scan faster)."), "",
-                  "| configuration | median s/edit | × single layer | target | layers chosen | v steps |", "|---|---|---|---|---|---|"]
         targets = {"smollm2-135m-rome": "≤ 3 s", "smollm2-135m": "≤ 5×", "smollm2-135m-fast": "≤ 1.5×"}
         labels = {"smollm2-135m-rome": "single layer (ROME, layer 4)", "smollm2-135m": "WilKE, faithful scan of 30 layers",
                   "smollm2-135m-fast": "WilKE, fast_scan"}
         labels["smollm2-135m-fast"] = fast_scan_label(speed, labels["smollm2-135m-fast"])
+        rows = []
         for name, r in speed["configs"].items():
             base, _, candidates = name.partition("-k")  # "smollm2-135m-fast-k3": fast_scan_candidates 3
             label = labels[base] + (f", best {candidates} estimates optimised (`fast_scan_candidates: {candidates}`)"
                                     if candidates else "")
-            lines.append(f"| {label} | {f(r['median_seconds'], 2)} | {f(r['ratio_to_single_layer'], 2)} | "
-                         f"{targets[base] if not candidates else ''} | {r['layers']} | {r['v_steps']} |")
+            rows.append(f"| {label} | {f(r['median_seconds'], 2)} | {f(r['ratio_to_single_layer'], 2)} | "
+                        f"{targets[base] if not candidates else ''} | {r['layers']} | {r['v_steps']} |")
+        stale = "" if "device" in speed else (
+            " Measured before two later changes and not re-measured: the key-mapping fix (adds one single-row "
+            "forward pass per edit) and sharing the batch and prefix cache across candidate layers (makes the "
+            "faithful scan faster).")
+        lines += fill("wilke_speed", edits=speed["edits"], stale=stale, rows="\n".join(rows))
         if "peak_rss_mb_after_edits" in speed:
             lines += ["", "Peak RSS (MB) after N sequential fast_scan edits: " +
                       ", ".join(f"{k}: {v:.0f}" for k, v in speed["peak_rss_mb_after_edits"].items())]
@@ -135,21 +148,14 @@ def wilke_independent(lines: list[str]) -> None:
     """WilKE and ROME quality, each edit on the unedited model."""
     ind = load("wilke_independent")
     if ind:
-        lines += ["## WilKE quality, each edit from the unedited model", "",
-                  f"Command: `python -m bench.wilke_quality independent --edits {ind['edits']}`. "
-                  f"Data: the {ind['known_records']} of 300 `counterfact_known.json` records whose first "
-                  "`target_true` token SmolLM2 predicts; the first "
-                  f"{ind['edits']} of them.", "",
-                  "| method | efficacy (≥ .95) | paraphrase (≥ .6) | neighbourhood (≥ .75) | paraphrase token accuracy "
-                  "| layers chosen |", "|---|---|---|---|---|---|"]
+        rows = []
         for name, label in (("smollm2-135m-rome", "ROME (layer 4)"), ("smollm2-135m-fast", fast_scan_label(ind))):
             r = ind[name]
             hist = " ".join(f"{k}:{v}" for k, v in r["layer_histogram"].items())
-            lines.append(f"| {label} | {f(r['efficacy'])} | {f(r['paraphrase'])} | {f(r['neighbourhood'])} "
-                         f"| {f(r.get('rephrase_acc'))} | {hist} |")
-        lines += ["", "Paraphrase token accuracy is EasyEdit's generality metric (the LEMoE table's): the share of "
-                  "`target_new`'s tokens that are the top prediction on the paraphrase prompts, teacher-forced. It "
-                  "shows what a single rank-one edit reaches on these records, with nothing else edited.", ""]
+            rows.append(f"| {label} | {f(r['efficacy'])} | {f(r['paraphrase'])} | {f(r['neighbourhood'])} "
+                        f"| {f(r.get('rephrase_acc'))} | {hist} |")
+        lines += fill("wilke_independent", edits=ind["edits"], known_records=ind["known_records"],
+                      rows="\n".join(rows)) + [""]
 
 
 def wilke_agreement(lines: list[str]) -> None:
@@ -177,31 +183,25 @@ def wilke_agreement(lines: list[str]) -> None:
         n = agr["edits"]
         # scans flagged "contended" ran beside another job: their seconds are left out
         seconds = [scan["seconds"] for scan in faithful_scans.values() if not scan.get("contended")]
-        lines += ["## fast_scan vs the faithful scan", "",
-                  "Command: `python -m bench.wilke_quality agreement --edits 50`"
-                  + (f", stopped after {n} edits." if n < 50 else ".") + " The faithful scans are kept in "
-                  "`bench/results/wilke_faithful_scans.json` and reused, so a changed estimate re-runs only the fast side.",
-                  "",
-                  f"- same layer chosen: **{f(agr['same_layer_rate'])}** of {n} edits (target ≥ 0.80 on 50)",
-                  *[f"- with `fast_scan_candidates: {k}` (`--fast-candidates {k}`): same layer **{f(r['same_layer_rate'])}** "
-                    f"of {r['edits']} edits, efficacy {f(r['fast_efficacy'])}, median "
-                    f"{f(median_high([x['fast_seconds'] for x in r['rows']]), 1)} s per edit" for k, r in agreement_by_candidates.items()],
-                  "- the faithful layer among fast_scan's best K estimates, which is how often `fast_scan_candidates: K` "
-                  "agrees with the faithful scan (it optimises those K together and applies the faithful rule among them): "
-                  + ", ".join(f"K={k}: {f(sum(r < k for r in ranks) / n)}" for k in range(1, 7))
-                  + f"; median rank {median_high(ranks)} of 30",
-                  f"- LA of fast_scan's layer / LA of the faithful layer (both from the faithful scan): median "
-                  f"{f(median_high(regrets), 2)}, max {f(max(regrets), 2)}"
-                  + (f"; {rejected} edits at a layer the faithful scan rejected" if rejected else ""),
-                  f"- efficacy: faithful {f(agr['faithful_efficacy'])}, fast_scan {f(agr['fast_efficacy'])}",
-                  f"- what the estimate assumes constant, ‖δ_l‖/‖v₀,l‖ (faithful LA / estimate): 5th–95th percentile "
-                  f"{f(ratios[len(ratios) // 20], 2)}–{f(ratios[-1 - len(ratios) // 20], 2)} over all eligible layers and "
-                  f"edits; within one edit, largest / smallest: median {f(median_high(spreads), 2)}",
-                  (f"- faithful scan: median {f(median_high(seconds), 0)} s per edit ({len(seconds)} scans run alone, "
-                   "one candidate after another, before `scan_layers_per_pass`; current speed: WilKE speed above)"
-                   if seconds else "- faithful scan time: not given, every scan shared the CPU with another job"),
-                  "- layers (faithful → fast): " + ", ".join(f"{r['faithful_layer']}→{r['fast_layer']}" for r in agr["rows"]),
-                  ""]
+        with_candidates = "".join(
+            f"- with `fast_scan_candidates: {k}` (`--fast-candidates {k}`): same layer **{f(r['same_layer_rate'])}** "
+            f"of {r['edits']} edits, efficacy {f(r['fast_efficacy'])}, median "
+            f"{f(median_high([x['fast_seconds'] for x in r['rows']]), 1)} s per edit\n"
+            for k, r in agreement_by_candidates.items())
+        faithful_seconds = (
+            f"- faithful scan: median {f(median_high(seconds), 0)} s per edit ({len(seconds)} scans run alone, "
+            "one candidate after another, before `scan_layers_per_pass`; current speed: WilKE speed above)"
+            if seconds else "- faithful scan time: not given, every scan shared the CPU with another job")
+        lines += fill("wilke_agreement", stopped=f", stopped after {n} edits." if n < 50 else ".",
+                      same_layer_rate=f(agr["same_layer_rate"]), edits=n, with_candidates=with_candidates,
+                      among_best=", ".join(f"K={k}: {f(sum(r < k for r in ranks) / n)}" for k in range(1, 7)),
+                      median_rank=median_high(ranks), regret_median=f(median_high(regrets), 2),
+                      regret_max=f(max(regrets), 2),
+                      rejected=f"; {rejected} edits at a layer the faithful scan rejected" if rejected else "",
+                      faithful_efficacy=f(agr["faithful_efficacy"]), fast_efficacy=f(agr["fast_efficacy"]),
+                      ratio_low=f(ratios[len(ratios) // 20], 2), ratio_high=f(ratios[-1 - len(ratios) // 20], 2),
+                      spread_median=f(median_high(spreads), 2), faithful_seconds=faithful_seconds,
+                      layers=", ".join(f"{r['faithful_layer']}→{r['fast_layer']}" for r in agr["rows"])) + [""]
 
 
 def wilke_agreement_gpu(lines: list[str]) -> None:
@@ -210,22 +210,16 @@ def wilke_agreement_gpu(lines: list[str]) -> None:
     agr_gpu, scans_gpu = load("wilke_agreement_cuda"), load("wilke_faithful_scans_cuda")
     if agr_gpu:
         both = [k for k in scans_gpu if faithful_scans and k in faithful_scans]
-        same_faithful = sum(scans_gpu[k]["layer"] == faithful_scans[k]["layer"] for k in both)
-        same_rejected = sum(sorted(scans_gpu[k]["ineligible"]) == sorted(faithful_scans[k]["ineligible"]) for k in both)
         cpu_fast = {r["case_id"]: r["fast_layer"] for r in (agr or {}).get("rows", [])}
         fast_both = [r for r in agr_gpu["rows"] if r["case_id"] in cpu_fast]
-        n = agr_gpu["edits"]
-        lines += ["### The same comparison on a lent GPU (**GPU**)", "",
-                  f"Command: `BENCH_DEVICE=cuda python -m bench.wilke_quality agreement --edits 50`, stopped after {n} "
-                  "edits when the session's GPU time ran out (a faithful scan took about 40 s there: 600 small "
-                  "optimisation steps, bound by kernel launches).", "",
-                  f"- same layer chosen: **{f(agr_gpu['same_layer_rate'])}** of {n} edits; efficacy: faithful "
-                  f"{f(agr_gpu['faithful_efficacy'])}, fast_scan {f(agr_gpu['fast_efficacy'])}",
-                  f"- the faithful scan is reproducible: on the GPU it chose the CPU's layer for {same_faithful} of the "
-                  f"{len(both)} edits both devices scanned, and rejected the same layers in {same_rejected}. So the "
-                  "disagreement with fast_scan is the estimate's, not noise in the faithful choice.",
-                  f"- fast_scan chose the same layer on both devices for "
-                  f"{sum(r['fast_layer'] == cpu_fast[r['case_id']] for r in fast_both)} of {len(fast_both)} edits", ""]
+        lines += fill("wilke_agreement_gpu", edits=agr_gpu["edits"], same_layer_rate=f(agr_gpu["same_layer_rate"]),
+                      faithful_efficacy=f(agr_gpu["faithful_efficacy"]), fast_efficacy=f(agr_gpu["fast_efficacy"]),
+                      same_faithful=sum(scans_gpu[k]["layer"] == faithful_scans[k]["layer"] for k in both),
+                      both=len(both),
+                      same_rejected=sum(sorted(scans_gpu[k]["ineligible"]) == sorted(faithful_scans[k]["ineligible"])
+                                        for k in both),
+                      same_fast=sum(r["fast_layer"] == cpu_fast[r["case_id"]] for r in fast_both),
+                      fast_both=len(fast_both)) + [""]
 
 
 def wilke_sequential(lines: list[str]) -> None:
@@ -236,63 +230,41 @@ def wilke_sequential(lines: list[str]) -> None:
                                      ("smollm2-135m-rome", "ROME (layer 4)"))
                  if n in by_method]
         steps = sorted({c["step"] for r in by_method.values() for c in r["checkpoints"]})
-        lines += [f"## Lifelong: {edits} sequential edits, WilKE vs fixed-layer ROME" + (" (**GPU**)" if gpu else ""), "",
-                  f"Command: `{'BENCH_DEVICE=cuda ' if gpu else ''}python -m bench.wilke_quality sequential --edits {edits} --method M` (a fresh process per "
-                  "method; lifelong runner, interference logging on). Data: the first 300 CounterFact facts SmolLM2 "
-                  "knows (first token of `target_true`): the 139 of `counterfact_known.json`, then "
-                  "`counterfact_easyedit.json` in file order; same order for both methods. Locality probes: 100 facts "
-                  "from `known_1000.json`.", "",
-                  "Retention: exact-match rate of all past edits' rewrite prompts, re-checked at each step:", "",
-                  "| method | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
+        retention = ["| method | " + " | ".join(f"step {s}" for s in steps) + " |", "|---|" + "---|" * len(steps)]
         for name, label in names:
             by_step = {c["step"]: c for c in by_method[name]["checkpoints"]}
-            lines.append(f"| {label} | " + " | ".join(f(by_step.get(s, {}).get("retention_exact")) for s in steps) + " |")
-        lines += ["", "| method | retention at end | probe locality at end | neighbourhood (immediate) | S | wall s | "
-                  "runner overhead | peak RSS MB (after edit 1 / 50 / 100 / last) | interference logging cost (all / last 50 "
-                  "edits) |", "|---|---|---|---|---|---|---|---|---|"]
+            retention.append(f"| {label} | " + " | ".join(f(by_step.get(s, {}).get("retention_exact")) for s in steps) + " |")
+        rows = []
         for name, label in names:
             r = by_method[name]
             summary, final, rss = r["summary"], r["summary"]["final_checkpoint"], r["peak_rss_mb_at"]
-            lines.append(f"| {label} | {f(final.get('retention_exact'))} | {f(final.get('probe_locality'))} | "
-                         f"{f(summary['immediate'].get('neighbourhood'))} | {f(summary['S'])} | "
-                         f"{f(r['timing']['wall_seconds'], 0)} | {f(overhead(r['timing']), 4)} | "
-                         f"{rss.get('1')} / {rss.get('50')} / {rss.get('100')} / {rss.get(str(edits))} | "
-                         f"{100 * r['interference_cost']:.2f}% / {100 * r['interference_cost_last_50']:.2f}% |")
-        lines += ["", "Runner overhead = (wall − edit − evaluation time) / wall (target ≤ 0.05). Interference logging "
-                  "cost = the after-edit hooks' time / the rest of the edit's time (target ≤ 5% at 300 edits)."]
-        if edits == 300:
-            lines[-1] += (" The ROME run predates checkpoint evaluation in length-sorted batches under a token budget: "
-                          "its peak RSS rose after the checkpoints that re-check every past edit (100, 200), and its "
-                          "evaluation took twice as long. The WilKE run has that change: its peak RSS stays at the value "
-                          "after its first edit (it holds the statistics of all 30 candidate layers). The ROME run shared "
-                          "the CPU with another job for about edits 25–50, which inflates its wall time a little.")
-        if edits == 100 and gpu:
-            lines[-1] += " Wall times and peak RSS are the GPU machine's (its CPU side), not comparable with the CPU runs."
-        if edits == 100 and not gpu:
-            lines[-1] += " Both runs were made with `BENCH_THREADS=1` beside another job, so their wall times are inflated."
-        lines.append("")
+            rows.append(f"| {label} | {f(final.get('retention_exact'))} | {f(final.get('probe_locality'))} | "
+                        f"{f(summary['immediate'].get('neighbourhood'))} | {f(summary['S'])} | "
+                        f"{f(r['timing']['wall_seconds'], 0)} | {f(overhead(r['timing']), 4)} | "
+                        f"{rss.get('1')} / {rss.get('50')} / {rss.get('100')} / {rss.get(str(edits))} | "
+                        f"{100 * r['interference_cost']:.2f}% / {100 * r['interference_cost_last_50']:.2f}% |")
+        run_notes = notes()["wilke_sequential_run_notes"].get(f"{edits}_cuda" if gpu else str(edits), "")
+        lines += fill("wilke_sequential", edits=edits, gpu_mark=" (**GPU**)" if gpu else "",
+                      device="BENCH_DEVICE=cuda " if gpu else "", retention="\n".join(retention), rows="\n".join(rows),
+                      run_notes=run_notes) + [""]
         for name, label in (("smollm2-135m-fast", "WilKE (fast_scan)"), ("smollm2-135m-rome", "ROME (layer 4)")):
             if name not in by_method and not gpu:
-                lines += [f"{label} was not run at {edits} edits (about an hour on this machine); the "
-                          "100-edit comparison above is the latest for it.", ""]
+                lines += [notes()["wilke_sequential_not_run"].format(label=label, edits=edits), ""]
         if len(names) == 2:
             score = lambda s: s.get("harmonic_mean_score", s.get("S"))  # noqa: E731  (results before the rename say S)
             w, r = (score(by_method[n]["summary"]) for n in ("smollm2-135m-fast", "smollm2-135m-rome"))
             verdict = "the same ordering as" if w > r else "the **opposite** ordering to"
-            lines += [f"The paper (GPT2-XL, 1,024 edits) reports S of .194 for WilKE against .093 for ROME. Here S is "
-                      f"{f(w)} for {names[0][1]} against {f(r)} for ROME: {verdict} the paper.", ""]
+            lines += [notes()["wilke_sequential_verdict"].format(wilke=f(w), label=names[0][1], rome=f(r), verdict=verdict),
+                      ""]
             hist = by_method["smollm2-135m-fast"].get("layer_histogram")
             probe_at_100 = lambda name: {c["step"]: c for c in by_method[name]["checkpoints"]}.get(100, {}).get(  # noqa: E731
                 "probe_locality")
             if hist and not by_method["smollm2-135m-fast"].get("fast_scan_estimate"):
                 top = sorted(hist.items(), key=lambda kv: -kv[1])[:4]
-                lines += ["Layers WilKE (fast_scan) chose: " + ", ".join(f"layer {k}: {v}" for k, v in top) +
-                          f" (of {sum(hist.values())}). fast_scan's first-order estimate favours the earliest layers, "
-                          "whose FFN output every later layer reads. Edits piled into layer 0 first cost the "
-                          f"never-edited facts (probe locality {f(probe_at_100('smollm2-135m-fast'))} at step 100 against "
-                          f"{f(probe_at_100('smollm2-135m-rome'))} for ROME), "
-                          "then everything: by step 200 no edit and no probe fact survives. The faithful scan, which "
-                          "picks middle layers, was not run for 300 sequential edits (about 10 hours here).", ""]
+                lines += [notes()["wilke_sequential_first_order_layers"].format(
+                    top=", ".join(f"layer {k}: {v}" for k, v in top), total=sum(hist.values()),
+                    wilke_probes=f(probe_at_100("smollm2-135m-fast")), rome_probes=f(probe_at_100("smollm2-135m-rome"))),
+                    ""]
             elif hist:
                 lines += ["Layers WilKE (fast_scan) chose: " + ", ".join(
                     f"layer {k}: {v}" for k, v in sorted(hist.items(), key=lambda kv: -kv[1])) + ".", ""]
@@ -310,12 +282,7 @@ def sequential_c(lines: list[str]) -> None:
     """Sequential runs with another C than the hparams'."""
     runs, corpus_runs = sequential_runs()
     if corpus_runs:
-        lines += ["## Sequential editing: what C does over 100 edits", "",
-                  "Command: `python -m bench.wilke_quality sequential --edits 100 --method smollm2-135m-rome "
-                  "--mom2-samples 0` (no C: the identity), against the same run with the hparams' C (all 395 pydoc "
-                  "documents). Same facts, order and probes as above; ROME at layer 4, so only C differs.", "",
-                  "| method | C | retention at end | probe locality at end | neighbourhood (immediate) | efficacy (immediate) "
-                  "| S |", "|---|---|---|---|---|---|---|"]
+        rows = []
         for r in sorted(corpus_runs, key=lambda r: (r["method"], r["edits"])):
             base = runs.get((r["edits"], on_gpu(r)), {}).get(r["method"])
             for run, label in ((base, "pydoc, all"), (r, "identity" if not r["mom2"]["adjustment"] else
@@ -323,44 +290,32 @@ def sequential_c(lines: list[str]) -> None:
                 if run is None:
                     continue
                 summary, final = run["summary"], run["summary"]["final_checkpoint"]
-                lines.append(f"| {r['method']} | {label} | {f(final.get('retention_exact'))} | "
-                             f"{f(final.get('probe_locality'))} | {f(summary['immediate'].get('neighbourhood'))} | "
-                             f"{f(summary['immediate'].get('efficacy'))} | {f(summary['S'])} |")
-        lines.append("")
+                rows.append(f"| {r['method']} | {label} | {f(final.get('retention_exact'))} | "
+                            f"{f(final.get('probe_locality'))} | {f(summary['immediate'].get('neighbourhood'))} | "
+                            f"{f(summary['immediate'].get('efficacy'))} | {f(summary['S'])} |")
+        lines += fill("sequential_c", rows="\n".join(rows)) + [""]
 
 
 def wilke_corpus(lines: list[str]) -> None:
     """How much text C needs."""
     corpus = load("wilke_corpus")
     if corpus:
-        lines += ["## WilKE: how much text the covariance needs", "",
-                  f"Command: `python -m bench.wilke_corpus --edits {corpus['edits']}`. Single-layer edit (ROME, layer 4) "
-                  f"of the first {corpus['edits']} CounterFact facts SmolLM2 knows, each from the unedited model, with "
-                  "C = E[kkᵀ] estimated from the first n documents of the offline pydoc corpus (~1,000 characters each), "
-                  "or with no C (identity). The corpus has 395 documents, so \"400\" means all of it.", "",
-                  "| C from | efficacy | paraphrase | neighbourhood | rewrite token accuracy |", "|---|---|---|---|---|"]
-        for row in corpus["rows"]:
-            lines.append(f"| {row['corpus']} | {f(row['efficacy'])} | {f(row['paraphrase'])} | "
-                         f"{f(row['neighbourhood'])} | {f(row['rewrite_acc'])} |")
-        lines.append("")
+        rows = [f"| {row['corpus']} | {f(row['efficacy'])} | {f(row['paraphrase'])} | "
+                f"{f(row['neighbourhood'])} | {f(row['rewrite_acc'])} |" for row in corpus["rows"]]
+        lines += fill("wilke_corpus", edits=corpus["edits"], rows="\n".join(rows)) + [""]
 
 
 def recheck_speed(lines: list[str]) -> None:
     """Re-checking past edits."""
     recheck = load("recheck_speed")
     if recheck:
-        lines += ["## Lifelong: the cost of one checkpoint", "",
-                  "Command: `python -m bench.recheck_speed`. Re-checking 700 (ZsRE, all we have) and 1,000 (CounterFact) past edits on SmolLM2 (CPU, 2 threads): "
-                  "every record's prompt and rephrasings against `target_new` (CounterFact: also against `target_true`), "
-                  "plus its locality prompts, scored in length-sorted batches by the functions the runner's checkpoints call. Measured "
-                  "alone on the machine.", "",
-                  "| records | past edits | answers scored | seconds |", "|---|---|---|---|"]
+        rows = []
         for name, label in (("zsre", "ZsRE (`zsre_mend_eval.json`, all of it)"),
                             ("counterfact_easyedit", "CounterFact (`counterfact_easyedit.json`)")):
             if name in recheck:
                 row = recheck[name]
-                lines.append(f"| {label} | {row['records']} | {row['scored_pairs']} | {row['seconds']} |")
-        lines.append("")
+                rows.append(f"| {label} | {row['records']} | {row['scored_pairs']} | {row['seconds']} |")
+        lines += fill("recheck_speed", rows="\n".join(rows)) + [""]
 
 
 def lemoe(lines: list[str]) -> None:
@@ -388,22 +343,6 @@ def lemoe(lines: list[str]) -> None:
         order = list(labels)
         rows = [json.loads(p.read_text()) for p in lemoe_rows]
         rows.sort(key=lambda r: (r["dataset"], -r["edits"], order.index(r["variant"])))
-        lines += ["## LEMoE: lifelong editing, all edits re-checked at the end", "",
-                  "Command: `bench/run_lemoe.sh` (each row: `python -m bench.lemoe_lifelong --dataset D --edits N "
-                  "--variant V`, a fresh process). ZsRE: the first N records of `zsre_mend_eval.json`; CounterFact: the "
-                  "first N CounterFact facts whose first `target_true` token SmolLM2 predicts (the 139 of "
-                  "`counterfact_known.json`, then `counterfact_easyedit.json`). At the end every "
-                  "past edit is evaluated again on the final model: reliability = token accuracy of `target_new` on the "
-                  "edit prompt, generality = the same on its rephrase/paraphrase prompts, locality = agreement with the "
-                  "unedited model's predictions on the records' locality prompts (ZsRE `loc`, CounterFact neighbourhood "
-                  "prompts) and on 100 never-edited facts from `known_1000.json`. For CounterFact, generality is also "
-                  "given as CounterFact's own paraphrase score (P(target_new) > P(target_true), mean token "
-                  "log-likelihood, as in ROME). Targets at 300 edits: reliability ≥ .95, generality ≥ .6, locality "
-                  "≥ .95.", "",
-                  "| dataset | edits | method | reliability | generality | generality, P(new) > P(true) | "
-                  "locality (records) | locality (records naming no edited subject) | locality (probes) | wall s | "
-                  "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-
         def unedited_subject_locality(r, final):
             """From the run's own checkpoint, or for older runs from bench/lemoe_routing.py on its saved adaptor."""
             if final.get("locality_acc_unedited_subjects") is not None:
@@ -411,25 +350,22 @@ def lemoe(lines: list[str]) -> None:
             routing = load(f"lemoe_routing_{r['dataset']}_{r['variant']}_{r['edits']}")
             return f(routing["locality"]["unedited_subjects"]) + "†" if routing else "n/a"
 
+        table_rows = []
         for r in rows:
             final = r["summary"]["final_checkpoint"]
             label = fast_scan_label(r) if r["variant"] == "wilke" else labels[r["variant"]]
             label += " (**GPU**)" if on_gpu(r) else ""
-            lines.append(f"| {r['dataset']} | {r['edits']} | {label} | {f(final.get('retention_acc'))} | "
+            table_rows.append(f"| {r['dataset']} | {r['edits']} | {label} | {f(final.get('retention_acc'))} | "
                          f"{f(final.get('retention_rephrase_acc'))} | {f(final.get('retention_paraphrase'))} | "
                          f"{f(final.get('locality_acc'))} | {unedited_subject_locality(r, final)} | "
                          f"{f(final.get('probe_locality'))} | {f(r['wall_seconds'], 0)} | {r['peak_rss_mb']} |")
         for dataset, variant, edits, last in partial:
-            lines.append(f"| {dataset} | {last['step']} of {edits} (unfinished run: its latest checkpoint) | "
+            table_rows.append(f"| {dataset} | {last['step']} of {edits} (unfinished run: its latest checkpoint) | "
                          f"{labels[variant]} | {f(last.get('retention_acc'))} | {f(last.get('retention_rephrase_acc'))} | "
                          f"{f(last.get('retention_paraphrase'))} | "
                          f"{f(last.get('locality_acc'))} | {f(last.get('locality_acc_unedited_subjects'))} | "
                          f"{f(last.get('probe_locality'))} | | |")
-        lines += ["", "Locality naming no edited subject leaves out the records' locality prompts that name the subject of "
-                  "any edit in the run: in a lifelong CounterFact stream a record's neighbourhood prompt can be another "
-                  "record's edit (\"Nintendo 3DS is developed by\" beside the edit \"Nintendo 3DS, developed by → "
-                  "Intel\"), where the answer should change. † computed afterwards by `python -m bench.lemoe_routing` "
-                  "on the run's saved adaptor (the run predates checkpoints reporting it).", ""]
+        lines += fill("lemoe", rows="\n".join(table_rows)) + [""]
         # The scale for CounterFact generality: the model's own facts on the same paraphrase prompts.
         for path in sorted(RESULTS.glob("known_fact_generality_*.json"), key=lambda p: json.loads(p.read_text())["records"]):
             known = json.loads(path.read_text())
@@ -439,17 +375,12 @@ def lemoe(lines: list[str]) -> None:
                          f"{f(known['paraphrase_token_acc'])} on the {known['paraphrase_prompts']} paraphrase prompts "
                          f"(whole answer right: {f(known['paraphrase_exact'])}).")
         lines.append("")
-        # Rows run while other jobs shared the 2 cores: their seconds (and overhead ratios) are inflated.
-        contended = {("counterfact", "full", 50), ("counterfact", "full", 300), ("zsre", "unfrozen", 300),
-                     ("zsre", "no_order_planning", 300), ("zsre", "rome", 300), ("zsre", "wilke", 300),
-                     ("counterfact", "rome", 50), ("counterfact", "wilke", 50),
-                     ("counterfact", "token_span_templates_longer", 50)}
+        contended = {tuple(row) for row in notes()["lemoe_contended_rows"]}
         shown = [f"{d} {v} {n}" for d, v, n in sorted(contended)
                  if any((r["dataset"], r["variant"], r["edits"]) == (d, v, n) for r in rows)
                  or any((d, v, n) == (p[0], p[1], p[2]) for p in partial)]
         if shown:
-            lines += ["Timing figures of these rows were taken while other jobs shared the machine and are inflated: "
-                      + ", ".join(shown) + ".", ""]
+            lines += [notes()["lemoe_contended"].format(rows=", ".join(shown)), ""]
         for r in rows:
             if "adaptor" in r and r["variant"] == "full" and not on_gpu(r):
                 lines.append(f"- {r['dataset']}, {r['edits']} edits: {r['experts']} experts, "
@@ -462,41 +393,29 @@ def lemoe_inference(lines: list[str]) -> None:
     """LEMoE's inference overhead."""
     inference = load("lemoe_inference")
     if inference:
-        lines += ["## LEMoE inference overhead", "",
-                  f"Command: `python -m bench.lemoe_inference`, on the adaptors that the lifelong runs above saved. One "
-                  f"forward pass on the run's first edit prompts (one padded batch), with and without the adaptor, timed "
-                  f"alternately; median of {inference['repeats']} passes each. Target: ≤ 10% with 30 experts.", "",
-                  "| dataset | edits | experts | prompts (tokens) | s without | s with | overhead |", "|---|---|---|---|---|---|---|"]
-        for r in sorted(inference["rows"], key=lambda r: (r["dataset"], r["edits"])):
-            lines.append(f"| {r['dataset']} | {r['edits']} | {r['experts']} | {r['prompts']} ({r['tokens']}) | "
-                         f"{f(r['forward_seconds_without'])} | {f(r['forward_seconds_with_adaptor'])} | "
-                         f"{100 * r['overhead']:+.1f}% |")
-        lines.append("")
+        rows = [f"| {r['dataset']} | {r['edits']} | {r['experts']} | {r['prompts']} ({r['tokens']}) | "
+                f"{f(r['forward_seconds_without'])} | {f(r['forward_seconds_with_adaptor'])} | {100 * r['overhead']:+.1f}% |"
+                for r in sorted(inference["rows"], key=lambda r: (r["dataset"], r["edits"]))]
+        lines += fill("lemoe_inference", repeats=inference["repeats"], rows="\n".join(rows)) + [""]
 
 
 def lemoe_routing(lines: list[str]) -> None:
     """LEMoE routing on paraphrases and neighbours."""
     for path in sorted(RESULTS.glob("lemoe_routing_*.json")):
         routing = json.loads(path.read_text())
-        lines += [f"## LEMoE routing threshold: what it trades ({routing['dataset']}, {routing['edits']} edits)", "",
-                  f"Command: `python -m bench.lemoe_routing --dataset {routing['dataset']} --edits {routing['edits']} "
-                  f"--variant {routing['variant']}`, on the adaptor the lifelong run above saved ({routing['anchors']} "
-                  f"anchors; the run used {routing['threshold_used']}). No retraining: each threshold is applied to the "
-                  f"same anchors. {routing['paraphrases']} paraphrase and {routing['neighbours']} neighbourhood prompts.", "",
-                  "| threshold | paraphrases routed to their own edit's expert | paraphrases routed to any expert | "
-                  "neighbourhood prompts routed to any expert |", "|---|---|---|---|"]
-        for row in routing["rows"]:
-            lines.append(f"| {row['threshold']} | {f(row['paraphrase_own_expert'])} | {f(row['paraphrase_any_expert'])} | "
-                         f"{f(row['neighbour_any_expert'])} |")
+        rows = [f"| {row['threshold']} | {f(row['paraphrase_own_expert'])} | {f(row['paraphrase_any_expert'])} | "
+                f"{f(row['neighbour_any_expert'])} |" for row in routing["rows"]]
         loc = routing["locality"]
-        lines += ["", f"Final locality on the records' locality prompts: {f(loc['all'])} over all; "
-                  f"{f(loc['unedited_subjects'])} over those naming no edited subject; {f(loc['naming_edited_subjects'])} "
-                  f"over the {loc['prompts_naming_edited_subjects']} that name one."]
-        if "neighbourhood_success" in loc:
-            lines[-1] += (f" CounterFact's own neighbourhood score (P(true) > P(new)) on the same prompts: "
-                          f"{f(loc['neighbourhood_success']['final'])} at the end, against "
-                          f"{f(loc['neighbourhood_success']['unedited'])} for the unedited model.")
-        lines.append("")
+        neighbourhood = "" if "neighbourhood_success" not in loc else (
+            f" CounterFact's own neighbourhood score (P(true) > P(new)) on the same prompts: "
+            f"{f(loc['neighbourhood_success']['final'])} at the end, against "
+            f"{f(loc['neighbourhood_success']['unedited'])} for the unedited model.")
+        lines += fill("lemoe_routing", dataset=routing["dataset"], edits=routing["edits"], variant=routing["variant"],
+                      anchors=routing["anchors"], threshold_used=routing["threshold_used"],
+                      paraphrases=routing["paraphrases"], neighbours=routing["neighbours"], rows="\n".join(rows),
+                      locality_all=f(loc["all"]), locality_unedited=f(loc["unedited_subjects"]),
+                      locality_naming=f(loc["naming_edited_subjects"]), naming=loc["prompts_naming_edited_subjects"],
+                      neighbourhood=neighbourhood) + [""]
 
 
 def forgotten(result, last) -> str:
@@ -513,28 +432,7 @@ def interference_guard(lines: list[str]) -> None:
                for p in sorted(RESULTS.glob(f"guard_{stream}_*.json"))]
     if not results:
         return
-    lines += ["## Interference guard: lifelong runs", "",
-              "Command: `python -m bench.interference_guard run --stream S --edits T --method M` (one method per "
-              "process; a run folder that exists is resumed; EasyEdit's `alphaedit` under EasyEdit HEAD: "
-              "`PYTHONPATH=../shared/easyedit-head .venv-easyedit-head/bin/python -m bench.interference_guard run ...`), "
-              "then `python -m bench.interference_guard report`. "
-              "Streams: `counterfact`, the 300 CounterFact facts SmolLM2 knows (as in the sequential WilKE runs "
-              "above), then `counterfact_easyedit.json` in file order; `zsre`, `knowedit_zsre.json` in file order. "
-              "Probes: 100 facts of `known_1000.json`. Derivation and design: [interference_guard.md](interference_guard.md). "
-              "Retention plots: [CounterFact](img/guard_counterfact_retention.png), [ZsRE](img/guard_zsre_retention.png).",
-              "", "Retention: exact match (teacher-forced) of all past edits' rewrite prompts; gen EM: the same by "
-              "greedy generation. A run not finished is marked with how far it got: \"at capacity\" where the method "
-              "refused the next edit (a spent `layer_change_budget`), \"stopped\" where the run was stopped. The runs planned for 1,000 edits "
-              "and stopped at 100 shared the CPU with test runs (the WilKE run with one thread), so their s/edit are "
-              "not the guard's cost; the 100-edit runs ran alone.", "",
-              "Efficacy: the share of all past edits whose new answer is more probable than the true one on the "
-              "rewrite prompt (CounterFact only), the end-of-sequence metric AlphaEdit's paper reports.", "",
-              "Forgotten: edits lost at the last checkpoint that were exact right after their own edit (the others "
-              "never took hold), where the result records it. Guard paths count layer updates: a spread edit "
-              "makes one per layer.", "",
-              "| stream | method | edits | retention @10 | @100 | @300 | @1000 | forgotten / lost at last "
-              "| gen EM at last checkpoint | efficacy at last | probe locality at last | immediate paraphrase | s/edit "
-              "| guard paths | guard memory, largest layer MB | peak RSS MB |", "|" + "---|" * 16]
+    rows = []
     for r in results:
         at = {c["step"]: c for c in r["checkpoints"]}
         last = r["checkpoints"][-1] if r["checkpoints"] else {}
@@ -544,48 +442,37 @@ def interference_guard(lines: list[str]) -> None:
         done = f"{r['edits_done']}" + ("" if r["complete"] else f" of {r['edits_planned']} "
                                        + ("(at capacity)" if r.get("stopped_by") else "(stopped)"))
         paths = ", ".join(f"{k}: {v}" for k, v in sorted(r["guard_paths"].items())) or "—"
-        lines.append(
+        rows.append(
             f"| {r['stream']} | {r['method']}{' (' + r['note'] + ')' if r.get('note') else ''} | {done} | "
             + " | ".join(f(at[s].get("retention_exact")) if s in at else "—" for s in (10, 100, 300, 1000))
             + f" | {forgotten(r, last)} | {f(last.get('retention_gen_em'))} (step {last.get('step', '—')}) "
             f"| {f(last.get('retention_efficacy'))} | {f(last.get('probe_locality'))} "
             f"| {f(sum(immediate) / len(immediate)) if immediate else 'n/a'} | {f(r['seconds_per_edit'], 2)} | {paths} "
             f"| {f(max(memory.values()), 1) if memory else 'n/a'} | {f(r['peak_rss_mb'])} |")
-    lines.append("")
+    lines += fill("interference_guard", rows="\n".join(rows)) + [""]
     explained = [r for r in results if r.get("lost_edits")]
     if not explained:
         return
-    lines += ["Why edits were lost, at the last checkpoint (from each run's log; medians, forgotten edits / kept "
-              "edits). Later edits: all edits after it (older edits have more of every kind). Below: later edits "
-              "at a layer under its own, which move its keys (stale keys). Unguarding: later edits at its own "
-              "layer that took the `bounded` or `unguarded` path (capacity at one layer).", "",
-              "| stream | method | step | lost | never held | forgotten | later edits | later edits below "
-              "| later unguarding edits at its layer |", "|" + "---|" * 9]
+    rows = []
     for r in explained:
         x = r["lost_edits"]
-        pair = lambda key: f"{f(x[key]['forgotten'], 1)} / {f(x[key]['kept'], 1)}"
-        lines.append(f"| {r['stream']} | {r['method']} | {x['step']} | {x['lost']} | {x['never_held']} "
+        pair = lambda key: f"{f(x[key]['forgotten'], 1)} / {f(x[key]['kept'], 1)}"  # noqa: E731
+        rows.append(f"| {r['stream']} | {r['method']} | {x['step']} | {x['lost']} | {x['never_held']} "
                      f"| {x['forgotten']} | {pair('median_later_edits')} | {pair('median_later_edits_below')} "
-                     f"| {pair('median_later_unguarding_edits_at_layer')} |")
-    lines.append("")
+                    f"| {pair('median_later_unguarding_edits_at_layer')} |")
+    lines += fill("interference_guard_lost", rows="\n".join(rows)) + [""]
     holding = [r for r in results if r.get("holding")]
     if not holding:
         return
     block, reached = holding[0]["holding"]["block"], holding[0]["holding"]["v_nll_reached"]  # holding()'s defaults
-    lines += [f"Edits that took hold right after their own edit (exact match on the rewrite prompt), per block of {block} "
-              "edits, beside the final NLL of the target with the edit's value v* in place (`v_nll`, from its "
-              f"optimisation): an edit whose v* reached the target (NLL < {reached}) and did not hold points at the "
-              "update; one whose v* was not found points at the value search. "
-              "`python -m bench.interference_guard held FOLDER --edits T` gives the same for any run folder.", "",
-              f"| stream | method | held, per block of {block} | median v_nll, per block | held with v* reached (edits) "
-              "| held with v* not reached (edits) |", "|" + "---|" * 6]
+    rows = []
     for r in holding:
         h = r["holding"]
-        lines.append(f"| {r['stream']} | {r['method']} | {' '.join(f(x, 2) for x in h['held_per_block'])} "
+        rows.append(f"| {r['stream']} | {r['method']} | {' '.join(f(x, 2) for x in h['held_per_block'])} "
                      f"| {' '.join(f(x, 2) for x in h['median_v_nll_per_block'])} "
                      f"| {f(h['v_reached']['held'], 2)} ({h['v_reached']['edits']}) "
-                     f"| {f(h['v_not_reached']['held'], 2)} ({h['v_not_reached']['edits']}) |")
-    lines.append("")
+                    f"| {f(h['v_not_reached']['held'], 2)} ({h['v_not_reached']['edits']}) |")
+    lines += fill("interference_guard_held", block=block, reached=reached, rows="\n".join(rows)) + [""]
 
 
 def method_comparison(lines: list[str]) -> None:
@@ -594,15 +481,7 @@ def method_comparison(lines: list[str]) -> None:
     results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("compare_*.json"))]
     if not results:
         return
-    lines += ["## Lifelong editors side by side", "",
-              "Command: `PYTHONPATH=../shared/easyedit-head .venv-easyedit-head/bin/python -m bench.compare_methods run "
-              "--stream S --edits T --methods ...` (one `edit-plugins compare`: every method in its own process, on the "
-              "same records in the same order, with the same checkpoints and probes; EasyEdit HEAD's methods under its "
-              "own pins, transformers 5.5.4). `counterfact`: the CounterFact facts SmolLM2 knows, in file order; "
-              "`zsre`: `knowedit_zsre.json` in file order. Probes: 100 facts of `known_1000.json`. "
-              "Scores: end of sequence (every edit on the final model: token accuracy / generation exact match); "
-              "retention is the exact match (teacher-forced) of all past edits at each checkpoint. The tutorial: "
-              "[lifelong.md](lifelong.md#5-comparing-methods).", ""]
+    lines += fill("method_comparison") + [""]
     for r in results:
         name = f"{r['stream']}_{r['edits']}" + ("_cuda" if on_gpu(r) else "")
         lines += [f"**{r['stream']}, {r['edits']} edits{' (GPU)' if on_gpu(r) else ''}** "
