@@ -16,7 +16,7 @@ for arg in "$@"; do
   if [ "$arg" = "--quick" ]; then QUICK=1; else args+=("$arg"); fi
 done
 set -- "${args[@]+"${args[@]}"}"
-WORKERS=(-n "${TEST_WORKERS:-2}")
+WORKERS=(-n "${TEST_WORKERS:-2}" --dist worksteal)
 CACHE="${EDIT_PLUGINS_CACHE:-$PWD/.cache/edit_plugins}"
 if [ $QUICK = 1 ]; then
   bash scripts/setup.sh || exit $?

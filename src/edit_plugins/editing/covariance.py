@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from ..errors import UserError
@@ -20,6 +21,7 @@ from .corpora import PYDOC_SOURCE, SELF_SOURCE, read_texts, self_generated_texts
 from .keys import capture_inputs, run_until_captured
 from .layers import get_module, input_device, weight_out_in
 from .tokens import pad_id
+
 
 class StatisticsError(UserError, ValueError):
     pass
@@ -48,29 +50,43 @@ def cache_path(stats_dir, model_key: str, source: str, module: str, n_samples: i
 def second_moments(model, tok, modules: list[str], *, source: str = PYDOC_SOURCE, n_samples: int = 1000,
                    stats_dir="data/stats", model_key: str = "model", max_tokens: int = 256,
                    batch_size: int = 16) -> dict[str, torch.Tensor]:
-    """C for each module (float32, on the CPU), computed in one pass over the text for all uncached ones."""
-    result, missing = {}, []
-    for module in modules:
-        path = cache_path(stats_dir, model_key, source, module, n_samples)
-        if path.is_file():
-            data = np.load(path)
-            width = weight_out_in(get_module(model, module)).shape[1]
-            if data["mom2.mom2"].shape != (width, width):
-                # The cache is keyed by model name (ROME/EasyEdit's layout), so a renamed model can hit it.
-                raise StatisticsError(f"{path}: cached statistics are {data['mom2.mom2'].shape}, but {module!r} "
-                                      f"of this model takes inputs of width {width}; the file belongs to another "
-                                      "model (check hparams model_name and stats_dir)")
-            result[module] = torch.from_numpy(data["mom2.mom2"] / float(data["mom2.count"])).float()
-        else:
-            missing.append(module)
+    """C for each module (float32, on the CPU), computed in one pass over the text for all uncached ones.
+
+    Computing holds a lock beside the cache files: a second process that needs the same statistics waits and
+    reads what the first wrote, instead of computing them again."""
+    def path_of(module):
+        return cache_path(stats_dir, model_key, source, module, n_samples)
+
+    result = {m: _cached(model, m, path_of(m)) for m in modules}
+    missing = [m for m, c in result.items() if c is None]
     if not missing:
         return result
-    sums, count = moment_sums(model, tok, missing, source=source, n_samples=n_samples, max_tokens=max_tokens,
-                              batch_size=batch_size)
-    for m in missing:
-        write_moments(cache_path(stats_dir, model_key, source, m, n_samples), sums[m], count, n_samples)
-        result[m] = (sums[m] / count).float().cpu()
+    folder = path_of(missing[0]).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".lock")):
+        result.update({m: _cached(model, m, path_of(m)) for m in missing})  # written while we waited?
+        missing = [m for m in missing if result[m] is None]
+        if missing:
+            sums, count = moment_sums(model, tok, missing, source=source, n_samples=n_samples,
+                                      max_tokens=max_tokens, batch_size=batch_size)
+            for m in missing:
+                write_moments(path_of(m), sums[m], count, n_samples)
+                result[m] = (sums[m] / count).float().cpu()
     return result
+
+
+def _cached(model, module: str, path: Path) -> torch.Tensor | None:
+    """C from the cache file, or None where there is none."""
+    if not path.is_file():
+        return None
+    data = np.load(path)
+    width = weight_out_in(get_module(model, module)).shape[1]
+    if data["mom2.mom2"].shape != (width, width):
+        # The cache is keyed by model name (ROME/EasyEdit's layout), so a renamed model can hit it.
+        raise StatisticsError(f"{path}: cached statistics are {data['mom2.mom2'].shape}, but {module!r} "
+                              f"of this model takes inputs of width {width}; the file belongs to another "
+                              "model (check hparams model_name and stats_dir)")
+    return torch.from_numpy(data["mom2.mom2"] / float(data["mom2.count"])).float()
 
 
 def write_moments(path: Path, total: torch.Tensor, count: int, n_samples: int, dtype=torch.float32) -> None:
