@@ -183,7 +183,7 @@ main()
     out = run_cli("lifelong", "--out", folder, "--resume")
     assert out.returncode == 0, out.stderr
     assert summary(folder) == summary(straight)
-    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == [".lock"]
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == [".edit-plugins-run", ".lock"]
 
 
 # -- 3. one run per folder --------------------------------------------------------------------------------
@@ -429,3 +429,279 @@ def test_a_method_state_saved_under_its_former_name_still_loads(tmp_path):
     assert progress["position"] == 4 and torch.equal(fresh.weight, model.weight)
     (tensors, metadata), = loaded
     assert torch.equal(tensors["expert"], expert) and metadata["kind"] == "test"
+
+
+# -- 8. never delete what we did not write, never discard a saved state in silence ---------------------
+def tree(folder: Path) -> dict:
+    """Every file under ``folder`` (dotfiles too) with its bytes: what 'left exactly as it was' compares. The
+    lock is left out: it holds the pid of the last process that held the folder."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def copied_run(straight: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(straight, folder)
+    return folder
+
+
+@pytest.mark.process
+def test_resume_into_a_folder_that_is_not_a_run_leaves_every_file_as_it_was(tmp_path):
+    folder = tmp_path / "mine"
+    (folder / ".git").mkdir(parents=True)
+    (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (folder / ".env").write_text("SECRET=1\n")
+    (folder / "config.yaml").write_text("model: mine\n")
+    before = tree(folder)
+    out = run_cli("lifelong", "--out", folder, "--resume")
+    assert out.returncode == 2 and "not an edit-plugins run folder" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert tree(folder) == before and sorted(p.name for p in folder.iterdir()) == [".env", ".git", "config.yaml"]
+
+
+def test_a_refused_new_run_into_a_non_empty_folder_leaves_no_lock(tmp_path):
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="not empty"):
+        RunFolder.create(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("progress, message", [
+    ("{not json", "not readable JSON"),
+    (lambda header: {**header, "position": "3"}, "'position' must be a whole number"),
+    (lambda header: {**header, "position": 999}, "position 999 is past the run's 6 edits"),
+])
+def test_a_saved_state_that_no_save_could_write_is_refused_and_nothing_changes(tmp_path, straight_run, progress,
+                                                                               message):
+    _, straight = straight_run
+    folder = copied_run(straight, tmp_path)
+    path = folder / "state" / "progress.json"
+    path.write_text(progress if isinstance(progress, str) else json.dumps(progress(json.loads(path.read_text()))))
+    before = tree(folder)
+    out = run_cli("lifelong", "--out", folder, "--resume")
+    assert out.returncode == 2 and message in out.stderr and str(path) in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert tree(folder) == before  # nothing redone, summary.json and edits.jsonl as they were
+
+
+def _retensor(path: Path, change) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    save_file(change(tensors), str(path))
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("tamper, message", [
+    ("truncated", "not a readable safetensors file"),
+    ("wrong shape", "the model's is torch.float32"),
+    ("missing layer", "is no parameter of this model"),
+])
+def test_tampered_saved_tensors_are_refused_naming_the_file(tmp_path, straight_run, tamper, message):
+    import torch
+
+    _, straight = straight_run
+    folder = copied_run(straight, tmp_path)
+    path = folder / "state" / "edited_parameters.safetensors"
+    if tamper == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    elif tamper == "wrong shape":
+        _retensor(path, lambda t: {name: torch.zeros(3, 3) for name in t})
+    else:
+        _retensor(path, lambda t: {**t, "transformer.h.99.mlp.c_proj.weight": next(iter(t.values()))})
+    before = tree(folder)
+    out = run_cli("lifelong", "--out", folder, "--resume")
+    assert out.returncode == 2 and message in out.stderr and str(path) in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert tree(folder) == before
+
+
+@pytest.mark.process
+def test_compare_keeps_a_folder_only_for_the_same_settings(tmp_path, stats_dir):
+    hp = tiny_hparams(stats_dir, tmp_path)
+    out = tmp_path / "cmp"
+    first = ["compare", "--hparams", hp, "--data", ZSRE, "--num-edits", 2, "--checkpoints", "1,2", "--num-probes", 0,
+             "--out", out]
+    done = run_cli(*first)
+    assert done.returncode == 0, done.stderr
+    table = (out / "comparison.md").read_text()
+    for changed, named in ((["--num-edits", 3], "options.num_edits"), (["--data", CF_EASYEDIT], "data.sha256"),
+                           (["--seed", 1], "options.seed")):
+        args = [a for a in first]
+        at = args.index(changed[0])
+        args[at + 1] = changed[1]
+        again = run_cli(*args)
+        assert again.returncode == 2 and named in again.stderr and "--fresh" in again.stderr, again.stderr
+        assert (out / "comparison.md").read_text() == table  # nothing ran, nothing was rewritten
+    fresh = run_cli(*[a if a != 2 else 3 for a in first], "--fresh")
+    assert fresh.returncode == 0, fresh.stderr
+    assert json.loads((out / "tiny" / "summary.json").read_text())["edits_done"] == 3
+
+
+@pytest.mark.parametrize("name", ["knowedit_zsre.json", "knowedit_wiki_counterfact.json", "knowedit_wiki_recent.json"])
+def test_every_knowedit_file_reads_whole(name):
+    from edit_plugins.lifelong.data import load_records
+
+    raw = json.loads((SHARED_DATA / name).read_text())
+    records = load_records(SHARED_DATA / name)
+    assert len(records) == len(raw)
+    with_locality = sum(any((r.get("locality") or {}).values()) for r in raw)
+    assert sum(bool(r.locality) for r in records) == with_locality
+    if name == "knowedit_wiki_recent.json":  # new facts: no old answer, and alias lists for locality
+        assert all(r.request.get("ground_truth") is None for r in records)
+        aliased = [r for r in records if r.locality_questions and len(set(r.locality_questions)) < len(r.locality)]
+        assert aliased
+
+
+@pytest.mark.parametrize("name", ["knowedit_wiki_counterfact.json", "knowedit_wiki_recent.json"])
+def test_a_knowedit_file_whose_first_record_has_no_locality_keeps_every_records_locality(tmp_path, name):
+    from edit_plugins.lifelong.data import load_records
+
+    raw = json.loads((SHARED_DATA / name).read_text())[:20]
+    raw[0] = {k: v for k, v in raw[0].items() if k not in ("locality", "portability")}
+    path = tmp_path / name
+    path.write_text(json.dumps(raw))
+    records = load_records(path)
+    assert records[0].locality == [] and sum(bool(r.locality) for r in records[1:]) == sum(
+        any((r.get("locality") or {}).values()) for r in raw[1:]) > 0
+
+
+def test_a_records_missing_parts_are_counted_in_the_run_summary(tmp_path, tiny_gpt2, stats_dir):
+    model, tok = tiny_gpt2
+    records_file = tmp_path / "recent.json"
+    records_file.write_text(json.dumps(json.loads((SHARED_DATA / "knowedit_wiki_recent.json").read_text())[:3]))
+    summary_ = run_lifelong(tiny_hparams(stats_dir, tmp_path), records_file, tmp_path / "run", model=model, tok=tok,
+                            options=RunOptions(diagnostics=[]), progress_bar=False)
+    assert summary_["records_without"]["ground_truth"] == 3 and summary_["records_without"]["rephrase"] == 3
+
+
+def test_any_alias_of_an_answer_counts_as_correct(tiny_gpt2):
+    from edit_plugins.lifelong.data import EditRecord
+    from edit_plugins.lifelong.metrics import edit_metrics, per_question
+    from edit_plugins.lifelong.scoring import score_answers
+
+    model, tok = tiny_gpt2
+    prompt = "The capital city of France is"
+    ids = tok(prompt, return_tensors="pt").input_ids
+    predicted = tok.decode(model(ids).logits[0, -1].argmax()).strip()  # what the unedited model says next
+    assert score_answers(model, tok, [(prompt, predicted)])[0].exact
+    request = {"prompt": "Alice Walker lives in", "subject": "Alice Walker", "target_new": "Rome", "case_id": 0}
+    aliases = EditRecord(0, request, portability=[(prompt, "Zzyzx Qwerty"), (prompt, predicted)],
+                         portability_questions=[0, 0])
+    first_only = EditRecord(0, request, portability=[(prompt, "Zzyzx Qwerty")])
+    assert edit_metrics(model, tok, aliases, [])["portability_acc"] == 1.0
+    assert edit_metrics(model, tok, first_only, [])["portability_acc"] < 1.0
+    assert per_question([0.2, 0.9, 0.5], [0, 0, 1]) == [0.9, 0.5]
+
+
+@pytest.mark.process
+def test_a_data_file_nested_too_deep_is_one_line(tmp_path, stats_dir):
+    data = tmp_path / "deep.json"
+    data.write_text("[" * 200_000 + "]" * 200_000)
+    out = run_cli("lifelong", "--hparams", tiny_hparams(stats_dir, tmp_path), "--data", data, "--out", tmp_path / "run")
+    assert out.returncode == 2 and "nested too deeply" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A small tmpfs of our own (tests run as root here and in CI), unmounted afterwards."""
+    mounted = []
+
+    def mount(name, size="64m", options=""):
+        point = tmp_path / name
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}{options}", "tmpfs", str(point)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+@pytest.mark.process
+def test_a_read_only_folder_is_one_line(tmp_path, stats_dir, straight_run, tmpfs):
+    import shutil
+
+    common, straight = straight_run
+    disk = tmpfs("ro")
+    shutil.copytree(straight, disk / "run")
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    new = run_cli(*common, "--out", disk / "other")
+    assert new.returncode == 2 and "Read-only file system" in new.stderr and "Traceback" not in new.stderr, new.stderr
+    resumed = run_cli("lifelong", "--out", disk / "run", "--resume")
+    assert resumed.returncode == 2 and "Read-only file system" in resumed.stderr, resumed.stderr
+    assert tree(disk / "run") == tree(straight)
+
+
+@pytest.mark.process
+def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes_once_there_is_room(tmp_path, straight_run, tmpfs):
+    common, straight = straight_run
+    disk = tmpfs("full", size="64m")
+    folder = disk / "run"
+    args = [a if a != 2 else 1 for a in common]  # --save-every 1: a save after every edit
+    victim = subprocess.Popen(cli(*args, "--out", folder), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+    assert wait_for(lambda: (folder / "state" / "progress.json").is_file())
+    filler = disk / "filler"
+    with open(filler, "wb") as f:  # fill the disk while the run goes on
+        try:
+            while True:
+                f.write(b"\0" * 2**20)
+                f.flush()
+        except OSError:
+            pass
+    _, stderr = victim.communicate(timeout=300)
+    assert victim.returncode == 2 and "No space left on device" in stderr and "Traceback" not in stderr, stderr
+    position = json.loads((folder / "state" / "progress.json").read_text())["position"]
+    assert 1 <= position < 6 and not (folder / "summary.json").exists()
+    filler.unlink()
+    resumed = run_cli("lifelong", "--out", folder, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(summary(folder)) == json.loads(summary(straight))
+
+
+@pytest.mark.process
+def test_stats_names_an_unknown_method_first(tmp_path):
+    hp = tmp_path / "hp.yaml"
+    hp.write_text("alg_name: NoSuchMethod\nmodel_name: tiny-gpt2\n")
+    out = run_cli("stats", "--hparams", hp)
+    assert out.returncode == 2 and "field 'alg_name' is 'NoSuchMethod'" in out.stderr, out.stderr
+
+
+def test_a_step_count_no_run_needs_is_refused_naming_the_field(tmp_path, stats_dir):
+    with pytest.raises(HparamsError, match="v_num_grad_steps.*at most 10,000"):
+        load_hparams(tiny_hparams(stats_dir, tmp_path, v_num_grad_steps="1000000000000"))
+    lemoe = (HPARAMS / "LEMoE" / "tiny-gpt2.yaml").read_text()
+    (tmp_path / "lemoe.yaml").write_text(re.sub(r"^steps:.*$", "steps: 1000000000000", lemoe, flags=re.M)
+                                         if re.search(r"^steps:", lemoe, flags=re.M) else lemoe + "steps: 1000000000000\n")
+    with pytest.raises(HparamsError, match="'steps'.*at most 10,000"):
+        load_hparams(tmp_path / "lemoe.yaml")
+
+
+@pytest.mark.process
+def test_run_folder_files_get_the_users_umask(straight_run):
+    _, straight = straight_run
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("config.yaml", "edits.jsonl", "summary.json", "state/progress.json"):
+        assert (straight / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+def test_two_records_with_one_case_id_are_refused(tmp_path, stats_dir):
+    records = json.loads(CF_EASYEDIT.read_text())[:3]
+    records[2]["case_id"] = records[0]["case_id"]
+    data = tmp_path / "dup.json"
+    data.write_text(json.dumps(records))
+    result = CliRunner().invoke(main, ["lifelong", "--hparams", str(tiny_hparams(stats_dir, tmp_path)), "--data",
+                                       str(data), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "records 0 and 2 of the stream share case_id" in result.output, result.output
+    assert not (tmp_path / "run").exists()

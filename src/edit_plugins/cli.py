@@ -1,6 +1,7 @@
 """The ``edit-plugins`` command line."""
 from __future__ import annotations
 
+import errno
 import json
 import sys
 
@@ -10,9 +11,14 @@ from .errors import UserError
 from .plugins import register_commands
 
 
+# What the machine refuses (not the program): a read-only or full disk, a permission, a quota.
+ENVIRONMENT_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
 class _Commands(click.Group):
-    """Bad input (the project's UserError) is one line on stderr and exit status 2, not a traceback;
-    ``--debug`` shows the traceback too."""
+    """Bad input (the project's UserError) and what the machine refuses (a read-only or full disk, a
+    permission) are one line on stderr and exit status 2, not a traceback; ``--debug`` shows the traceback
+    too. Every file is written whole or not at all, so a run folder stays at its last complete state."""
 
     def invoke(self, ctx):
         try:
@@ -21,6 +27,13 @@ class _Commands(click.Group):
             if ctx.meta.get("debug"):
                 raise
             click.echo(f"Error: {error}", err=True)
+            ctx.exit(2)
+        except OSError as error:
+            if ctx.meta.get("debug") or error.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            where = f"{error.filename}: " if error.filename else ""
+            click.echo(f"Error: {where}{error.strerror} (the files written so far are whole; a run folder can be "
+                       "resumed once there is room or permission)", err=True)
             ctx.exit(2)
 
 
@@ -115,6 +128,9 @@ def print_summary(summary: dict) -> None:
     rows += [(f"final {k}", v) for k, v in summary["final_checkpoint"].items() if k != "step" and v is not None]
     rows += [(f"harmonic mean: {k}", v) for k, v in summary["harmonic_mean_components"].items() if v is not None]
     rows += [("harmonic mean score", summary["harmonic_mean_score"])]
+    missing = {k: v for k, v in (summary.get("records_without") or {}).items() if v}
+    if missing:
+        rows.append(("records without", ", ".join(f"{k} {v}" for k, v in missing.items())))
     if summary.get("edits_not_applied"):
         rows.append(("edits refused by the method", summary["edits_not_applied"]))
     if summary.get("layer_histogram"):
@@ -183,11 +199,14 @@ def lifelong(ctx, hparams_path, data, out_dir, resume, num_edits, start, shuffle
 @click.option("--probe-data", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--num-probes", type=click.IntRange(min=0), default=100)
 @click.option("--seed", type=int, default=0)
-def compare(hparams_paths, data, out_dir, num_edits, checkpoints, probe_data, num_probes, seed):
+@click.option("--fresh", is_flag=True, help="Run every method again, replacing its run folder in --out.")
+def compare(hparams_paths, data, out_dir, num_edits, checkpoints, probe_data, num_probes, seed, fresh):
     """Run several methods on the same edits (order, checkpoints, probes), then one table and one plot.
 
-    Each method runs as `edit-plugins lifelong` in its own process; complete runs are kept, stopped ones resumed.
+    Each method runs as `edit-plugins lifelong` in its own process; complete runs are kept, stopped ones resumed,
+    where they were made with these settings (otherwise the comparison is refused, naming the difference).
     """
+    from .lifelong import RunOptions
     from .lifelong.compare import run_all, write_report
 
     args = ["--seed", str(seed), "--num-probes", str(num_probes),
@@ -196,7 +215,9 @@ def compare(hparams_paths, data, out_dir, num_edits, checkpoints, probe_data, nu
         args += ["--num-edits", str(num_edits)]
     if probe_data:
         args += ["--probe-data", probe_data]
-    folders = run_all(list(hparams_paths), data, out_dir, args)
+    options = RunOptions(num_edits=num_edits, seed=seed, checkpoints=checkpoints or [10, 100], probe_data=probe_data,
+                         num_probes=num_probes)
+    folders = run_all(list(hparams_paths), data, out_dir, args, options=options, fresh=fresh)
     table_path, plot_path = write_report(folders, out_dir)
     click.echo(table_path.read_text())
     click.echo(f"Table: {table_path}\nPlot: {plot_path}")

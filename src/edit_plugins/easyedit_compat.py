@@ -61,6 +61,9 @@ def alg_dict() -> dict:
     return importlib.import_module("easyeditor.util.alg_dict").ALG_DICT
 
 
+# EasyEdit's methods whose code reads second-moment statistics through layer_stats (HEAD's models/).
+LAYER_STATS_METHODS = ("ROME", "R-ROME", "MEMIT", "MEMIT-FE", "PMET", "EMMET", "EAMET", "AlphaEdit", "SPHERE", "CORE")
+
 # layer_stats' mom2_dataset names: the Hugging Face dataset and config each downloads.
 LAYER_STATS_DATASETS = {"wikipedia": ("wikimedia/wikipedia", "20231101.en"),
                         "wikitext": ("Salesforce/wikitext", "wikitext-103-raw-v1"),

@@ -59,6 +59,10 @@ def plan(hparams_path) -> StatsPlan:
     config, source = read_yaml(hparams_path)
     from .hparams import loadable_model_name
 
+    alg_name = config.get("alg_name")
+    if alg_name not in easyedit_compat.LAYER_STATS_METHODS:
+        raise StatsError(f"{source}: field 'alg_name' is {alg_name!r}: this command fills the statistics EasyEdit's "
+                         f"layer_stats reads, for {list(easyedit_compat.LAYER_STATS_METHODS)}")
     model_name = loadable_model_name(_field(config, "model_name", str, source))  # an embedded alias: its folder
     stats_dir = Path(_field(config, "stats_dir", str, source))
     dataset = _field(config, "mom2_dataset", str, source)

@@ -30,12 +30,22 @@ def read_json(path, what: str = "data file"):
         raise FileContentError(f"{path}: not UTF-8 text (byte {error.start}); save the {what} as UTF-8") from None
     except json.JSONDecodeError as error:
         raise FileContentError(f"{path}: not valid JSON: {error}") from None
+    except RecursionError:
+        raise FileContentError(f"{path}: nested too deeply to read (more levels than Python's recursion limit); "
+                               f"a {what} is a list of flat records") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename: files get the user's umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

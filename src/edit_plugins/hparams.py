@@ -16,6 +16,17 @@ class HparamsError(UserError, ValueError):
     """A hparams file or dict is invalid; the message names the file and the field."""
 
 
+# The most optimisation steps one edit may take. ROME's v* takes 20-25, LEMoE's expert up to 100; 10,000 is
+# hours per edit on a 7B model, so more is a typo (1e12), and an edit that never ends would hold Ctrl-C too.
+MAX_OPTIMISATION_STEPS = 10_000
+
+
+def check_steps(value: int, field: str, source: str) -> None:
+    if value > MAX_OPTIMISATION_STEPS:
+        raise HparamsError(f"{source}: field {field!r} is {value} optimisation steps per edit; at most "
+                           f"{MAX_OPTIMISATION_STEPS:,} (no edit needs more; ROME takes 20-25)")
+
+
 def _type_name(annotation) -> str:
     origin = typing.get_origin(annotation)
     if origin is typing.Union:

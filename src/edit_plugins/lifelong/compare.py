@@ -6,6 +6,7 @@ folder that is complete is kept, one that was stopped is resumed.
 """
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,12 +41,60 @@ def check_all(hparams_paths) -> None:
         raise CompareError(f"two --hparams files would share a run folder: {list(hparams_paths)}")
 
 
-def run_all(hparams_paths, data, out_dir, lifelong_args: list[str], quiet: bool = True) -> list[Path]:
+def differences(folder: Path, hparams_path, data, options) -> list[str]:
+    """How the run in ``folder`` was made otherwise than this invocation would make it: data (by hash), record
+    range and options, hparams. Empty: the folder's run is this one."""
+    from .. import hparams as hparams_module
+    from ..plugins import resolve
+    from .run_folder import check_is_run
+    from .start import run_settings
+
+    check_is_run(folder)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    hp = hparams_module.load(hparams_path)
+    method = resolve(hp.alg_name)
+    if method.prepare is not None:  # what the run recorded: its hparams as the method prepared them
+        method.prepare(hp)
+    wanted = run_settings(hp, options, data)
+    found = []
+    for part in ("data", "probe_data", "options", "hparams"):
+        have, want = config.get(part) or {}, wanted[part]
+        for key in sorted(set(have) | set(want)):
+            if part in ("data", "probe_data") and key not in ("path", "sha256"):
+                continue  # the records' order and count follow from the rest
+            if have.get(key) != want.get(key):
+                found.append(f"{part}.{key}: the folder's run has {have.get(key)!r}, this one {want.get(key)!r}")
+    return found
+
+
+def run_all(hparams_paths, data, out_dir, lifelong_args: list[str], quiet: bool = True, options=None,
+            fresh: bool = False) -> list[Path]:
+    """Run each method into its own folder of ``out_dir``. A folder there is kept (complete) or resumed
+    (stopped) only when it was made by these settings (``options``: this invocation's ``RunOptions``);
+    otherwise it is refused, naming the difference, unless ``fresh`` starts every method over."""
     check_all(hparams_paths)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    labelled = list(zip(hparams_paths, labels_for(hparams_paths)))
+    if options is not None:
+        for path, label in labelled:  # all checked before any method runs
+            folder = out_dir / label
+            if not folder.exists():
+                continue
+            if fresh:
+                from .run_folder import check_is_run
+
+                check_is_run(folder)  # only a run folder is removed
+                shutil.rmtree(folder)
+                continue
+            if (folder / "config.yaml").is_file():
+                found = differences(folder, path, data, options)
+                if found:
+                    raise CompareError(f"{folder}: made for other settings than this comparison ("
+                                       + "; ".join(found[:3]) + (f"; and {len(found) - 3} more" if len(found) > 3 else "")
+                                       + "); use another --out, or --fresh to run every method again")
     folders = []
-    for path, label in zip(hparams_paths, labels_for(hparams_paths)):
+    for path, label in labelled:
         folder = out_dir / label
         folders.append(folder)
         if (read_summary(folder) or {}).get("complete"):

@@ -34,14 +34,27 @@ class EditRecord:
     locality: list = field(default_factory=list)  # [(prompt, answer)] that must not change
     portability: list = field(default_factory=list)  # [(prompt, answer)]
     kind: str = "zsre"  # zsre | counterfact
+    # Which question each locality / portability pair answers, where a question has several accepted answers
+    # (KnowEdit's alias lists: one pair per alias, and any alias counts); None: one pair per question.
+    locality_questions: list | None = None
+    portability_questions: list | None = None
+
+    def missing_parts(self) -> list[str]:
+        """The optional parts this record has none of (counted in a run's summary, never dropped in silence)."""
+        parts = {"rephrase": self.rephrase_prompts, "locality": self.locality, "portability": self.portability,
+                 "ground_truth": self.request.get("ground_truth")}
+        return [name for name, value in parts.items() if not value]
 
 
 def detect_format(record: dict, source: str = "data") -> str:
+    """One record's format, from its own shape."""
     if "requested_rewrite" in record:
         return "counterfact_rome"
     if {"src", "alt"} <= set(record):
         return "zsre"
-    if {"prompt", "target_new"} <= set(record) and any(isinstance(record.get(k), dict) for k in ("locality", "portability")):
+    if {"prompt", "target_new"} <= set(record) and (
+            any(isinstance(record.get(k), dict) for k in ("locality", "portability"))
+            or not isinstance(record.get("ground_truth"), str)):  # KnowEdit: a list of answers, or none (recent)
         return "knowedit"
     if {"prompt", "target_new"} <= set(record):
         return "counterfact_easyedit"
@@ -112,6 +125,24 @@ def _first_text(fields: _Fields, name: str) -> str | None:
     return values[0] if values else None
 
 
+def file_format(raw: list, source: str) -> str:
+    """The format of a whole file, from every record: a KnowEdit record without locality or portability reads
+    like EasyEdit's CounterFact, so a file with both is KnowEdit; any other mixture is refused."""
+    first_of: dict[str, int] = {}
+    for index, record in enumerate(raw):
+        if not isinstance(record, dict):
+            raise DataError(f"{source}: record {index}: expected a JSON object, got {type(record).__name__} "
+                            f"{_short(record)}")
+        first_of.setdefault(detect_format(record, f"{source}: record {index}"), index)
+    if set(first_of) == {"knowedit", "counterfact_easyedit"}:
+        return "knowedit"
+    if len(first_of) > 1:
+        (a, i), (b, j) = sorted(first_of.items(), key=lambda kv: kv[1])[:2]
+        raise DataError(f"{source}: records in two formats: record {i} reads as {a}, record {j} as {b}; a file "
+                        "holds one format")
+    return next(iter(first_of))
+
+
 def _answer(value):
     """KnowEdit answers: a string, or a list whose first entry (itself possibly a list of aliases) counts."""
     while isinstance(value, list) and value:
@@ -119,13 +150,26 @@ def _answer(value):
     return value if isinstance(value, str) and value.strip() else None
 
 
+def _aliases(value) -> list[str]:
+    """Every accepted answer of a KnowEdit ground truth: a string, a list of them, or a list whose first entry
+    is the list of the answer's aliases (WikiData's [[alias, ...]])."""
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        value = value[0]
+    if isinstance(value, list):
+        return list(dict.fromkeys(v for v in value if isinstance(v, str) and v.strip()))
+    return []
+
+
 # The kinds EasyEdit's KnowEditDataset reads, in its order; other kinds follow in the file's order.
 KNOWEDIT_KINDS = ("Relation_Specificity", "Forgetfulness", "Reasoning", "Subject_Aliasing", "Logical_Generalization")
 
 
-def _knowedit_pairs(kinds: _Fields) -> list[tuple[str, str]]:
-    """Every (prompt, answer) of a KnowEdit ``locality`` or ``portability`` mapping, kind by kind."""
-    pairs = []
+def _knowedit_pairs(kinds: _Fields) -> tuple[list[tuple[str, str]], list[int]]:
+    """Every (prompt, answer) of a KnowEdit ``locality`` or ``portability`` mapping, kind by kind, one pair per
+    accepted answer (alias), and the question each pair answers."""
+    pairs, questions = [], []
     order = sorted(kinds.record, key=lambda k: KNOWEDIT_KINDS.index(k) if k in KNOWEDIT_KINDS else len(KNOWEDIT_KINDS))
     for kind in order:
         entries = kinds.record[kind]
@@ -135,13 +179,15 @@ def _knowedit_pairs(kinds: _Fields) -> list[tuple[str, str]]:
             where = f"{kind}[{position}]"
             if not isinstance(entry, dict):
                 kinds.fail(where, "a {prompt, ground_truth} object", entry)
-            prompt, answer = _answer(entry.get("prompt")), _answer(entry.get("ground_truth"))
+            prompt, answers = _answer(entry.get("prompt")), _aliases(entry.get("ground_truth"))
             if prompt is None:
                 kinds.fail(where + ".prompt", "a non-empty string (or a list of them)", entry.get("prompt"))
-            if answer is None:
+            if not answers:
                 kinds.fail(where + ".ground_truth", "a non-empty string (or a list of them)", entry.get("ground_truth"))
-            pairs.append((prompt, answer))
-    return pairs
+            question = len(set(questions))
+            pairs += [(prompt, answer) for answer in answers]
+            questions += [question] * len(answers)
+    return pairs, questions
 
 
 def _to_record(record, fmt: str, index: int, source: str) -> EditRecord:
@@ -168,9 +214,10 @@ def _to_record(record, fmt: str, index: int, source: str) -> EditRecord:
     elif fmt == "knowedit":
         request = {"prompt": f.text("prompt"), "subject": f.text("subject"), "target_new": f.text("target_new"),
                    "ground_truth": _first_text(f, "ground_truth"), "case_id": f.case_id()}
-        locality = _knowedit_pairs(f.mapping("locality", required=False))
-        portability = _knowedit_pairs(f.mapping("portability", required=False))
-        edit = EditRecord(request["case_id"], request, f.texts("rephrase_prompt"), locality, portability, "zsre")
+        locality, locality_questions = _knowedit_pairs(f.mapping("locality", required=False))
+        portability, portability_questions = _knowedit_pairs(f.mapping("portability", required=False))
+        edit = EditRecord(request["case_id"], request, f.texts("rephrase_prompt"), locality, portability, "zsre",
+                          locality_questions, portability_questions)
     elif fmt == "counterfact_rome":
         rewrite = f.mapping("requested_rewrite")
         subject, template = rewrite.text("subject"), rewrite.text("prompt")
@@ -216,16 +263,24 @@ def load_records(path, num_edits: int | None = None, start: int = 0, shuffle: bo
         if num_edits > len(indices):
             raise DataError(f"{path}: --num-edits {num_edits} asks for more records than the {len(indices)} available from --start {start}")
         indices = indices[:num_edits]
-    first = raw[indices[0]]
-    if not isinstance(first, dict):
-        raise DataError(f"{path}: record {indices[0]}: expected a JSON object, got {type(first).__name__} {_short(first)}")
-    fmt = detect_format(first, str(path))
+    fmt = file_format(raw, str(path))
     records = [_to_record(raw[i], fmt, i, str(path)) for i in indices]  # validation, before anything is edited
     items = easyedit_compat.dataset_items(path, fmt)
     if items is not None:
         by_index = {item.get("case_id", i): item for i, item in enumerate(items)}
         records = [_with_easyedit_fields(record, by_index.get(i), fmt, str(path)) for i, record in zip(indices, records)]
     return records
+
+
+def check_unique_case_ids(records: list[EditRecord], source: str = "data") -> None:
+    """Refuse two records with one case_id: events, logs and resumes match records by it."""
+    first = {}
+    for index, record in enumerate(records):
+        key = str(record.case_id)
+        if key in first:
+            raise DataError(f"{source}: records {first[key]} and {index} of the stream share case_id "
+                            f"{record.case_id!r}; give each record its own (events and logs are matched by it)")
+        first[key] = index
 
 
 def _with_easyedit_fields(record: EditRecord, item: dict | None, fmt: str, source: str) -> EditRecord:
@@ -249,8 +304,10 @@ def _with_easyedit_fields(record: EditRecord, item: dict | None, fmt: str, sourc
         request = dict(record.request, prompt=item["prompt"], subject=item["subject"], target_new=item["target_new"],
                        ground_truth=_answer(item["ground_truth"]))
         kinds = lambda *keys: _knowedit_pairs(_Fields({k: item[k] for k in keys if item.get(k)}, record.case_id, source))
-        return EditRecord(record.case_id, request, record.rephrase_prompts, kinds("locality_rs", "locality_f"),
-                          kinds("portability_r", "portability_s", "portability_l"), record.kind)
+        (locality, locality_questions), (portability, portability_questions) = (
+            kinds("locality_rs", "locality_f"), kinds("portability_r", "portability_s", "portability_l"))
+        return EditRecord(record.case_id, request, record.rephrase_prompts, locality, portability, record.kind,
+                          locality_questions, portability_questions)
     return record  # CounterFactDataset yields the file's own dicts: nothing to translate
 
 

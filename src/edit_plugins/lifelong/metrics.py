@@ -24,6 +24,17 @@ def agreement(current: list[TargetScore], reference_predictions: list[list[int]]
     return [sum(a == b for a, b in zip(s.predicted, ref)) / len(ref) for s, ref in zip(current, reference_predictions)]
 
 
+def per_question(values: list[float], questions: list | None) -> list[float]:
+    """One value per question, the best over its accepted answers (KnowEdit's aliases: any alias counts);
+    ``questions`` gives each value's question (None: one value per question)."""
+    if questions is None:
+        return list(values)
+    best: dict = {}
+    for value, question in zip(values, questions):
+        best[question] = max(best.get(question, value), value)
+    return list(best.values())
+
+
 def names_any(texts: list[str], names) -> list[bool]:
     """Which texts contain one of ``names`` as a whole phrase (not inside a longer word)."""
     names = sorted({n for n in names if n}, key=len, reverse=True)
@@ -88,8 +99,9 @@ def edit_metrics(model, tok, record, locality_reference) -> dict:
     out = {
         "rewrite_acc": rewrite.accuracy,
         "rephrase_acc": mean(s.accuracy for s in rephrase),
-        "locality_acc": mean(agreement(locality, locality_reference)) if locality else None,
-        "portability_acc": mean(s.accuracy for s in scores["portability"]),
+        "locality_acc": mean(per_question(agreement(locality, locality_reference), record.locality_questions))
+        if locality else None,
+        "portability_acc": mean(per_question([s.accuracy for s in scores["portability"]], record.portability_questions)),
     }
     generated = generated_answers(model, tok, groups["rewrite"] + groups["rephrase"])
     out["rewrite_gen_em"] = float(generated[0])
@@ -141,14 +153,17 @@ def checkpoint(model, tok, step: int, past, locality_reference, probe_pairs, pro
     """A checkpoint row: retention of every past edit, locality on never-edited probe facts, and locality
     on the past edits' own locality prompts (also without those naming a subject edited so far)."""
     row = {"step": step, **retention(model, tok, past)}
-    pairs = [(pair, ref) for r, refs in zip(past, locality_reference) for pair, ref in zip(r.locality, refs)]
-    scores = score_groups(model, tok, {"probes": probe_pairs, "locality": [p for p, _ in pairs]})
+    pairs = [(pair, ref, (i, question)) for i, (r, refs) in enumerate(zip(past, locality_reference))
+             for pair, ref, question in zip(r.locality, refs, r.locality_questions or range(len(r.locality)))]
+    scores = score_groups(model, tok, {"probes": probe_pairs, "locality": [p for p, _, _ in pairs]})
     if scores["probes"]:
         row["probe_locality"] = mean(agreement(scores["probes"], probe_reference))
     if pairs:
+        questions = [q for _, _, q in pairs]
+        best = per_question(agreement(scores["locality"], [r for _, r, _ in pairs]), questions)
+        prompts = list({q: p for (p, _), _, q in pairs}.values())
         # Prompts about a subject that some edit so far changed are expected to change.
-        split = locality_by_edited_subjects(agreement(scores["locality"], [r for _, r in pairs]),
-                                            [p for (p, _), _ in pairs], {r.request.get("subject") for r in past})
+        split = locality_by_edited_subjects(best, prompts, {r.request.get("subject") for r in past})
         row["locality_acc"] = split["all"]
         row["locality_acc_unedited_subjects"] = split["unedited_subjects"]
         row["locality_prompts_naming_edited_subjects"] = split["prompts_naming_edited_subjects"]

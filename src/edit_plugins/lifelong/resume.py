@@ -54,7 +54,7 @@ def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True,
             run.compute_references()
             return execute(run, progress_bar)
         run = Run(run_dir, hparams, method, model, tok, records, probes, options)
-        progress = load_state(run_dir, model, method.load_state)
+        progress = load_state(run_dir, model, method.load_state, positions=len(records))
         prelude = (lambda: replay(run, progress)) if progress.get("resume_by_replay") else None
         return execute(run, progress_bar, progress=progress, prelude=prelude)
     finally:

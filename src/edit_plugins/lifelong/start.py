@@ -11,7 +11,7 @@ import yaml
 
 from ..files import atomic_write_text
 from ..plugins import Method, resolve
-from .data import EditRecord, check_lengths, file_hash, load_probe_facts, load_records
+from .data import EditRecord, check_lengths, check_unique_case_ids, file_hash, load_probe_facts, load_records
 from .loop import Run, execute
 from .options import LifelongError, RunOptions
 from .run_folder import RunFolder
@@ -68,6 +68,7 @@ def run_lifelong(hparams, data, out_dir, *, model=None, tok=None, options: RunOp
         hparams = hparams_module.load(hparams)
     records = data if isinstance(data, list) else load_records(data, options.num_edits, options.start,
                                                                  options.shuffle, options.seed)
+    check_unique_case_ids(records, "in-memory records" if isinstance(data, list) else str(data))
     probes = load_probe_facts(options.probe_data, options.num_probes, options.seed) if options.probe_data else []
     folder = RunFolder.create(out_dir)
     try:
@@ -88,20 +89,25 @@ def run_lifelong(hparams, data, out_dir, *, model=None, tok=None, options: RunOp
         folder.release()
 
 
-def run_config(hparams, options: RunOptions, data, records: list[EditRecord]) -> dict:
-    """What resuming needs, inside the folder: the resolved hparams, the data by absolute path and hash, and
-    the versions that made the run."""
+def run_settings(hparams, options: RunOptions, data) -> dict:
+    """What makes a run what it is: the resolved hparams, the options, the data and probe data by absolute
+    path and hash. A run folder keeps them (``run_config``); ``compare`` checks a folder against them."""
     def located(path):
         return {"path": str(Path(path).resolve()), "sha256": file_hash(path)} if path else {"path": None, "sha256": None}
 
-    in_memory = isinstance(data, list)
     return {"hparams": _hparams_dict(hparams),
             "options": {**dataclasses.asdict(options),
                         "probe_data": str(Path(options.probe_data).resolve()) if options.probe_data else None},
-            "data": {**(located(None) if in_memory else located(data)), "records": len(records),
-                     "order": [str(r.case_id) for r in records]},
-            "probe_data": located(options.probe_data),
-            "versions": _versions()}
+            "data": located(None if isinstance(data, list) else data),
+            "probe_data": located(options.probe_data)}
+
+
+def run_config(hparams, options: RunOptions, data, records: list[EditRecord]) -> dict:
+    """What resuming needs, inside the folder: the run's settings, its records' order, and the versions that
+    made it."""
+    settings = run_settings(hparams, options, data)
+    settings["data"].update(records=len(records), order=[str(r.case_id) for r in records])
+    return {**settings, "versions": _versions()}
 
 
 def _versions() -> dict:

@@ -128,50 +128,114 @@ def save_state(run_dir: Path, model, changed_params, progress: dict, method_stat
 
 
 def _position(folder: Path) -> int | None:
-    """The stream position of a complete state folder, else None."""
-    try:
-        return int(json.loads((folder / PROGRESS).read_text())["position"])
-    except (OSError, ValueError, KeyError, TypeError):
+    """The stream position of a complete state folder; None where it has no ``progress.json`` (a save a kill
+    interrupted). A ``progress.json`` that is there but unreadable cannot come from a kill (it is written
+    whole, last): it is refused, naming the file, and nothing is changed."""
+    path = folder / PROGRESS
+    if not path.is_file():
         return None
+    try:
+        header = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise StateError(f"{path}: not readable JSON ({error}); the saved state was not written by a finished "
+                         "save: nothing was changed, start the run again in a new folder") from None
+    position = header.get("position") if isinstance(header, dict) else None
+    if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+        raise StateError(f"{path}: 'position' must be a whole number of edits, 0 or more, got {position!r}; "
+                         "nothing was changed")
+    if header.get("format") != FORMAT:
+        raise StateError(f"{path}: unknown state format {header.get('format')!r} (expected {FORMAT}); "
+                         "nothing was changed")
+    return position
 
 
-def recover_state(run_dir: Path) -> None:
+def recover_state(run_dir: Path, removable=lambda name: False) -> None:
     """Make ``state/`` the newest complete state the folder holds, whatever moment a kill interrupted a
-    save at, and remove temporary files and incomplete states. The caller holds the folder's lock."""
+    save at, and remove the temporary files and incomplete states a kill left (``removable(name)`` says
+    which names are ours to remove). Every saved state is checked before anything is moved or removed.
+    The caller holds the folder's lock."""
     run_dir = Path(run_dir)
     if (run_dir / STATE / "progress.pkl").is_file():
         raise StateError(f"{run_dir}: this run folder was saved by an older edit-plugins in pickle format, which "
                          "is never loaded (unpickling a file can run code); start the run again in a new folder")
+    state = run_dir / STATE
+    if state.exists() and not (state / PROGRESS).is_file():  # state/ only ever appears complete
+        raise StateError(f"{state}: a saved state without {PROGRESS}; nothing was changed")
     candidates = [p for p in run_dir.iterdir() if p.is_dir() and (p.name == STATE or p.name.startswith(".state."))]
     complete = [(pos, p) for p in candidates if (pos := _position(p)) is not None]
     if complete:
         newest = max(complete, key=lambda item: (item[0], item[1].name == STATE))[1]
         if newest.name != STATE:
-            shutil.rmtree(run_dir / STATE, ignore_errors=True)
-            newest.rename(run_dir / STATE)
+            shutil.rmtree(state, ignore_errors=True)
+            newest.rename(state)
     for p in run_dir.iterdir():
-        if p.name.startswith(".") and p.name != ".lock":
+        if p.name != STATE and (p.name == OLD_STATE or removable(p.name)):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-    state = run_dir / STATE
-    if state.exists() and _position(state) is None:
-        shutil.rmtree(state)
 
 
 def has_state(run_dir: Path) -> bool:
     return _position(Path(run_dir) / STATE) is not None
 
 
-def load_state(run_dir: Path, model, load_method_state=None) -> dict:
+def saved_position(run_dir: Path) -> int | None:
+    """The position of the saved state (None: none saved yet)."""
+    return _position(Path(run_dir) / STATE)
+
+
+def load_state(run_dir: Path, model, load_method_state=None, positions: int | None = None) -> dict:
+    """The saved state, checked whole before the model is touched: the position within ``positions`` (the
+    run's edit count), every saved tensor a parameter of this model with its shape and dtype. Anything else
+    is refused with one line naming the file; the folder is left as it is."""
     state_dir = Path(run_dir) / STATE
+    position = _position(state_dir)
+    if position is None:
+        raise StateError(f"{state_dir}: no saved state to load")
+    if positions is not None and position > positions:
+        raise StateError(f"{state_dir / PROGRESS}: position {position} is past the run's {positions} edits; "
+                         "nothing was changed")
     header = json.loads((state_dir / PROGRESS).read_text())
-    if header.get("format") != FORMAT:
-        raise StateError(f"{state_dir / PROGRESS}: unknown state format {header.get('format')!r} (expected {FORMAT})")
-    restore_weights(model, load_tensors(state_dir / "edited_parameters.safetensors")[0])
+    weights_file = state_dir / "edited_parameters.safetensors"
+    weights = _tensors(weights_file)
+    parameters = dict(model.named_parameters())
+    for name, value in weights.items():
+        if name not in parameters:
+            raise StateError(f"{weights_file}: {name!r} is no parameter of this model; nothing was changed")
+        have = parameters[name]
+        if value.shape != have.shape or value.dtype != have.dtype:
+            raise StateError(f"{weights_file}: {name!r} is {value.dtype} {tuple(value.shape)}, the model's is "
+                             f"{have.dtype} {tuple(have.shape)}; nothing was changed")
+    try:
+        progress = decode(header["progress"], _tensors(state_dir / "progress.safetensors"))
+    except (KeyError, TypeError, ValueError) as error:
+        raise StateError(f"{state_dir / PROGRESS}: the saved progress does not decode ({error!r}); nothing was "
+                         "changed") from None
+    if progress.get("position") != position:
+        raise StateError(f"{state_dir / PROGRESS}: its position {position} and its progress "
+                         f"({progress.get('position')!r}) disagree; nothing was changed")
     method_file = state_dir / METHOD_STATE
     if not method_file.is_file():
         method_file = state_dir / LEGACY_METHOD_STATE
+    method_state = None
     if method_file.is_file():
         if load_method_state is None:
             raise StateError(f"{method_file}: the run saved its method's state, but the method registers no load_state")
-        load_method_state(model, *load_tensors(method_file))
-    return decode(header["progress"], load_tensors(state_dir / "progress.safetensors")[0])
+        method_state = _tensors(method_file, with_metadata=True)
+    restore_weights(model, weights)
+    if method_state is not None:
+        try:
+            load_method_state(model, *method_state)
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as error:
+            raise StateError(f"{method_file}: the method's saved state does not fit this model ({error})") from None
+    return progress
+
+
+def _tensors(path: Path, with_metadata: bool = False):
+    """A saved safetensors file, or one line naming it where it does not read (truncated, not safetensors)."""
+    if not path.is_file():
+        raise StateError(f"{path}: missing from the saved state; nothing was changed")
+    try:
+        tensors, metadata = load_tensors(path)
+    except Exception as error:  # safetensors raises its own error types for a damaged file
+        raise StateError(f"{path}: not a readable safetensors file ({type(error).__name__}: {error}); "
+                         "nothing was changed") from None
+    return (tensors, metadata) if with_metadata else tensors

@@ -49,9 +49,20 @@ def run_summary(method: str, records, position: int, edits: list[dict], checkpoi
         "harmonic_mean_score": harmonic_mean(components.values()), "harmonic_mean_components": components,
         "layer_histogram": layer_histogram(edits),
         "edits_not_applied": edits_not_applied(edits),
+        "records_without": records_without(records),
         "diagnostics": {type(d).__name__: d.summarize(final.get("lost_case_ids", []))
                         for d in diagnostics if hasattr(d, "summarize")},
     }
+
+
+def records_without(records) -> dict:
+    """How many of the run's records have no rephrase, locality, portability or ground truth: parts the data
+    lacks are counted here, never dropped in silence."""
+    counts = {"rephrase": 0, "locality": 0, "portability": 0, "ground_truth": 0}
+    for record in records:
+        for part in record.missing_parts():
+            counts[part] += 1
+    return counts
 
 
 def edits_not_applied(edits) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, List
 
-from ...hparams import EditHyperParams, HparamsError
+from ...hparams import EditHyperParams, HparamsError, check_steps
 from .injection import find_ffn
 
 ROUTINGS = ("anchor", "softmax")
@@ -65,5 +65,6 @@ class LEMoEHyperParams(EditHyperParams):
                      "batch_size"):
             if getattr(self, name) <= 0:
                 raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")
+        check_steps(self.steps, "steps", source)
         if self.layer < 0:
             raise HparamsError(f"{source}: field 'layer' must be a layer index (>= 0), got {self.layer!r}")

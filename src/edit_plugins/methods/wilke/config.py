@@ -5,7 +5,7 @@ import dataclasses
 from typing import ClassVar, List, Optional
 
 from ...editing.layers import check_layers
-from ...hparams import EditHyperParams, HparamsError
+from ...hparams import EditHyperParams, HparamsError, check_steps
 from .guard.settings import GuardSettings, with_preset
 from .layer_selection import LA_NORMS
 
@@ -77,6 +77,7 @@ class WilKEHyperParams(GuardSettings, EditHyperParams):
                      "fast_scan_candidates", "spread_layers"):
             if getattr(self, name) <= 0:
                 raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")
+        check_steps(self.v_num_grad_steps, "v_num_grad_steps", source)
         self.validate_guard(source, self.mom2_adjustment)
         if self.layer_change_budget is not None:
             if self.layer_change_budget <= 0:
