@@ -35,8 +35,9 @@ for arg in "$@"; do
 done
 
 # uv reads no pip configuration: the machine's pip settings (a local wheel folder, extra indexes, a
-# constraints file) are passed on, so both clients install the same builds.
-uv_flags=()
+# constraints file) are passed on, and every index is searched for the best match, as pip does, so both
+# clients install the same builds.
+uv_flags=(--index-strategy unsafe-best-match)
 while read -r key value; do
   for item in $value; do
     case "$key" in
@@ -52,7 +53,7 @@ uv_tool() {
   if [ ! -x "$TOOLS/bin/uv" ] || [ "$(cat "$TOOLS/.stamp" 2>/dev/null)" != "$(sha1sum < locks/tools.txt)" ]; then
     rm -rf "$TOOLS"
     "$PY" -m venv "$TOOLS"
-    "$TOOLS/bin/pip" install -q --disable-pip-version-check -r locks/tools.txt
+    "$TOOLS/bin/pip" install -q --disable-pip-version-check -r locks/tools.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
     sha1sum < locks/tools.txt > "$TOOLS/.stamp"
   fi
 }
