@@ -38,6 +38,7 @@ class EditRecord:
     # (KnowEdit's alias lists: one pair per alias, and any alias counts); None: one pair per question.
     locality_questions: list | None = None
     portability_questions: list | None = None
+    unanswered_questions: int = 0  # KnowEdit locality / portability questions with no answer: counted, not read
 
     def missing_parts(self) -> list[str]:
         """The optional parts this record has none of (counted in a run's summary, never dropped in silence)."""
@@ -129,11 +130,17 @@ def file_format(raw: list, source: str) -> str:
     """The format of a whole file, from every record: a KnowEdit record without locality or portability reads
     like EasyEdit's CounterFact, so a file with both is KnowEdit; any other mixture is refused."""
     first_of: dict[str, int] = {}
+    unrecognised = None
     for index, record in enumerate(raw):
         if not isinstance(record, dict):
             raise DataError(f"{source}: record {index}: expected a JSON object, got {type(record).__name__} "
                             f"{_short(record)}")
-        first_of.setdefault(detect_format(record, f"{source}: record {index}"), index)
+        try:
+            first_of.setdefault(detect_format(record, f"{source}: record {index}"), index)
+        except DataError as error:  # a record missing a field: reading it names the field, in the file's format
+            unrecognised = unrecognised or error
+    if not first_of:
+        raise unrecognised
     if set(first_of) == {"knowedit", "counterfact_easyedit"}:
         return "knowedit"
     if len(first_of) > 1:
@@ -151,14 +158,13 @@ def _answer(value):
 
 
 def _aliases(value) -> list[str]:
-    """Every accepted answer of a KnowEdit ground truth: a string, a list of them, or a list whose first entry
-    is the list of the answer's aliases (WikiData's [[alias, ...]])."""
+    """Every accepted answer of a KnowEdit ground truth: a string, a list of them, or lists of aliases
+    (WikiData's [[alias, ...], ...], where an inner list may be empty)."""
     if isinstance(value, str):
         return [value] if value.strip() else []
-    if isinstance(value, list) and value and isinstance(value[0], list):
-        value = value[0]
     if isinstance(value, list):
-        return list(dict.fromkeys(v for v in value if isinstance(v, str) and v.strip()))
+        flat = [v for item in value for v in (item if isinstance(item, list) else [item])]
+        return list(dict.fromkeys(v for v in flat if isinstance(v, str) and v.strip()))
     return []
 
 
@@ -166,10 +172,11 @@ def _aliases(value) -> list[str]:
 KNOWEDIT_KINDS = ("Relation_Specificity", "Forgetfulness", "Reasoning", "Subject_Aliasing", "Logical_Generalization")
 
 
-def _knowedit_pairs(kinds: _Fields) -> tuple[list[tuple[str, str]], list[int]]:
+def _knowedit_pairs(kinds: _Fields) -> tuple[list[tuple[str, str]], list[int], int]:
     """Every (prompt, answer) of a KnowEdit ``locality`` or ``portability`` mapping, kind by kind, one pair per
-    accepted answer (alias), and the question each pair answers."""
-    pairs, questions = [], []
+    accepted answer (alias); the question each pair answers; and how many questions have no answer at all
+    (WikiData has some: they cannot be scored, and are counted, not read)."""
+    pairs, questions, unanswered = [], [], 0
     order = sorted(kinds.record, key=lambda k: KNOWEDIT_KINDS.index(k) if k in KNOWEDIT_KINDS else len(KNOWEDIT_KINDS))
     for kind in order:
         entries = kinds.record[kind]
@@ -183,11 +190,21 @@ def _knowedit_pairs(kinds: _Fields) -> tuple[list[tuple[str, str]], list[int]]:
             if prompt is None:
                 kinds.fail(where + ".prompt", "a non-empty string (or a list of them)", entry.get("prompt"))
             if not answers:
+                if "ground_truth" in entry and _empty_lists(entry["ground_truth"]):  # given, and empty
+                    unanswered += 1
+                    continue
                 kinds.fail(where + ".ground_truth", "a non-empty string (or a list of them)", entry.get("ground_truth"))
             question = len(set(questions))
             pairs += [(prompt, answer) for answer in answers]
             questions += [question] * len(answers)
-    return pairs, questions
+    return pairs, questions, unanswered
+
+
+def _empty_lists(value) -> bool:
+    """"", [], [[]], [[], ""]...: an answer given as nothing."""
+    if isinstance(value, list):
+        return all(_empty_lists(v) for v in value)
+    return isinstance(value, str) and not value.strip()
 
 
 def _to_record(record, fmt: str, index: int, source: str) -> EditRecord:
@@ -214,10 +231,10 @@ def _to_record(record, fmt: str, index: int, source: str) -> EditRecord:
     elif fmt == "knowedit":
         request = {"prompt": f.text("prompt"), "subject": f.text("subject"), "target_new": f.text("target_new"),
                    "ground_truth": _first_text(f, "ground_truth"), "case_id": f.case_id()}
-        locality, locality_questions = _knowedit_pairs(f.mapping("locality", required=False))
-        portability, portability_questions = _knowedit_pairs(f.mapping("portability", required=False))
+        locality, locality_questions, no_answer = _knowedit_pairs(f.mapping("locality", required=False))
+        portability, portability_questions, no_answer_p = _knowedit_pairs(f.mapping("portability", required=False))
         edit = EditRecord(request["case_id"], request, f.texts("rephrase_prompt"), locality, portability, "zsre",
-                          locality_questions, portability_questions)
+                          locality_questions, portability_questions, no_answer + no_answer_p)
     elif fmt == "counterfact_rome":
         rewrite = f.mapping("requested_rewrite")
         subject, template = rewrite.text("subject"), rewrite.text("prompt")
@@ -304,10 +321,10 @@ def _with_easyedit_fields(record: EditRecord, item: dict | None, fmt: str, sourc
         request = dict(record.request, prompt=item["prompt"], subject=item["subject"], target_new=item["target_new"],
                        ground_truth=_answer(item["ground_truth"]))
         kinds = lambda *keys: _knowedit_pairs(_Fields({k: item[k] for k in keys if item.get(k)}, record.case_id, source))
-        (locality, locality_questions), (portability, portability_questions) = (
+        (locality, locality_questions, no_answer), (portability, portability_questions, no_answer_p) = (
             kinds("locality_rs", "locality_f"), kinds("portability_r", "portability_s", "portability_l"))
         return EditRecord(record.case_id, request, record.rephrase_prompts, locality, portability, record.kind,
-                          locality_questions, portability_questions)
+                          locality_questions, portability_questions, no_answer + no_answer_p)
     return record  # CounterFactDataset yields the file's own dicts: nothing to translate
 
 

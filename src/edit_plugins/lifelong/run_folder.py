@@ -91,6 +91,7 @@ class RunFolder:
                 raise RunFolderError(f"{path}: exists and is not a folder") from None
             created = False
         if not created and _foreign_entries(path):  # refused before the lock: nothing is written into it
+            _check_not_held(path)
             raise RunFolderError(f"{path}: the output folder is not empty; choose a new one, "
                                  "or pass --resume to continue the run in it")
         folder = cls(path, created, _lock(path))
@@ -146,6 +147,23 @@ class RunFolder:
 def _foreign_entries(path: Path) -> list[str]:
     """What is in the folder besides a lock a killed run left."""
     return [p.name for p in path.iterdir() if p.name != LOCK_NAME]
+
+
+def _check_not_held(path: Path) -> None:
+    """Refuse, naming the holder, where another process holds the folder's lock (creating no lock file)."""
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip()
+        raise RunFolderError(f"{path}: another process{f' (pid {holder})' if holder else ''} is running in this "
+                             "run folder; wait for it to end, or use another --out") from None
+    finally:
+        os.close(fd)
 
 
 def _lock(path: Path) -> int:

@@ -58,10 +58,11 @@ def run_summary(method: str, records, position: int, edits: list[dict], checkpoi
 def records_without(records) -> dict:
     """How many of the run's records have no rephrase, locality, portability or ground truth: parts the data
     lacks are counted here, never dropped in silence."""
-    counts = {"rephrase": 0, "locality": 0, "portability": 0, "ground_truth": 0}
+    counts = {"rephrase": 0, "locality": 0, "portability": 0, "ground_truth": 0, "questions_without_answer": 0}
     for record in records:
         for part in record.missing_parts():
             counts[part] += 1
+        counts["questions_without_answer"] += record.unanswered_questions
     return counts
 
 
