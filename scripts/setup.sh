@@ -23,6 +23,9 @@ ENVS=(.venv .venv-oldest .venv-easyedit .venv-easyedit-head)
 TOOLS=.venv-tools  # uv itself
 export UV_CACHE_DIR="${UV_CACHE_DIR:-$PWD/.cache/uv}"  # beside the environments: hard links need one filesystem
 export UV_NO_PROGRESS=1
+# .pyc files at install, as pip writes them: every test process imports torch and transformers, and with
+# PYTHONDONTWRITEBYTECODE set it would compile them from source each time.
+export UV_COMPILE_BYTECODE=1
 
 ALL=0 REFRESH=0
 HEAD_DIR="${EASYEDIT_HEAD:-$PWD/../shared/easyedit-head}"
