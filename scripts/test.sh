@@ -11,6 +11,10 @@
 # --quick: the inner loop: the main environment only, without the process and slow tests (tests/conftest.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# Bytecode is kept (where the machine sets PYTHONDONTWRITEBYTECODE, every test process would compile
+# transformers, and EasyEdit, again): in the environments and this checkout, and for EasyEdit HEAD, whose
+# folder is not ours to write in, under .cache/pycache.
+unset PYTHONDONTWRITEBYTECODE
 QUICK=0
 args=()
 for arg in "$@"; do
@@ -39,5 +43,6 @@ run "oldest transformers (.venv-oldest)" env EDIT_PLUGINS_CACHE="$CACHE-oldest" 
 run "easyeditor 0.0.1.dev0 (.venv-easyedit)" env EDIT_PLUGINS_CACHE="$CACHE" \
     .venv-easyedit/bin/python -m pytest -q "${WORKERS[@]}" -m "easyeditor or dev0_compatible" "$@"
 run "EasyEdit HEAD (.venv-easyedit-head)" env EDIT_PLUGINS_CACHE="$CACHE" EASYEDIT_HEAD="$HEAD" PYTHONPATH="$HEAD" \
+    PYTHONPYCACHEPREFIX="$PWD/.cache/pycache" \
     .venv-easyedit-head/bin/python -m pytest -q "${WORKERS[@]}" -m easyeditor "$@"
 exit $status

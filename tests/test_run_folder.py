@@ -439,6 +439,18 @@ def tree(folder: Path) -> dict:
             if p.is_file() and p.name != ".lock"}
 
 
+class Ran:
+    """What ``in_process`` returns, named as subprocess.run's result is."""
+
+    def __init__(self, result):
+        self.returncode, self.stderr = result.exit_code, result.output
+
+
+def in_process(*args) -> Ran:
+    """The command line, run in this process: a command refused before any edit needs no process of its own."""
+    return Ran(CliRunner().invoke(main, [str(a) for a in args]))
+
+
 def one_error_line(stderr: str) -> bool:
     """The error is one line, and no traceback (model loading may print its progress bar before it)."""
     return len([line for line in stderr.splitlines() if line.startswith("Error:")]) == 1 and "Traceback" not in stderr
@@ -452,7 +464,6 @@ def copied_run(straight: Path, tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.process
 def test_resume_into_a_folder_that_is_not_a_run_leaves_every_file_as_it_was(tmp_path):
     folder = tmp_path / "mine"
     (folder / ".git").mkdir(parents=True)
@@ -460,7 +471,7 @@ def test_resume_into_a_folder_that_is_not_a_run_leaves_every_file_as_it_was(tmp_
     (folder / ".env").write_text("SECRET=1\n")
     (folder / "config.yaml").write_text("model: mine\n")
     before = tree(folder)
-    out = run_cli("lifelong", "--out", folder, "--resume")
+    out = in_process("lifelong", "--out", folder, "--resume")
     assert out.returncode == 2 and "not an edit-plugins run folder" in out.stderr, out.stderr
     assert one_error_line(out.stderr)
     assert tree(folder) == before and sorted(p.name for p in folder.iterdir()) == [".env", ".git", "config.yaml"]
@@ -488,7 +499,7 @@ def test_a_saved_state_that_no_save_could_write_is_refused_and_nothing_changes(t
     path = folder / "state" / "progress.json"
     path.write_text(progress if isinstance(progress, str) else json.dumps(progress(json.loads(path.read_text()))))
     before = tree(folder)
-    out = run_cli("lifelong", "--out", folder, "--resume")
+    out = in_process("lifelong", "--out", folder, "--resume")
     assert out.returncode == 2 and message in out.stderr and str(path) in out.stderr, out.stderr
     assert one_error_line(out.stderr)
     assert tree(folder) == before  # nothing redone, summary.json and edits.jsonl as they were
@@ -520,7 +531,7 @@ def test_tampered_saved_tensors_are_refused_naming_the_file(tmp_path, straight_r
     else:
         _retensor(path, lambda t: {**t, "transformer.h.99.mlp.c_proj.weight": next(iter(t.values())).clone()})
     before = tree(folder)
-    out = run_cli("lifelong", "--out", folder, "--resume")
+    out = in_process("lifelong", "--out", folder, "--resume")
     assert out.returncode == 2 and message in out.stderr and str(path) in out.stderr, out.stderr
     assert one_error_line(out.stderr)
     assert tree(folder) == before
@@ -540,7 +551,7 @@ def test_compare_keeps_a_folder_only_for_the_same_settings(tmp_path, stats_dir):
         args = [a for a in first]
         at = args.index(changed[0])
         args[at + 1] = changed[1]
-        again = run_cli(*args)
+        again = in_process(*args)
         assert again.returncode == 2 and named in again.stderr and "--fresh" in again.stderr, again.stderr
         assert (out / "comparison.md").read_text() == table  # nothing ran, nothing was rewritten
     fresh = run_cli(*[a if a != 2 else 3 for a in first], "--fresh")
@@ -615,11 +626,10 @@ def test_any_alias_of_an_answer_counts_as_correct(tiny_gpt2):
     assert per_question([0.2, 0.9, 0.5], [0, 0, 1]) == [0.9, 0.5]
 
 
-@pytest.mark.process
 def test_a_data_file_nested_too_deep_is_one_line(tmp_path, stats_dir):
     data = tmp_path / "deep.json"
     data.write_text("[" * 200_000 + "]" * 200_000)
-    out = run_cli("lifelong", "--hparams", tiny_hparams(stats_dir, tmp_path), "--data", data, "--out", tmp_path / "run")
+    out = in_process("lifelong", "--hparams", tiny_hparams(stats_dir, tmp_path), "--data", data, "--out", tmp_path / "run")
     assert out.returncode == 2 and "nested too deeply" in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
@@ -651,9 +661,9 @@ def test_a_read_only_folder_is_one_line(tmp_path, stats_dir, straight_run, tmpfs
     disk = tmpfs("ro")
     shutil.copytree(straight, disk / "run")
     subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-    new = run_cli(*common, "--out", disk / "other")
+    new = in_process(*common, "--out", disk / "other")
     assert new.returncode == 2 and "Read-only file system" in new.stderr and "Traceback" not in new.stderr, new.stderr
-    resumed = run_cli("lifelong", "--out", disk / "run", "--resume")
+    resumed = in_process("lifelong", "--out", disk / "run", "--resume")
     assert resumed.returncode == 2 and "Read-only file system" in resumed.stderr, resumed.stderr
     assert tree(disk / "run") == tree(straight)
 
@@ -685,11 +695,10 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes_once_there_is_ro
     assert json.loads(summary(folder)) == json.loads(summary(straight))
 
 
-@pytest.mark.process
 def test_stats_names_an_unknown_method_first(tmp_path):
     hp = tmp_path / "hp.yaml"
     hp.write_text("alg_name: NoSuchMethod\nmodel_name: tiny-gpt2\n")
-    out = run_cli("stats", "--hparams", hp)
+    out = in_process("stats", "--hparams", hp)
     assert out.returncode == 2 and "field 'alg_name' is 'NoSuchMethod'" in out.stderr, out.stderr
 
 
