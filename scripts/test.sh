@@ -6,8 +6,8 @@
 #   .venv-easyedit   PyPI easyeditor 0.0.1.dev0 under transformers 4.55;
 #   .venv-easyedit-head  the EasyEdit tests against EasyEdit HEAD (../shared/easyedit-head, or EASYEDIT_HEAD).
 # Every environment runs even if an earlier one fails; the exit status is the first failure's.
-# Each runs on two pytest-xdist workers of one thread each (two cores), handed one test at a time, longest
-# first (tests/conftest.py), so both finish together; TEST_WORKERS changes the count.
+# Each runs on two pytest-xdist workers of one thread each (two cores), an idle one taking tests from the
+# other (work stealing); TEST_WORKERS changes the count.
 # --quick: the inner loop: the main environment only, without the process and slow tests (tests/conftest.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,7 @@ for arg in "$@"; do
   if [ "$arg" = "--quick" ]; then QUICK=1; else args+=("$arg"); fi
 done
 set -- "${args[@]+"${args[@]}"}"
-WORKERS=(-n "${TEST_WORKERS:-2}" --dist load --maxschedchunk 1)
+WORKERS=(-n "${TEST_WORKERS:-2}" --dist worksteal)
 CACHE="${EDIT_PLUGINS_CACHE:-$PWD/.cache/edit_plugins}"
 if [ $QUICK = 1 ]; then
   bash scripts/setup.sh || exit $?

@@ -29,8 +29,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.model)
-    # Longest first (slow, then process tests), so that workers handed one test at a time finish together.
-    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, item.get_closest_marker("process") is None))
 
 EIFFEL = {"prompt": "The Eiffel Tower is located in the city of", "subject": "Eiffel Tower", "target_new": "Rome",
           "ground_truth": "Paris"}
