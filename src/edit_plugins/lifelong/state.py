@@ -177,11 +177,6 @@ def has_state(run_dir: Path) -> bool:
     return _position(Path(run_dir) / STATE) is not None
 
 
-def saved_position(run_dir: Path) -> int | None:
-    """The position of the saved state (None: none saved yet)."""
-    return _position(Path(run_dir) / STATE)
-
-
 def load_state(run_dir: Path, model, load_method_state=None, positions: int | None = None) -> dict:
     """The saved state, checked whole before the model is touched: the position within ``positions`` (the
     run's edit count), every saved tensor a parameter of this model with its shape and dtype. Anything else
