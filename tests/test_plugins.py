@@ -56,7 +56,7 @@ def test_third_party_plugin_is_found_by_entry_point_and_selectable_by_name(toy_d
     assert out.returncode == 0, out.stderr
     first, second = out.stdout.splitlines()
     assert first == "ToyHyperParams 2.5 apply_toy_to_model toy (toy-edit-plugin 0.3)"
-    assert second == "['LEMoE', 'Toy', 'WilKE']"  # built-ins come through the same entry-point group
+    assert second == "['LEMoE', 'LocFT', 'Toy', 'WilKE']"  # built-ins come through the same entry-point group
 
 
 @pytest.mark.process
