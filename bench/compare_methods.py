@@ -38,6 +38,7 @@ METHODS = {  # name (its run folder): (hparams file under hparams/, fields set o
     "wise": ("easyedit/WISE/smollm2-135m.yaml", {}),
     "grace": ("easyedit/GRACE/smollm2-135m.yaml", {}),
     "ultraedit": ("easyedit/ULTRAEDIT/smollm2-135m.yaml", {}),
+    "ft-m": ("easyedit/FT/smollm2-135m.yaml", {}),
 }
 COVARIANCE_METHODS = {"easyedit-rome", "memit", "alphaedit"}  # EasyEdit reads their C through layer_stats
 # Methods not in a stream's table, and why, as measured here (reported beside the table).
@@ -47,23 +48,24 @@ NOT_RUN = {
 SLOW_FOR_LONG_RUNS = 10.0  # s/edit: slower methods get no 1,000-edit row on this CPU (about 3 hours a run)
 KNOWN_IN_ROME_FILE = 139
 NOTES = {  # what a row's numbers mean, as measured here (reported under the table)
-    "grace": "teacher-forced scores far below its generation exact match (0.233 against 0.770 at the end): GRACE "
-             "answers from a codebook keyed on the layer's input at the prompt's last token, and teacher forcing "
-             "feeds the target's tokens after it, where the key no longer matches",
+    "grace": "measured before the adapter scored GRACE as its authors do (docs/comparison/README.md): GRACE.edit "
+             "leaves its codebook's query position at the last edited prompt's end, and the bare model was scored "
+             "with every later prompt looked up there; its rows here measure that position, not GRACE. To be re-run",
     "lemoe": "on KnowEdit ZsRE, locality (agreement with the unedited model on the records' locality prompts) is "
              "about 0.5 from the first edits on (0.366 at step 10, 0.505 at 1,000) while probe locality stays 0.97: "
              "every KnowEdit ZsRE locality prompt asks another relation of the edited subject (\"The strand "
              "orientation of ZIC3 is\"), and LEMoE routes by the subject's key, so those prompts reach the edit's "
              "expert",
-    "wise": "half its edits do not take hold even right after they are made (immediate rewrite accuracy 0.45, gen EM "
-            "0.40 over the 100 edits): at each edit's 70th step the edit term of WISE's loss is 0.001-0.32 while its "
-            "routing term (the activation margins act_margin [5, 20, 10], from EasyEdit's llama-7b file) is still "
-            "33-68, so its retrieval likely fails to tell the edit's prompt from others on SmolLM2; retention 0.50 "
-            "at 10 edits, 0.15 at 100",
-    "ultraedit": "does not take hold at the shipped lr 1e-6 (end-of-sequence reliability 0.048 on 100 CounterFact "
-                 "edits; 0.237 token accuracy on 1,000 ZsRE edits, and no edit an exact match at any checkpoint); "
-                 "in a 4-edit trial lr 1e-4 gave rewrite 0.168 and lr 1e-3 broke locality (0.035), so no setting "
-                 "here edits SmolLM2 usefully",
+    "wise": "measured before the adapter fixes (docs/comparison/README.md): WISE was scored in batches of up to 64 "
+            "rows, which its adaptor routes as one by their mean distance, trained with the tokenizer padding on "
+            "the right (BaseEditor pads on the left for it), and beside the record's own locality prompt, which "
+            "is also scored. Its hparams are still those of EasyEdit's llama-7b file (act_margin [5, 20, 10]; its "
+            "routing loss was 33-68 after 70 steps). To be re-run, tuned",
+    "ultraedit": "measured before the adapter fixes (docs/comparison/README.md): trained with the tokenizer padding "
+                 "on the right (UltraEdit aligns labels to the last positions, so shorter rows trained on the "
+                 "wrong tokens) and with its lifelong normaliser rebuilt at every call; its lr (1e-6) is EasyEdit's "
+                 "for 3,584-5,376-wide models and enters multiplied by the squared norm of standardised keys (about "
+                 "the input width, 576 here). To be re-run, tuned",
 }
 
 
@@ -126,8 +128,8 @@ def run(args):
             fill_covariance_stats(files[name])
     cli = [sys.executable, "-m", "edit_plugins.cli"]
     command = [*cli, "compare", "--data", str(data), "--num-edits", str(edits), "--out", str(out_dir(args.stream, args.edits)),
-               "--checkpoints", ",".join(str(c) for c in (10, 100, 300, 1000) if c < edits) + f",{edits}",
-               "--probe-data", str(SHARED / "known_1000.json"), "--num-probes", "100"]
+               "--probe-data", str(SHARED / "known_1000.json"), "--num-probes", "100",
+               "--unrelated-data", str(SHARED / "zsre_mend_eval.json"), "--num-unrelated", "200"]
     for name in names:
         command += ["--hparams", str(files[name])]
     subprocess.run(command, check=True, cwd=ROOT)  # cwd: EasyEdit hparams name stats_dir relative to it

@@ -36,7 +36,7 @@ def main():
     locality_pairs = [pair for r in records for pair in r.locality]
     unedited_scores = scoring.score_answers(model, tok, locality_pairs)
     unedited_predictions = [s.predicted for s in unedited_scores]
-    unedited_neighbourhood = metrics.neighbourhood_success(model, tok, records) if args.dataset == "counterfact" else None
+    unedited_neighbourhood = metrics.neighbourhood_success(scoring.Scorer(model, tok), records) if args.dataset == "counterfact" else None
     state = ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}{device_suffix()}" / "state"
     load_adaptor(model, next(p for p in (state / "method_state.safetensors", state / "adaptor.safetensors") if p.is_file()))
     _, adaptor = find_adaptor(model)
@@ -83,7 +83,7 @@ def main():
                                                     [p for p, _ in locality_pairs], {r.request.get("subject") for r in records})
     if unedited_neighbourhood is not None:
         locality["neighbourhood_success"] = {"unedited": unedited_neighbourhood,
-                                             "final": metrics.neighbourhood_success(model, tok, records)}
+                                             "final": metrics.neighbourhood_success(scoring.Scorer(model, tok), records)}
     print(locality)
     write_result(f"lemoe_routing_{args.dataset}_{args.variant}_{args.edits}",
                  {"dataset": args.dataset, "variant": args.variant, "edits": args.edits,

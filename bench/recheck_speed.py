@@ -27,12 +27,12 @@ def main():
     _score_answers = scoring.score_answers
     scoring.score_answers = lambda model, tok, pairs, **kw: scored.append(len(pairs)) or _score_answers(model, tok, pairs, **kw)
     result = {}
-    metrics.retention(model, tok, load_records(SOURCES["zsre"][0], num_edits=8))  # warm-up
+    metrics.retention(scoring.Scorer(model, tok), load_records(SOURCES["zsre"][0], num_edits=8))  # warm-up
     for name, (path, count) in SOURCES.items():
         records = load_records(path, num_edits=count)
         scored.clear()
         started = time.perf_counter()
-        metrics.retention(model, tok, records)
+        metrics.retention(scoring.Scorer(model, tok), records)
         locality_pairs = [pair for r in records for pair in r.locality]
         scoring.score_answers(model, tok, locality_pairs)
         seconds = time.perf_counter() - started

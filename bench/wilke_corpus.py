@@ -12,6 +12,7 @@ import argparse
 from bench.common import ROOT, known_counterfact, setup, write_result
 from edit_plugins import hparams
 from edit_plugins.lifelong import metrics
+from edit_plugins.lifelong.scoring import Scorer
 from edit_plugins.methods.wilke import apply_wilke_to_model
 from edit_plugins.models import load_model
 from edit_plugins.plugins import get_method
@@ -36,7 +37,7 @@ def main():
         rows = []
         for record in records:
             _, weights_copy = apply_wilke_to_model(model, tok, [record.request], hp, return_orig_weights=True)
-            rows.append(metrics.edit_metrics(model, tok, record, [[-1]] * len(record.locality)))
+            rows.append(metrics.edit_metrics(Scorer(model, tok), record, [[-1]] * len(record.locality)))
             get_method("WilKE").undo(model, weights_copy)
         row = {"corpus": label, "documents": n, **{m: metrics.mean(r.get(m) for r in rows)
                                                      for m in ("efficacy", "paraphrase", "neighbourhood", "rewrite_acc")}}

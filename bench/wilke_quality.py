@@ -23,6 +23,7 @@ from edit_plugins import hparams
 from edit_plugins.events import collect_events
 from edit_plugins.hookspecs import hookimpl
 from edit_plugins.lifelong.metrics import edit_metrics, mean
+from edit_plugins.lifelong.scoring import Scorer
 from edit_plugins.lifelong import RunOptions, run_lifelong
 from edit_plugins.lifelong.run_log import read_checkpoints, read_edits, read_timing
 from edit_plugins.methods.wilke import apply_wilke_to_model
@@ -68,7 +69,7 @@ def main():
     def edit_and_measure(hp, record):
         with collect_events() as events:
             _, weights_copy = apply_wilke_to_model(model, tok, [record.request], hp, return_orig_weights=True)
-        metrics = edit_metrics(model, tok, record, [[-1]] * len(record.locality))
+        metrics = edit_metrics(Scorer(model, tok), record, [[-1]] * len(record.locality))
         # neighbourhood success needs no reference; locality_acc (vs unedited) is not used here
         get_method("WilKE").undo(model, weights_copy)
         return events[0][0].info, metrics

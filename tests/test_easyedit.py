@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import pytest
 
-from conftest import ROOT, changed_parameters, snapshot
+from conftest import ROOT, SHARED_DATA, changed_parameters, snapshot
 
 easyeditor = pytest.importorskip("easyeditor", reason="needs the real easyeditor package (.venv-easyedit)")
 pytestmark = pytest.mark.easyeditor
@@ -249,6 +249,7 @@ def test_token_accuracy_agrees_with_easyeditors_compute_edit_quality(smollm2):
     from edit_plugins import easyedit_compat, hparams
     from edit_plugins.lifelong.data import load_records
     from edit_plugins.lifelong.metrics import edit_metrics
+    from edit_plugins.lifelong.scoring import Scorer
 
     if not easyedit_compat.is_head():
         pytest.skip("easyeditor 0.0.1.dev0 evaluates on cuda:N only")
@@ -259,7 +260,7 @@ def test_token_accuracy_agrees_with_easyeditors_compute_edit_quality(smollm2):
     for i, record in enumerate(load_records(SHARED_DATA / "zsre_mend_eval.json", num_edits=12, start=300)):
         if i % 2:  # half with the true answer, which the model often knows: accuracies other than 0
             record.request["target_new"] = record.request["ground_truth"]
-        metrics = edit_metrics(model, tok, record, [[-1]] * len(record.locality))
+        metrics = edit_metrics(Scorer(model, tok), record, [[-1]] * len(record.locality))
         ours += [metrics["rewrite_acc"], metrics["rephrase_acc"]]
         easyedit_record = {"prompt": record.request["prompt"], "target_new": record.request["target_new"],
                            "ground_truth": record.request["ground_truth"],
@@ -404,14 +405,15 @@ def test_alphaedit_keeps_its_past_edits_term_across_a_kill_and_resume(tmp_path):
 
     if not easyedit_compat.is_head():
         pytest.skip("AlphaEdit is EasyEdit HEAD's")
-    config = {**SMOLLM2_COVARIANCE_HPARAMS, "alg_name": "AlphaEdit", "model_name": str(materialize("smollm2-135m")),
-              "stats_dir": str(tmp_path / "stats"), "v_num_grad_steps": 5, "nullspace_threshold": 2e-2, "L2": 10,
-              "P_loc": str(tmp_path / "P.pt")}
+    config = yaml.safe_load((ROOT / "hparams" / "easyedit" / "AlphaEdit" / "tiny-gpt2.yaml").read_text())
+    (tmp_path / "tiny-gpt2-xl").symlink_to(materialize("tiny-gpt2"))  # AlphaEdit knows GPT-2 by "gpt2-xl"
+    config.update(model_name=str(tmp_path / "tiny-gpt2-xl"), stats_dir=str(tmp_path / "stats"),
+                  P_loc=str(tmp_path / "P.pt"))
     hp = tmp_path / "hp.yaml"
     hp.write_text(yaml.safe_dump(config))
     fill_stats(hp)
-    common = ["--hparams", hp, "--data", SHARED_DATA / "zsre_mend_eval.json", "--num-edits", 3, "--save-every", 1,
-              "--checkpoints", "1,3", "--quiet"]
+    common = ["--hparams", hp, "--data", SHARED_DATA / "zsre_mend_eval.json", "--num-edits", 6, "--save-every", 1,
+              "--checkpoints", "1,6", "--quiet"]
     cli = lambda *args: [sys.executable, "-m", "edit_plugins.cli", "lifelong", *map(str, args)]  # noqa: E731
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     straight = subprocess.run(cli(*common, "--out", tmp_path / "straight"), capture_output=True, text=True, env=env,
@@ -423,7 +425,7 @@ def test_alphaedit_keeps_its_past_edits_term_across_a_kill_and_resume(tmp_path):
     kill_at_position(victim, tmp_path / "killed" / "state" / "progress.json", 2, timeout=600)
     assert not (tmp_path / "killed" / "summary.json").exists()  # it died mid-run
     saved, _ = load_tensors(tmp_path / "killed" / "state" / "method_state.safetensors")
-    assert saved["cache_c"].shape == (2, 1536, 1536) and float(saved["cache_c"].abs().sum()) > 0
+    assert saved["cache_c"].shape == (2, 256, 256) and float(saved["cache_c"].abs().sum()) > 0
 
     resumed = subprocess.run(cli("--out", tmp_path / "killed", "--resume", "--quiet"), capture_output=True, text=True,
                              env=env, cwd=tmp_path)
@@ -438,10 +440,12 @@ def test_alphaedit_keeps_its_past_edits_term_across_a_kill_and_resume(tmp_path):
 
 @pytest.mark.process
 @pytest.mark.slow
-@pytest.mark.parametrize("alg_name, fast", [("GRACE", {"n_iter": 20}), ("WISE", {"n_iter": 5})])
+@pytest.mark.parametrize("alg_name, fast", [("GRACE", {"n_iter": 20}),
+                                            ("WISE", {"n_iter": 5, "save_freq": 2, "merge_freq": 4})])
 def test_restore_callable_methods_survive_a_kill_and_resume_by_replay(alg_name, fast, tmp_path):
     """EasyEdit's WISE and GRACE keep their edits in adaptor objects the runner cannot save: a resumed run
-    re-applies the logged edits and must end in the summary of a run never killed."""
+    re-applies the logged edits and must end in the summary of a run never killed. WISE runs past its side
+    memories (every 2 edits) and their merge (every 4), each edit trained beside an unrelated question."""
     import json
 
     import yaml
@@ -451,11 +455,12 @@ def test_restore_callable_methods_survive_a_kill_and_resume_by_replay(alg_name, 
 
     if not easyedit_compat.is_head():
         pytest.skip("the lifelong runner drives HEAD's WISE and GRACE")
-    config = yaml.safe_load((ROOT / "hparams" / "easyedit" / alg_name / "smollm2-135m.yaml").read_text())
+    config = yaml.safe_load((ROOT / "hparams" / "easyedit" / alg_name / "tiny-gpt2.yaml").read_text())
     hp = tmp_path / "hp.yaml"
     hp.write_text(yaml.safe_dump({**config, **fast}))  # fewer steps: the test is about resuming, not quality
-    common = ["--hparams", hp, "--data", SHARED_DATA / "zsre_mend_eval.json", "--num-edits", 3, "--save-every", 1,
-              "--checkpoints", "1,3", "--quiet"]
+    zsre = SHARED_DATA / "zsre_mend_eval.json"
+    common = ["--hparams", hp, "--data", zsre, "--num-edits", 8, "--save-every", 1, "--checkpoints", "4,8",
+              "--unrelated-data", zsre, "--num-unrelated", 10, "--quiet"]
     cli = lambda *args: [sys.executable, "-m", "edit_plugins.cli", "lifelong", *map(str, args)]  # noqa: E731
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     straight = subprocess.run(cli(*common, "--out", tmp_path / "straight"), capture_output=True, text=True, env=env)
@@ -463,7 +468,7 @@ def test_restore_callable_methods_survive_a_kill_and_resume_by_replay(alg_name, 
 
     victim = subprocess.Popen(cli(*common, "--out", tmp_path / "killed"), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=env)
-    kill_at_position(victim, tmp_path / "killed" / "state" / "progress.json", 2, timeout=600)
+    kill_at_position(victim, tmp_path / "killed" / "state" / "progress.json", 3, timeout=600)
     assert not (tmp_path / "killed" / "summary.json").exists()  # it died mid-run
 
     resumed = subprocess.run(cli("--out", tmp_path / "killed", "--resume", "--quiet"), capture_output=True, text=True,
@@ -475,7 +480,7 @@ def test_restore_callable_methods_survive_a_kill_and_resume_by_replay(alg_name, 
     assert state["progress"]["resume_by_replay"] is True
 
 
-@pytest.mark.parametrize("alg_name", ["ROME", "MEMIT", "AlphaEdit", "WISE", "GRACE", "ULTRAEDIT"])
+@pytest.mark.parametrize("alg_name", ["ROME", "MEMIT", "AlphaEdit", "WISE", "GRACE", "ULTRAEDIT", "FT"])
 def test_the_shipped_easyedit_hparams_load_into_easyeditors_classes(alg_name):
     """hparams/easyedit/*: EasyEdit's own class (however EasyEdit spells it), the embedded alias replaced by the
     folder EasyEdit can load, whose name its model-family checks read ("llama")."""
@@ -499,3 +504,53 @@ def test_hparams_for_a_method_the_installed_easyedit_lacks_are_refused_by_name(a
     with pytest.raises(hparams.HparamsError,
                        match=rf"field 'alg_name': unknown method '{alg_name}'; registered methods: \[.*'ROME'.*\]"):
         hparams.load(ROOT / "hparams" / "easyedit" / alg_name / "smollm2-135m.yaml")
+
+
+def test_compare_refuses_a_method_that_cannot_run_here_before_running_any(tmp_path):
+    """WISE with no unrelated questions to train beside, MEMIT whose layer statistics are missing (EasyEdit would
+    download a corpus for them): refused by name, with what to do."""
+    import yaml
+
+    from edit_plugins import easyedit_compat
+    from edit_plugins.lifelong import RunOptions
+    from edit_plugins.lifelong.compare import CompareError, check_all
+
+    if not easyedit_compat.is_head():
+        pytest.skip("WISE is EasyEdit HEAD's")
+    wise = ROOT / "hparams" / "easyedit" / "WISE" / "tiny-gpt2.yaml"
+    with pytest.raises(CompareError, match=r"WISE/tiny-gpt2.yaml: WISE trains on an unrelated question.*--unrelated-data"):
+        check_all([wise], RunOptions())
+    config = yaml.safe_load((ROOT / "hparams" / "easyedit" / "MEMIT" / "tiny-gpt2.yaml").read_text())
+    memit = tmp_path / "memit.yaml"
+    memit.write_text(yaml.safe_dump({**config, "stats_dir": str(tmp_path / "no-stats")}))
+    with pytest.raises(CompareError, match=r"memit.yaml: EasyEdit's MEMIT would download a corpus.*"
+                                           r"edit-plugins stats --hparams .*memit.yaml"):
+        check_all([wise, memit], RunOptions(unrelated_data=str(SHARED_DATA / "zsre_mend_eval.json")))
+
+
+def test_ultraedit_keeps_its_lifelong_normaliser_across_calls(tiny_gpt2, tmp_path):
+    """EasyEdit's executor builds a new normaliser at every call; ours keeps one for the run, so its running
+    statistics count every edit so far."""
+    from edit_plugins import easyedit_compat, hparams
+    from edit_plugins.plugins import resolve
+
+    if not easyedit_compat.is_head():
+        pytest.skip("UltraEdit is EasyEdit HEAD's")
+    model, tok = tiny_gpt2
+    method = resolve("ULTRAEDIT")
+    hp = hparams.load(ROOT / "hparams" / "easyedit" / "ULTRAEDIT" / "tiny-gpt2.yaml")
+    method.prepare(hp)
+    counts = []
+    for request in ({"prompt": "The capital of France is", "target_new": "Tokyo", "subject": "France"},
+                    {"prompt": "The mother tongue of Danielle is", "target_new": "English", "subject": "Danielle"}):
+        method.apply(model, tok, [request], hp, **easyedit_compat.sequential_apply_kwargs())
+        executor = easyedit_compat.alg_dict()["ULTRAEDIT"].__self__
+        counts.append(float(next(iter(executor.alg.lifelong_normalizer.values())).n))
+    assert counts[0] > 0 and counts[1] > counts[0]
+    tensors, metadata = method.save_state(model)
+    fresh = resolve("ULTRAEDIT")  # a resumed run: its normaliser comes back at the next call
+    fresh.prepare(hp)
+    fresh.load_state(model, tensors, metadata)
+    fresh.apply(model, tok, [{"prompt": "Paris is in", "target_new": "Italy", "subject": "Paris"}], hp,
+                **easyedit_compat.sequential_apply_kwargs())
+    assert float(next(iter(executor.alg.lifelong_normalizer.values())).n) > counts[1]

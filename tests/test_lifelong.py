@@ -13,6 +13,7 @@ from edit_plugins.lifelong import metrics, scoring
 from edit_plugins.lifelong.data import DataError, EditRecord, load_records
 from edit_plugins.lifelong import RunOptions, run_lifelong
 from edit_plugins.lifelong.options import checkpoint_steps
+from edit_plugins.lifelong.run_log import read_checkpoints
 from edit_plugins.plugins import pm
 
 ZSRE = SHARED_DATA / "zsre_mend_eval.json"
@@ -293,8 +294,8 @@ def test_retention_re_measures_counterfacts_probability_scores_like_the_immediat
 
     model, tok = tiny_gpt2
     records = load_records(CF_ROME, num_edits=8)
-    immediate = [metrics.edit_metrics(model, tok, r, [[-1]] * len(r.locality)) for r in records]
-    row = metrics.retention(model, tok, records)
+    immediate = [metrics.edit_metrics(scoring.Scorer(model, tok), r, [[-1]] * len(r.locality)) for r in records]
+    row = metrics.retention(scoring.Scorer(model, tok), records)
     per_paraphrase = [m["paraphrase"] for m in immediate]
     counts = [len(r.rephrase_prompts) for r in records]
     assert len(set(m["efficacy"] for m in immediate)) == 2  # a random model: both outcomes occur
@@ -345,18 +346,24 @@ def test_compare_runs_each_method_on_the_same_edits_and_writes_one_table_and_plo
     out = tmp_path / "cmp"
     command = [sys.executable, "-m", "edit_plugins.cli", "compare", "--hparams", str(wilke), "--hparams", str(lemoe),
                "--data", str(ZSRE), "--num-edits", "4", "--checkpoints", "2", "--num-probes", "5",
-               "--probe-data", str(KNOWN), "--out", str(out)]
+               "--probe-data", str(KNOWN), "--unrelated-data", str(ZSRE), "--num-unrelated", "6", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     orders = [yaml_order(out / name) for name in ("tiny", "tiny-gpt2")]
     assert orders[0] == orders[1]  # same records in the same order (LEMoE's own order planning off)
     from edit_plugins.lifelong.compare import rows
-    assert [r["planned_order"] for r in rows([out / "tiny", out / "tiny-gpt2"])] == [False, False]
+    compared = rows([out / "tiny", out / "tiny-gpt2"])
+    assert [r["planned_order"] for r in compared] == [False, False]
+    assert [r["family"] for r in compared] == ["weight editor", "memory"]
     table = (out / "comparison.md").read_text().splitlines()
-    assert [line.split("|")[1].strip() for line in table[2:]] == ["tiny (WilKE)", "tiny-gpt2 (LEMoE)"]
-    assert "end of sequence" in table[0] and (out / "retention.png").stat().st_size > 0
-    summary = json.loads((out / "tiny" / "summary.json").read_text())
-    assert f"| {summary['protocols']['end_of_sequence']['reliability']:.3f} /" in table[2]
+    ranked = sorted(compared, key=lambda r: r["score"], reverse=True)  # best first, by the generation-based score
+    assert [line.split("|")[1].strip() for line in table[2:]] == [f"{r['label']} ({r['method']})" for r in ranked]
+    assert "(gen EM / acc)" in table[0] and (out / "retention.png").stat().st_size > 0
+    end = json.loads((out / "tiny" / "summary.json").read_text())["protocols"]["end_of_sequence"]
+    row = next(line for line in table[2:] if line.startswith("| tiny (WilKE)"))
+    assert f"| {end['reliability_gen_em']:.3f} / {end['reliability']:.3f} |" in row
+    assert end["unrelated_locality"] is not None and f" / {end['unrelated_locality']:.3f} / " in row
+    assert len(read_checkpoints(out / "tiny")) == 2  # --checkpoints 2, and the last
     written = (out / "tiny" / "edits.jsonl").stat().st_mtime_ns
     again = subprocess.run(command, capture_output=True, text=True)  # complete runs are kept, not redone
     assert again.returncode == 0 and (out / "tiny" / "edits.jsonl").stat().st_mtime_ns == written
@@ -377,3 +384,100 @@ def test_compare_refuses_an_unknown_method_before_running_any(tmp_path, stats_di
                            "--out", str(tmp_path / "cmp")], capture_output=True, text=True)
     assert done.returncode == 2 and "unknown method 'NoSuchMethod'" in done.stderr
     assert not (tmp_path / "cmp").exists()
+
+
+class _CountingEditor:
+    """What an EasyEdit memory's apply returns: an object whose __call__ and generate() reach the model."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def __call__(self, **kwargs):
+        self.calls += 1
+        return self.model(**kwargs)
+
+    def generate(self, **kwargs):
+        self.calls += 1
+        return self.model.generate(**kwargs)
+
+
+def test_scoring_one_row_at_a_time_through_the_editor_scores_what_batches_score(tiny_gpt2):
+    """A method that must be scored one row per forward, through the object its apply returned, with a hook
+    before each forward: the scores are those of batched scoring; only the route differs."""
+    from edit_plugins.plugins import Scoring
+
+    model, tok = tiny_gpt2
+    records = load_records(CF_ROME, num_edits=4)
+    pairs = [(p, a) for r in records for p in [r.request["prompt"], *r.rephrase_prompts]
+             for a in (r.request["target_new"], r.request["ground_truth"])]
+    lengths = []
+    scorer = scoring.Scorer(model, tok, Scoring(rows_alone=True, through_editor=True,
+                                                before_forward=lambda m, n: lengths.append(n)))
+    scorer.editor = _CountingEditor(model)
+    alone, batched = scorer.teacher_forced(pairs), scoring.score_answers(model, tok, pairs)
+    assert [s.predicted for s in alone] == [s.predicted for s in batched]
+    assert [s.mean_logprob for s in alone] == pytest.approx([s.mean_logprob for s in batched], abs=1e-4)
+    rows = len({(tuple(tok(p).input_ids), a) for p, a in pairs})  # identical rows run once
+    assert scorer.editor.calls == len(lengths) and 0 < len(lengths) <= rows
+    assert sorted(set(lengths)) == sorted({len(tok(p).input_ids) for p, _ in pairs})
+    lengths.clear()
+    assert scorer.generated(pairs) == scoring.generated_answers(model, tok, pairs)
+    assert lengths == [None] * len(pairs)  # one generate() per row, each told it is a generation
+
+
+def test_a_run_hands_the_method_its_padding_side_and_scores_it_as_it_declares(tmp_path, tiny_gpt2, stats_dir,
+                                                                             monkeypatch):
+    import copy
+    import dataclasses
+
+    from edit_plugins.lifelong import start
+    from edit_plugins.lifelong.run_log import read_edits
+    from edit_plugins.plugins import Scoring, resolve
+
+    model, tok = tiny_gpt2
+    wilke, sides = resolve("WilKE"), []
+
+    def apply(model, tok, requests, hparams, **kwargs):
+        sides.append(tok.padding_side)
+        return wilke.apply(model, tok, requests, hparams, **kwargs)
+
+    declared = dataclasses.replace(wilke, apply=apply, padding_side="left", scoring=Scoring(rows_alone=True))
+    options = dict(num_edits=3, checkpoints=[3], diagnostics=[], probe_data=str(KNOWN), num_probes=4)
+    twin = copy.deepcopy(model)
+    monkeypatch.setattr(start, "resolve", lambda name: declared)
+    tok.padding_side = "right"
+    run_lifelong(tiny_hparams(stats_dir, tmp_path), ZSRE, tmp_path / "alone", model=model, tok=tok,
+                 options=RunOptions(**options), progress_bar=False)
+    assert sides == ["left"] * 3 and tok.padding_side == "right"  # put back after each edit
+    monkeypatch.setattr(start, "resolve", lambda name: wilke)
+    run_lifelong(tiny_hparams(stats_dir, tmp_path), ZSRE, tmp_path / "batched", model=twin, tok=tok,
+                 options=RunOptions(**options), progress_bar=False)
+    alone, batched = read_edits(tmp_path / "alone"), read_edits(tmp_path / "batched")
+    assert [e["metrics"] for e in alone] == [pytest.approx(e["metrics"], abs=1e-6) for e in batched]
+    assert len({e["metrics"]["rewrite_acc"] for e in alone} | {e["metrics"]["locality_acc"] for e in alone}) > 1
+
+
+def test_unrelated_questions_are_scored_or_pooled_never_both_and_never_the_streams_own(tmp_path):
+    from edit_plugins.lifelong.data import load_unrelated_questions
+
+    records = load_records(ZSRE, num_edits=5)
+    unrelated = load_unrelated_questions(ZSRE, 20, records)
+    own = {p for r in records for p, _ in r.locality}
+    assert len(unrelated.scored) == 20 and len(unrelated.pool) > 100
+    questions = [q for q, _ in unrelated.scored + unrelated.pool]
+    assert len(set(questions)) == len(questions) and not own & set(questions)
+    assert all(q.startswith("nq question:") for q in questions)
+    not_zsre = tmp_path / "cf.json"
+    not_zsre.write_text(json.dumps([{"prompt": "p", "target_new": "t"}]))
+    with pytest.raises(DataError, match=r"cf.json: no record has the fields 'loc' and 'loc_ans'"):
+        load_unrelated_questions(not_zsre, 20, records)
+
+
+def test_compare_refuses_hparams_for_different_models_before_running_any(tmp_path, stats_dir):
+    from edit_plugins.lifelong.compare import CompareError, check_all
+
+    other = tmp_path / "other" / "tiny.yaml"
+    other.parent.mkdir()
+    other.write_text((HPARAMS / "WilKE" / "smollm2-135m-fast.yaml").read_text())
+    with pytest.raises(CompareError, match=r"edit different models.*smollm2.*other/tiny.yaml"):
+        check_all([tiny_hparams(stats_dir, tmp_path), other])

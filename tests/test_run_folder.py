@@ -610,7 +610,7 @@ def test_a_records_missing_parts_are_counted_in_the_run_summary(tmp_path, tiny_g
 def test_any_alias_of_an_answer_counts_as_correct(tiny_gpt2):
     from edit_plugins.lifelong.data import EditRecord
     from edit_plugins.lifelong.metrics import edit_metrics, per_question
-    from edit_plugins.lifelong.scoring import score_answers
+    from edit_plugins.lifelong.scoring import Scorer, score_answers
 
     model, tok = tiny_gpt2
     prompt = "The capital city of France is"
@@ -621,8 +621,8 @@ def test_any_alias_of_an_answer_counts_as_correct(tiny_gpt2):
     aliases = EditRecord(0, request, portability=[(prompt, "Zzyzx Qwerty"), (prompt, predicted)],
                          portability_questions=[0, 0])
     first_only = EditRecord(0, request, portability=[(prompt, "Zzyzx Qwerty")])
-    assert edit_metrics(model, tok, aliases, [])["portability_acc"] == 1.0
-    assert edit_metrics(model, tok, first_only, [])["portability_acc"] < 1.0
+    assert edit_metrics(Scorer(model, tok), aliases, [])["portability_acc"] == 1.0
+    assert edit_metrics(Scorer(model, tok), first_only, [])["portability_acc"] < 1.0
     assert per_question([0.2, 0.9, 0.5], [0, 0, 1]) == [0.9, 0.5]
 
 

@@ -161,12 +161,16 @@ def print_summary(summary: dict) -> None:
 @click.option("--probe-data", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Never-edited facts for locality, in ROME's known_1000.json format.")
 @click.option("--num-probes", type=click.IntRange(min=0), default=100)
+@click.option("--unrelated-data", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Unrelated questions: a ZsRE file's loc/loc_ans (Natural Questions, e.g. zsre_mend_eval.json).")
+@click.option("--num-unrelated", type=click.IntRange(min=0), default=200,
+              help="How many unrelated questions are scored; the rest are a pool methods such as WISE train on.")
 @click.option("--diagnostics", default=None, callback=_diagnostic_names,
               help="Comma-separated diagnostics to run ('' for none; default: those registered as defaults).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def lifelong(ctx, hparams_path, data, out_dir, resume, num_edits, start, shuffle, seed, batch_size, checkpoints,
-             save_every, probe_data, num_probes, diagnostics, quiet):
+             save_every, probe_data, num_probes, unrelated_data, num_unrelated, diagnostics, quiet):
     """Stream edits with no rollback, re-check old ones at checkpoints; resumable after a kill."""
     from .lifelong import RunOptions, resume_lifelong, run_lifelong
 
@@ -182,7 +186,8 @@ def lifelong(ctx, hparams_path, data, out_dir, resume, num_edits, start, shuffle
             raise click.UsageError("--hparams and --data are required (unless --resume)")
         options = RunOptions(num_edits=num_edits, start=start, shuffle=shuffle, seed=seed, batch_size=batch_size,
                              checkpoints=checkpoints, save_every=save_every, probe_data=probe_data,
-                             num_probes=num_probes, **({} if diagnostics is None else {"diagnostics": diagnostics}))
+                             num_probes=num_probes, unrelated_data=unrelated_data, num_unrelated=num_unrelated,
+                             **({} if diagnostics is None else {"diagnostics": diagnostics}))
         summary = run_lifelong(hparams_path, data, out_dir, options=options, progress_bar=not quiet)
     click.echo(f"Run folder: {out_dir if resume is None else (resume or out_dir)}")
     print_summary(summary)
@@ -195,12 +200,17 @@ def lifelong(ctx, hparams_path, data, out_dir, resume, num_edits, start, shuffle
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Folder for one run folder per method, comparison.md and retention.png.")
 @click.option("--num-edits", type=click.IntRange(min=1), default=None)
-@click.option("--checkpoints", default=None, callback=_steps, help="Comma-separated steps (default 10,100 and the last).")
+@click.option("--checkpoints", default=None, callback=_steps,
+              help="Comma-separated steps (default 1,2,4,8,... and the last).")
 @click.option("--probe-data", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--num-probes", type=click.IntRange(min=0), default=100)
+@click.option("--unrelated-data", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Unrelated questions: a ZsRE file's loc/loc_ans (Natural Questions, e.g. zsre_mend_eval.json).")
+@click.option("--num-unrelated", type=click.IntRange(min=0), default=200)
 @click.option("--seed", type=int, default=0)
 @click.option("--fresh", is_flag=True, help="Run every method again, replacing its run folder in --out.")
-def compare(hparams_paths, data, out_dir, num_edits, checkpoints, probe_data, num_probes, seed, fresh):
+def compare(hparams_paths, data, out_dir, num_edits, checkpoints, probe_data, num_probes, unrelated_data,
+            num_unrelated, seed, fresh):
     """Run several methods on the same edits (order, checkpoints, probes), then one table and one plot.
 
     Each method runs as `edit-plugins lifelong` in its own process; complete runs are kept, stopped ones resumed,
@@ -209,14 +219,17 @@ def compare(hparams_paths, data, out_dir, num_edits, checkpoints, probe_data, nu
     from .lifelong import RunOptions
     from .lifelong.compare import run_all, write_report
 
-    args = ["--seed", str(seed), "--num-probes", str(num_probes),
-            "--checkpoints", ",".join(map(str, checkpoints or [10, 100]))]
+    args = ["--seed", str(seed), "--num-probes", str(num_probes), "--num-unrelated", str(num_unrelated)]
+    if checkpoints:
+        args += ["--checkpoints", ",".join(map(str, checkpoints))]
     if num_edits:
         args += ["--num-edits", str(num_edits)]
     if probe_data:
         args += ["--probe-data", probe_data]
-    options = RunOptions(num_edits=num_edits, seed=seed, checkpoints=checkpoints or [10, 100], probe_data=probe_data,
-                         num_probes=num_probes)
+    if unrelated_data:
+        args += ["--unrelated-data", unrelated_data]
+    options = RunOptions(num_edits=num_edits, seed=seed, checkpoints=checkpoints, probe_data=probe_data,
+                         num_probes=num_probes, unrelated_data=unrelated_data, num_unrelated=num_unrelated)
     folders = run_all(list(hparams_paths), data, out_dir, args, options=options, fresh=fresh)
     table_path, plot_path = write_report(folders, out_dir)
     click.echo(table_path.read_text())

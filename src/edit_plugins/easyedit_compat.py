@@ -160,18 +160,88 @@ def foreign_hparams_class(alg_name: str):
                     f"(looked for {candidates} and any *HyperParams spelled like it)")
 
 
+# How comparisons group EasyEdit's methods: memories beside the weights, fine-tuning; the rest edit weights in place.
+MEMORY_METHODS = ("WISE", "GRACE", "MELO", "DEFER", "SERAC", "IKE", "ICE")
+FINE_TUNING_METHODS = ("FT", "FT-L", "FT-M", "LoRA", "QLoRA")
+
+# EasyEdit's BaseEditor pads on the right for these (Llama-family models) and on the left for every other method.
+RIGHT_PADDING_METHODS = ("ROME", "MEMIT", "EMMET", "EAMET", "R-ROME", "AlphaEdit", "CORE", "SPHERE")
+
+
 def foreign_method(alg_name: str, method_class):
     """One of EasyEdit's own methods as an ordinary method object (``plugins.Method``): its apply function, its
-    hparams class, the state it keeps in module globals, and what it needs to keep edits across calls."""
+    hparams class, the state it keeps across calls, the padding side BaseEditor gives it, and how EasyEdit
+    scores it."""
+    from .plugins import Scoring
+
     state = module_state_functions(alg_name) or (None, None)
+    apply_fn = alg_dict()[alg_name]
+    scoring = Scoring()
+    if alg_name == "WISE":
+        # Its adaptor routes a whole batch by one mean distance, and its editor's __call__ saves and merges side
+        # memories: EasyEdit scores one prompt per forward, through the editor.
+        scoring = Scoring(rows_alone=True, through_editor=True)
+    elif alg_name == "GRACE":
+        # Its codebook is queried at key_id, left at the last edit's prompt end; EasyEdit's generate() resets it.
+        scoring = Scoring(rows_alone=True, before_forward=grace_query_position)
+    elif alg_name == "ULTRAEDIT":
+        executor = getattr(apply_fn, "__self__", None)
+        if executor is not None and hasattr(executor, "is_init"):
+            apply_fn, state = _ultraedit_keeping_its_normaliser(executor)
 
     def prepare(hparams):
         prepare_for_sequential_use(alg_name, hparams)
         clear_module_state(alg_name)  # a resumed run loads it back with its state
 
-    return method_class(alg_name, alg_dict()[alg_name], foreign_hparams_class(alg_name), plugin="EasyEdit",
+    return method_class(alg_name, apply_fn, foreign_hparams_class(alg_name), plugin="EasyEdit",
                         save_state=state[0], load_state=state[1], from_easyedit=True, prepare=prepare,
-                        request_for=lambda request, locality: method_request(alg_name, request, locality))
+                        request_for=lambda request, unrelated: method_request(alg_name, request, unrelated),
+                        trains_on_unrelated_prompts=alg_name == "WISE", scoring=scoring,
+                        padding_side="right" if alg_name in RIGHT_PADDING_METHODS else "left",
+                        family="memory" if alg_name in MEMORY_METHODS
+                        else "fine-tuning" if alg_name in FINE_TUNING_METHODS else "weight editor")
+
+
+def grace_query_position(model, prompt_length) -> None:
+    """Where GRACE's codebook reads its query: the prompt's last token (where it was trained), or -1 before
+    generate(), which makes the first forward take the prompt's last token, as GRACE's own generate() does."""
+    for module in model.modules():
+        if type(module).__name__ == "GRACEAdapter":
+            module.key_id = -1 if prompt_length is None else prompt_length - 1
+
+
+ULTRAEDIT_STATE_FORMAT = "edit-plugins ultraedit normaliser v1"
+
+
+def _ultraedit_keeping_its_normaliser(executor):
+    """UltraEdit's lifelong normaliser (running mean and variance of keys and gradients) is meant to last the
+    whole stream, but EasyEdit's executor never sets ``is_init`` and builds a new one at every call. Keep it:
+    build it at the run's first call (or on a new model), then reuse it; save and load its statistics."""
+    pending = {}
+
+    def apply(model, tok, requests, hparams, **kwargs):
+        if not executor.is_init or getattr(executor, "model", None) is not model:
+            executor.init_model(model, tok, hparams)
+            if pending:
+                executor.alg.lifelong_normalizer.load_state_dict(pending.pop("normaliser"))
+        executor.is_init = True
+        return executor.apply_to_model(model, tok, requests, hparams, **kwargs)
+
+    def save_state(model):
+        if not executor.is_init:
+            return None
+        tensors = {k: v.detach().cpu().contiguous() for k, v in executor.alg.lifelong_normalizer.state_dict().items()}
+        return tensors, {"format": ULTRAEDIT_STATE_FORMAT}
+
+    def load_state(model, tensors, metadata):
+        if metadata.get("format") != ULTRAEDIT_STATE_FORMAT:
+            raise ValueError(f"not UltraEdit's saved normaliser (format {metadata.get('format')!r}; expected "
+                             f"{ULTRAEDIT_STATE_FORMAT!r})")
+        executor.is_init = False
+        pending["normaliser"] = dict(tensors)
+
+    executor.is_init = False  # a new run starts with fresh statistics
+    return apply, (save_state, load_state)
 
 
 def prepare_for_sequential_use(alg_name: str, hparams) -> None:
@@ -210,6 +280,8 @@ def clear_module_state(alg_name: str) -> None:
             setattr(module, _TEMPLATES, None)
         if hasattr(module, "cache_c_new"):
             module.cache_c_new = False  # what its own reset_cache does
+        if hasattr(module, "P_loaded"):
+            module.P_loaded = False  # AlphaEdit loads its projection once per process: this run's P_loc
 
 
 def module_state_functions(alg_name: str):
@@ -240,14 +312,15 @@ def module_state_functions(alg_name: str):
     return save_state, load_state
 
 
-def method_request(alg_name: str, request: dict, locality: list) -> dict:
-    """A request as the EasyEdit method needs it. WISE trains on an unrelated "loc_prompt" beside each edit,
-    which EasyEdit's examples take from the record's locality prompt and answer."""
+def method_request(alg_name: str, request: dict, unrelated) -> dict:
+    """A request as the EasyEdit method needs it. WISE trains on an unrelated prompt and answer beside each edit
+    ("loc_prompt"), as its authors draw them from Natural Questions; ``unrelated`` is one such (question, answer)
+    from a pool that is never scored."""
     if alg_name == "WISE" and "loc_prompt" not in request:
-        if not locality:
-            raise ValueError(f"WISE needs a locality prompt for each edit (EasyEdit's loc_prompt); record "
-                             f"{request.get('case_id')!r} has none")
-        prompt, answer = locality[0]
+        if unrelated is None:
+            raise ValueError("WISE trains on an unrelated prompt beside each edit: give the run unrelated "
+                             "questions (--unrelated-data, a ZsRE file whose loc/loc_ans are Natural Questions)")
+        prompt, answer = unrelated
         return {**request, "loc_prompt": f"{prompt} {answer}"}
     return request
 

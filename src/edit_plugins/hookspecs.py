@@ -19,6 +19,10 @@ def register_methods(register):
     ``save_state(model) -> (tensors, metadata) or None`` and ``load_state(model, tensors, metadata)``
     so lifelong runs can resume, and may pass ``plan_order(model, tok, requests, hparams) -> order``
     to reorder a pool of edits known in advance (the identity where its hparams ask for no planning).
+    A method whose edited model must be scored otherwise than by batched forwards of the bare model passes
+    ``scoring=plugins.Scoring(...)`` (one row per forward, through the returned object, a hook before each
+    forward), and ``padding_side="left"`` where its apply function expects a left-padding tokenizer.
+    ``family`` ("weight editor", "memory" or "fine-tuning") groups it in comparisons.
     """
 
 

@@ -24,6 +24,18 @@ _loaded = False
 
 
 @dataclass(frozen=True)
+class Scoring:
+    """How a method's edited model must be scored to score what its authors score, where batched forwards of
+    the bare model would score something else."""
+    rows_alone: bool = False  # one unpadded row per forward: its forward decides once per batch (WISE)
+    through_editor: bool = False  # forwards and generate() through the object apply returned (its __call__ acts)
+    before_forward: Callable | None = None  # (model, prompt length, or None before generate()) -> None
+
+
+FAMILIES = ("weight editor", "memory", "fine-tuning")  # how comparisons group methods
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
     apply: Callable
@@ -37,7 +49,11 @@ class Method:
     # Set where easyedit_compat adapts one of EasyEdit's own methods (their hparams load through EasyEdit):
     from_easyedit: bool = False
     prepare: Callable | None = None  # (hparams) -> None: before a run's first edit, settings that keep edits
-    request_for: Callable | None = None  # (request, locality pairs) -> the request as the method needs it
+    request_for: Callable | None = None  # (request, unrelated (question, answer) or None) -> the method's request
+    trains_on_unrelated_prompts: bool = False  # request_for needs an unrelated question beside each edit
+    scoring: Scoring = Scoring()
+    padding_side: str | None = None  # the tokenizer's padding side while it edits (EasyEdit's BaseEditor sets one)
+    family: str = "weight editor"  # one of FAMILIES: edits weights in place, adds a memory, or fine-tunes
 
     def restores_by_call(self, weights_copy) -> bool:
         """Whether ``weights_copy`` is a callable that undoes the edit (EasyEdit's memories return one)."""
@@ -110,7 +126,8 @@ def registry() -> Registry:
         source = _plugin_name(impl.plugin)
 
         def register_method(name, apply_fn, hparams_class, restore="weights", *, plan_order=None, save_state=None,
-                            load_state=None, _source=source):
+                            load_state=None, scoring=None, padding_side=None, family="weight editor",
+                            _source=source):
             if restore not in ("weights", "callable"):
                 raise ValueError(f"method {name!r}: restore must be 'weights' or 'callable', got {restore!r}")
             if name in reg.methods:
@@ -119,8 +136,13 @@ def registry() -> Registry:
                 )
             if (save_state is None) != (load_state is None):
                 raise ValueError(f"method {name!r}: save_state and load_state must be given together")
+            if padding_side not in (None, "left", "right"):
+                raise ValueError(f"method {name!r}: padding_side must be 'left', 'right' or None, got {padding_side!r}")
+            if family not in FAMILIES:
+                raise ValueError(f"method {name!r}: family must be one of {FAMILIES}, got {family!r}")
             reg.methods[name] = Method(name, apply_fn, hparams_class, restore, _source, plan_order, save_state,
-                                       load_state)
+                                       load_state, scoring=scoring or Scoring(), padding_side=padding_side,
+                                       family=family)
 
         impl.function(register=register_method)
     for method in reg.methods.values():  # the name is written once: the hparams class's ALG_NAME

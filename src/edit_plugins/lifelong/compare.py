@@ -29,16 +29,38 @@ def labels_for(hparams_paths) -> list[str]:
     return [f"{p.parent.name}-{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
 
 
-def check_all(hparams_paths) -> None:
-    """Every hparams file loads (known method, valid fields) before any method runs."""
-    from .. import hparams
+def check_all(hparams_paths, options=None) -> None:
+    """Before any method runs: every hparams file loads (known method, valid fields), all edit one model, each
+    method has what it needs here and offline (unrelated questions for WISE's training prompts, EasyEdit's
+    layer statistics for the covariance methods, which would otherwise download a corpus)."""
+    from .. import easyedit_compat, hparams
+    from ..models import embedded_alias
+    from ..plugins import resolve
 
     if not hparams_paths:
         raise CompareError("give at least one --hparams file")
-    for path in hparams_paths:
-        hparams.load(path)
+    loaded = [(path, hparams.load(path)) for path in hparams_paths]
     if len(set(labels_for(hparams_paths))) != len(hparams_paths):
         raise CompareError(f"two --hparams files would share a run folder: {list(hparams_paths)}")
+    models = {}
+    for path, hp in loaded:
+        models.setdefault(embedded_alias(str(hp.model_name)) or str(hp.model_name), []).append(str(path))
+    if len(models) > 1:
+        raise CompareError("the --hparams files edit different models, so their rows would not be side by side: "
+                           + "; ".join(f"{name} in {', '.join(paths)}" for name, paths in models.items()))
+    for path, hp in loaded:
+        method = resolve(hp.alg_name)
+        if method.trains_on_unrelated_prompts and not (options and options.unrelated_data):
+            raise CompareError(f"{path}: {hp.alg_name} trains on an unrelated question beside each edit: give "
+                               "--unrelated-data (a ZsRE file whose loc/loc_ans are Natural Questions)")
+        if hp.alg_name in easyedit_compat.LAYER_STATS_METHODS and getattr(hp, "mom2_adjustment", True):
+            from ..easyedit_stats import plan
+
+            missing = [f for f in plan(path).files if not f.is_file()]
+            if missing:
+                raise CompareError(f"{path}: EasyEdit's {hp.alg_name} would download a corpus for its layer "
+                                   f"statistics ({missing[0]} is missing); run `edit-plugins stats --hparams {path}` "
+                                   "first")
 
 
 def differences(folder: Path, hparams_path, data, options) -> list[str]:
@@ -57,10 +79,10 @@ def differences(folder: Path, hparams_path, data, options) -> list[str]:
         method.prepare(hp)
     wanted = run_settings(hp, options, data)
     found = []
-    for part in ("data", "probe_data", "options", "hparams"):
+    for part in ("data", "probe_data", "unrelated_data", "options", "hparams"):
         have, want = config.get(part) or {}, wanted[part]
         for key in sorted(set(have) | set(want)):
-            if part in ("data", "probe_data") and key not in ("path", "sha256"):
+            if part in ("data", "probe_data", "unrelated_data") and key not in ("path", "sha256"):
                 continue  # the records' order and count follow from the rest
             if have.get(key) != want.get(key):
                 found.append(f"{part}.{key}: the folder's run has {have.get(key)!r}, this one {want.get(key)!r}")
@@ -72,7 +94,7 @@ def run_all(hparams_paths, data, out_dir, lifelong_args: list[str], quiet: bool 
     """Run each method into its own folder of ``out_dir``. A folder there is kept (complete) or resumed
     (stopped) only when it was made by these settings (``options``: this invocation's ``RunOptions``);
     otherwise it is refused, naming the difference, unless ``fresh`` starts every method over."""
-    check_all(hparams_paths)
+    check_all(hparams_paths, options)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labelled = list(zip(hparams_paths, labels_for(hparams_paths)))
@@ -116,11 +138,6 @@ def _fmt(value, digits=3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def _retention_at(checkpoints: list[dict], step) -> float | None:
-    row = next((c for c in checkpoints if c["step"] == step), None)
-    return None if row is None else row.get("retention_exact")
-
-
 def _reordered(config: dict) -> bool | None:
     """Did the run edit its records in an order of its own (LEMoE's planning) rather than the data's? None
     where the records came from memory."""
@@ -134,66 +151,78 @@ def _reordered(config: dict) -> bool | None:
     return [str(r.case_id) for r in records] != config["data"]["order"]
 
 
+def headline_score(end: dict) -> float | None:
+    """One score to rank by: the mean of end-of-sequence reliability and generality (generation exact match)
+    and locality on the records' own prompts; None where any is missing."""
+    parts = [end.get("reliability_gen_em"), end.get("generality_gen_em"), end.get("locality")]
+    return None if any(v is None for v in parts) else sum(parts) / len(parts)
+
+
 def rows(folders) -> list[dict]:
     out = []
     for folder in folders:
         folder = Path(folder)
         summary, checkpoints, timing = read_summary(folder), read_checkpoints(folder), read_timing(folder)
         end = summary["protocols"]["end_of_sequence"]
-        overhead = (timing["wall_seconds"] - timing["edit_seconds"] - timing["eval_seconds"]) / timing["wall_seconds"] \
-            if timing.get("wall_seconds") else None
         config = yaml.safe_load((folder / "config.yaml").read_text())
-        out.append({"label": folder.name, "method": summary["method"], "edits": summary["edits_done"],
-                    "order": config["data"]["order"], "planned_order": _reordered(config),
-                    "complete": summary["complete"], "end": end, "checkpoints": checkpoints,
-                    "retention_10": _retention_at(checkpoints, 10), "retention_100": _retention_at(checkpoints, 100),
-                    "retention_last": checkpoints[-1].get("retention_exact") if checkpoints else None,
+        out.append({"label": folder.name, "method": summary["method"], "family": summary.get("family"),
+                    "edits": summary["edits_done"], "order": config["data"]["order"],
+                    "planned_order": _reordered(config), "complete": summary["complete"], "end": end,
+                    "immediate": summary["protocols"]["immediate"], "score": headline_score(end),
+                    "checkpoints": checkpoints,
                     # a batch's seconds are logged once, on its first record: divide the total by the edits
                     "seconds_per_edit": timing["edit_seconds"] / summary["edits_done"] if summary["edits_done"] else None,
-                    "peak_rss_mb": timing.get("peak_rss_mb"), "overhead": overhead})
+                    "peak_rss_mb": timing.get("peak_rss_mb")})
     return out
 
 
 def table(rows_: list[dict]) -> str:
-    """Markdown: end-of-sequence scores (token accuracy / generation exact match), the retention curve at
-    10, 100 and the last step, probe locality, cost."""
-    head = ("| method | edits | reliability, end of sequence (acc / gen EM) | generality, end of sequence (acc / gen EM) "
-            "| locality, end of sequence | retention @10 | retention @100 | retention @last | probe locality "
-            "| s/edit | peak RSS MB | runner overhead |")
-    lines = [head, "|" + "---|" * 12]
-    for r in rows_:
-        e = r["end"]
+    """Markdown, best first by ``headline_score``: generation exact match first, teacher-forced token accuracy
+    beside it; locality three ways; cost."""
+    head = ("| method | family | edits | score | reliability, right after each edit (gen EM) "
+            "| reliability, end (gen EM / acc) | generality, end (gen EM / acc) "
+            "| locality, end: records' own prompts / unrelated questions / known facts | s/edit | peak RSS MB |")
+    lines = [head, "|" + "---|" * 10]
+    ranked = sorted(rows_, key=lambda r: -1 if r.get("score") is None else r["score"], reverse=True)
+    for r in ranked:
+        e, immediate = r["end"], r.get("immediate") or {}
         planned = r.get("planned_order")
-        if planned is None:  # records from memory, or a row kept from before the flag: tell by the first row
+        if planned is None:  # records from memory: tell by the first row's order
             planned = r["order"] != rows_[0]["order"]
-        own_order = " (in its own planned order)" if planned else ""
+        own_order = " (its own planned order)" if planned else ""
         lines.append(
-            f"| {r['label']} ({r['method']}){own_order} | {r['edits']}{'' if r['complete'] else ' (stopped)'} "
-            f"| {_fmt(e['reliability'])} / {_fmt(e['reliability_gen_em'])} "
-            f"| {_fmt(e['generality'])} / {_fmt(e['generality_gen_em'])} | {_fmt(e['locality'])} "
-            f"| {_fmt(r['retention_10'])} | {_fmt(r['retention_100'])} | {_fmt(r['retention_last'])} "
-            f"| {_fmt(e['probe_locality'])} | {_fmt(r['seconds_per_edit'], 2)} "
-            f"| {_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['overhead'], 4)} |")
+            f"| {r['label']} ({r['method']}){own_order} | {r.get('family') or '—'} "
+            f"| {r['edits']}{'' if r['complete'] else ' (stopped)'} | {_fmt(r.get('score'))} "
+            f"| {_fmt(immediate.get('reliability_gen_em'))} "
+            f"| {_fmt(e.get('reliability_gen_em'))} / {_fmt(e.get('reliability'))} "
+            f"| {_fmt(e.get('generality_gen_em'))} / {_fmt(e.get('generality'))} "
+            f"| {_fmt(e.get('locality'))} / {_fmt(e.get('unrelated_locality'))} / {_fmt(e.get('probe_locality'))} "
+            f"| {_fmt(r['seconds_per_edit'], 2)} | {_fmt(r['peak_rss_mb'], 0)} |")
     return "\n".join(lines) + "\n"
 
 
+LINE_STYLES = {"weight editor": "-", "memory": "--", "fine-tuning": ":"}
+
+
 def plot(rows_: list[dict], path: Path) -> None:
-    """Retention (exact match of every past edit, re-scored at each checkpoint) vs step, one line per method."""
+    """Retention (generation exact match of every past edit, re-scored at each checkpoint) against the number of
+    edits so far, one line per method, one line style per family."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    lines = [(r["label"], [(c["step"], c["retention_exact"]) for c in r["checkpoints"]
-                           if c.get("retention_exact") is not None]) for r in rows_]
-    lines = [(label, points) for label, points in lines if points]
+    lines = [(r, [(c["step"], c["retention_gen_em"]) for c in r["checkpoints"]
+                  if c.get("retention_gen_em") is not None]) for r in rows_]
     markers = "osD^v"  # the colour cycle repeats after 10 lines: the marker tells those apart
-    for i, (label, points) in enumerate(lines):
-        ax.plot(*zip(*points), marker=markers[i // 10 % len(markers)], label=label)
+    for i, (r, points) in enumerate((r, p) for r, p in lines if p):
+        ax.plot(*zip(*points), linestyle=LINE_STYLES.get(r.get("family"), "-."),
+                marker=markers[i // 10 % len(markers)], markersize=4,
+                label=f"{r['label']} ({r.get('family') or 'family not recorded'})")
     ax.set_xscale("log")
-    ax.set(xlabel="edits so far", ylabel="past edits still exact (teacher-forced)", ylim=(-0.02, 1.02),
-           title="Retention curve: every past edit re-scored at each checkpoint")
+    ax.set(xlabel="edits so far", ylabel="past edits still produced (gen EM)", ylim=(0, 1.0),
+           title="Retention: every past edit re-scored at each checkpoint")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: it hides no curve
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -385,3 +385,31 @@ def load_probe_facts(path, count: int, seed: int = 0) -> list[ProbeFact]:
 
 def file_hash(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+class UnrelatedQuestions(NamedTuple):
+    scored: list  # [(question, answer)]: locality on questions no edit is about
+    pool: list  # [(question, answer)]: never scored; what a method that trains on unrelated prompts (WISE) draws
+
+
+def load_unrelated_questions(path, count: int, records: list[EditRecord]) -> UnrelatedQuestions:
+    """Unrelated questions from a ZsRE file's ``loc``/``loc_ans`` (Natural Questions, as EasyEdit's WISE examples
+    use them): the first ``count`` distinct ones are scored, the rest are the pool. A question that is the
+    stream's own locality prompt is in neither."""
+    raw = read_json_file(path, "unrelated-questions file")
+    if not isinstance(raw, list):
+        raise DataError(f"{path}: expected a JSON list of ZsRE records (loc, loc_ans)")
+    own = {prompt for r in records for prompt, _ in r.locality}
+    pairs: dict = {}
+    for index, record in enumerate(raw):
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: record {index}: expected a JSON object, got {type(record).__name__}")
+        f = _Fields(record, index, str(path))
+        question, answer = f.text("loc", required=False), _first_text(f, "loc_ans")
+        if question and answer and question not in own:
+            pairs.setdefault(question, answer)
+    if not pairs:
+        raise DataError(f"{path}: no record has the fields 'loc' and 'loc_ans' (expected a ZsRE file such as "
+                        "zsre_mend_eval.json)")
+    items = list(pairs.items())
+    return UnrelatedQuestions(items[:count], items[count:])

@@ -12,16 +12,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..easyedit_compat import sequential_apply_kwargs
 from ..errors import CapacityReached
 from ..events import EditEvent, collect_events, emit_after_edit
 from ..files import atomic_write_json, atomic_write_jsonl
 from ..plugins import Method, pm, start_diagnostic
-from .data import EditRecord
+from .data import EditRecord, UnrelatedQuestions
 from .metrics import checkpoint, edit_metrics
 from .options import RunOptions, checkpoint_steps
 from .plots import write_plots
 from .run_log import CHECKPOINTS, EDITS, SUMMARY, TIMING
-from .scoring import score_answers, score_groups
+from .scoring import Scorer
 from .state import save_state, set_rng_state
 from .summary import run_summary
 
@@ -39,10 +40,12 @@ class RunContext:
 
 class Run:
     def __init__(self, run_dir: Path, hp, method: Method, model, tok, records: list[EditRecord], probes,
-                 options: RunOptions):
+                 options: RunOptions, unrelated: UnrelatedQuestions | None = None):
         self.dir, self.hp, self.method, self.model, self.tok = run_dir, hp, method, model, tok
         self.records, self.probes, self.options = records, probes, options
         self.probe_pairs = [(p.prompt, p.answer) for p in probes]
+        self.unrelated = unrelated or UnrelatedQuestions([], [])
+        self.scorer = Scorer(model, tok, method.scoring)
         per_call = hp.edits_per_call() if hasattr(hp, "edits_per_call") else getattr(hp, "batch_size", None)
         self.batch_size = max(1, options.batch_size or per_call or 1)  # EasyEdit's own hparams: their batch_size
         self.checkpoints = checkpoint_steps(len(records), options.checkpoints)
@@ -60,23 +63,37 @@ class Run:
         return RunContext(self.dir, self.hp, self.model, self.tok, self.records, self.options)
 
     def compute_references(self):
-        """What the unedited model predicts on every locality prompt and probe (locality is agreement with it)."""
-        scores = score_groups(self.model, self.tok, {i: list(r.locality) for i, r in enumerate(self.records)})
+        """What the unedited model predicts on every locality prompt, probe and unrelated question (locality is
+        agreement with it)."""
+        scores = self.scorer.groups({"probes": self.probe_pairs, "unrelated": self.unrelated.scored,
+                                     **{i: list(r.locality) for i, r in enumerate(self.records)}})
         self.locality_reference = [[s.predicted for s in scores[i]] for i in range(len(self.records))]
-        self.probe_reference = [s.predicted for s in score_answers(self.model, self.tok, self.probe_pairs)] \
-            if self.probes else []
+        self.probe_reference = [s.predicted for s in scores["probes"]]
+        self.unrelated_reference = [s.predicted for s in scores["unrelated"]]
 
-    def apply(self, batch: list[EditRecord]) -> tuple[list, float]:
+    def unrelated_for(self, step: int):
+        """The unrelated (question, answer) that goes with edit ``step``, from the pool that is never scored."""
+        pool = self.unrelated.pool
+        return pool[(step - 1) % len(pool)] if pool else None
+
+    def apply(self, batch: list[EditRecord], first_step: int) -> tuple[list, float]:
         # the record's case_id goes with its request: events are matched back to records by it
         requests = [{**r.request, "case_id": r.case_id} for r in batch]
         if self.method.request_for is not None:
-            requests = [self.method.request_for(q, r.locality) for q, r in zip(requests, batch)]
-        from ..easyedit_compat import sequential_apply_kwargs
-
+            requests = [self.method.request_for(q, self.unrelated_for(first_step + i)) for i, q in enumerate(requests)]
+        padding_side = getattr(self.tok, "padding_side", None)
         started = time.perf_counter()
-        with collect_events() as events:
-            _, weights_copy = self.method.apply(self.model, self.tok, requests, self.hp, **sequential_apply_kwargs())
+        try:
+            if self.method.padding_side:
+                self.tok.padding_side = self.method.padding_side
+            with collect_events() as events:
+                edited, weights_copy = self.method.apply(self.model, self.tok, requests, self.hp,
+                                                         **sequential_apply_kwargs())
+        finally:
+            if self.method.padding_side:
+                self.tok.padding_side = padding_side
         seconds = time.perf_counter() - started
+        self.scorer.editor = edited
         restores_by_call = self.method.restores_by_call(weights_copy)
         if restores_by_call:
             # EasyEdit's memories (WISE, GRACE) keep their edits in objects no saved state holds
@@ -95,11 +112,11 @@ class Run:
         return events, seconds
 
     def edit_metrics(self, step: int, record: EditRecord) -> dict:
-        return edit_metrics(self.model, self.tok, record, self.locality_reference[step - 1])
+        return edit_metrics(self.scorer, record, self.locality_reference[step - 1])
 
     def evaluate_checkpoint(self, step: int) -> dict:
-        return checkpoint(self.model, self.tok, step, self.records[:step], self.locality_reference,
-                          self.probe_pairs, self.probe_reference)
+        return checkpoint(self.scorer, step, self.records[:step], self.locality_reference,
+                          self.probe_pairs, self.probe_reference, self.unrelated.scored, self.unrelated_reference)
 
     def save(self):
         atomic_write_jsonl(self.dir / EDITS, self.edits)
@@ -111,6 +128,7 @@ class Run:
             "timings": self.timings, "changed_params": sorted(self.changed_params), "loop_seconds": self.loop_seconds,
             "resume_by_replay": self.resume_by_replay,
             "locality_reference": self.locality_reference, "probe_reference": self.probe_reference,
+            "unrelated_reference": self.unrelated_reference,
             "diagnostics": [d.state_dict() for d in self.diagnostics if hasattr(d, "state_dict")]})
         self.saved = True
 
@@ -121,6 +139,7 @@ class Run:
         self.loop_seconds = progress.get("loop_seconds", 0.0)
         self.resume_by_replay = progress.get("resume_by_replay", False)
         self.locality_reference, self.probe_reference = progress["locality_reference"], progress["probe_reference"]
+        self.unrelated_reference = progress.get("unrelated_reference", [])
         for diagnostic, state in zip([d for d in self.diagnostics if hasattr(d, "load_state_dict")],
                                      progress.get("diagnostics", [])):
             diagnostic.load_state_dict(state)
@@ -136,7 +155,7 @@ class Run:
 
     def summary(self) -> dict:
         return run_summary(self.hp.alg_name, self.records, self.position, self.edits, self.checkpoint_rows,
-                           self.diagnostics, stopped_by=self.stopped_by)
+                           self.diagnostics, stopped_by=self.stopped_by, family=self.method.family)
 
     def finish(self) -> dict:
         self.save()
@@ -166,7 +185,7 @@ class Run:
             wall = time.perf_counter()
             batch = self.records[self.position : self.position + bs]
             try:
-                events, edit_seconds = self.apply(batch)
+                events, edit_seconds = self.apply(batch, self.position + 1)
             except CapacityReached as reached:  # nothing was written: measure the model as it is, and end here
                 self.stopped_by = str(reached)
                 tqdm.write(f"stopped after {self.position} edits: {reached}")

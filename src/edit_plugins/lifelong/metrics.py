@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from .scoring import TargetScore, generated_answers, score_groups
+from .scoring import Scorer, TargetScore
 
 
 def agreement(current: list[TargetScore], reference_predictions: list[list[int]]) -> list[float]:
@@ -72,15 +72,15 @@ def prefers(first: list[TargetScore], second: list[TargetScore]) -> float | None
     return mean(float(a.mean_logprob > b.mean_logprob) for a, b in zip(first, second))
 
 
-def neighbourhood_success(model, tok, records) -> float | None:
+def neighbourhood_success(scorer: Scorer, records) -> float | None:
     """CounterFact's neighbourhood score over the records' neighbour prompts: P(true) > P(new)."""
-    scores = score_groups(model, tok, {
+    scores = scorer.groups({
         "true": [(p, a) for r in records for p, a in r.locality],
         "new": [(p, r.request["target_new"]) for r in records for p, _ in r.locality]})
     return prefers(scores["true"], scores["new"])
 
 
-def edit_metrics(model, tok, record, locality_reference) -> dict:
+def edit_metrics(scorer: Scorer, record, locality_reference) -> dict:
     """One record's metrics right after its edit (also used for retention of all metrics)."""
     request = record.request
     new, true = request["target_new"], request.get("ground_truth")
@@ -94,7 +94,7 @@ def edit_metrics(model, tok, record, locality_reference) -> dict:
         groups["true_rewrite"] = [(request["prompt"], true)]
         groups["true_rephrase"] = [(p, true) for p in record.rephrase_prompts]
         groups["new_on_neighbours"] = [(p, new) for p, _ in record.locality] if record.kind == "counterfact" else []
-    scores = score_groups(model, tok, groups)
+    scores = scorer.groups(groups)
     rewrite, rephrase, locality = scores["rewrite"][0], scores["rephrase"], scores["locality"]
     out = {
         "rewrite_acc": rewrite.accuracy,
@@ -103,7 +103,7 @@ def edit_metrics(model, tok, record, locality_reference) -> dict:
         if locality else None,
         "portability_acc": mean(per_question([s.accuracy for s in scores["portability"]], record.portability_questions)),
     }
-    generated = generated_answers(model, tok, groups["rewrite"] + groups["rephrase"])
+    generated = scorer.generated(groups["rewrite"] + groups["rephrase"])
     out["rewrite_gen_em"] = float(generated[0])
     out["rephrase_gen_em"] = mean(float(g) for g in generated[1:])
     if true:
@@ -114,7 +114,7 @@ def edit_metrics(model, tok, record, locality_reference) -> dict:
     return out
 
 
-def retention(model, tok, records) -> dict:
+def retention(scorer: Scorer, records) -> dict:
     """Are past edits still in place? Token accuracy and exact match of target_new on each edit prompt,
     rephrase accuracy, and for CounterFact records whether the new object still beats the true one."""
     if not records:
@@ -122,7 +122,7 @@ def retention(model, tok, records) -> dict:
     ranked = [i for i, r in enumerate(records) if r.kind == "counterfact" and r.request.get("ground_truth")]
     ranked_set = set(ranked)
     rephrase_at = [(i, p) for i, r in enumerate(records) for p in r.rephrase_prompts]
-    scores = score_groups(model, tok, {
+    scores = scorer.groups({
         "new_on_prompt": [(r.request["prompt"], r.request["target_new"]) for r in records],
         "new_on_rephrase": [(p, records[i].request["target_new"]) for i, p in rephrase_at],
         "true_on_prompt": [(records[i].request["prompt"], records[i].request["ground_truth"]) for i in ranked],
@@ -134,7 +134,7 @@ def retention(model, tok, records) -> dict:
         "retention_exact": mean(float(s.exact) for s in on_prompt),
         "lost_case_ids": [r.case_id for r, s in zip(records, on_prompt) if not s.exact],
     }
-    generated = generated_answers(model, tok, [(r.request["prompt"], r.request["target_new"]) for r in records]
+    generated = scorer.generated([(r.request["prompt"], r.request["target_new"]) for r in records]
                                   + [(p, records[i].request["target_new"]) for i, p in rephrase_at])
     out["retention_gen_em"] = mean(float(g) for g in generated[: len(records)])
     if rephrase_at:  # generality of every past edit on the current model
@@ -149,15 +149,20 @@ def retention(model, tok, records) -> dict:
     return out
 
 
-def checkpoint(model, tok, step: int, past, locality_reference, probe_pairs, probe_reference) -> dict:
-    """A checkpoint row: retention of every past edit, locality on never-edited probe facts, and locality
-    on the past edits' own locality prompts (also without those naming a subject edited so far)."""
-    row = {"step": step, **retention(model, tok, past)}
+def checkpoint(scorer: Scorer, step: int, past, locality_reference, probe_pairs, probe_reference,
+               unrelated_pairs=(), unrelated_reference=()) -> dict:
+    """A checkpoint row: retention of every past edit, locality three ways: on never-edited probe facts, on
+    unrelated questions, and on the past edits' own locality prompts (also without those naming a subject
+    edited so far)."""
+    row = {"step": step, **retention(scorer, past)}
     pairs = [(pair, ref, (i, question)) for i, (r, refs) in enumerate(zip(past, locality_reference))
              for pair, ref, question in zip(r.locality, refs, r.locality_questions or range(len(r.locality)))]
-    scores = score_groups(model, tok, {"probes": probe_pairs, "locality": [p for p, _, _ in pairs]})
+    scores = scorer.groups({"probes": probe_pairs, "unrelated": list(unrelated_pairs),
+                            "locality": [p for p, _, _ in pairs]})
     if scores["probes"]:
         row["probe_locality"] = mean(agreement(scores["probes"], probe_reference))
+    if scores["unrelated"]:
+        row["unrelated_locality"] = mean(agreement(scores["unrelated"], unrelated_reference))
     if pairs:
         questions = [q for _, _, q in pairs]
         best = per_question(agreement(scores["locality"], [r for _, r, _ in pairs]), questions)

@@ -22,11 +22,15 @@ class RunOptions:
     save_every: int = 10
     probe_data: str | None = None  # never-edited facts (ROME's known_1000.json format)
     num_probes: int = 100
+    # unrelated questions (a ZsRE file's loc/loc_ans): the first num_unrelated scored, the rest a training pool
+    unrelated_data: str | None = None
+    num_unrelated: int = 200
     diagnostics: list = dataclasses.field(default_factory=default_diagnostics)  # the registered defaults
 
     def check(self) -> None:
         """Refuse values that would silently run something else than asked."""
-        for name, least in (("num_edits", 1), ("start", 0), ("batch_size", 1), ("save_every", 1), ("num_probes", 0)):
+        for name, least in (("num_edits", 1), ("start", 0), ("batch_size", 1), ("save_every", 1), ("num_probes", 0),
+                            ("num_unrelated", 0)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
                 raise LifelongError(f"{name.replace('_', '-')} must be an integer of at least {least}, got {value!r}")

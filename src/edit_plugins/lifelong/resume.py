@@ -7,11 +7,11 @@ from pathlib import Path
 
 import yaml
 
-from .data import file_hash, load_probe_facts, load_records
+from .data import file_hash, load_records
 from .loop import Run, execute
 from .options import LifelongError, RunOptions
 from .run_folder import RunFolder
-from .start import CONFIG, in_planned_order, prepare
+from .start import CONFIG, in_planned_order, never_edited, prepare
 from .state import has_state, load_state, seed_everything
 
 
@@ -37,23 +37,24 @@ def resume_lifelong(run_dir, *, model=None, tok=None, progress_bar: bool = True,
         hparams = hparams_module.from_dict(config["hparams"], f"{run_dir}/{CONFIG}: hparams")
         options = RunOptions(**config["options"])
         data_path = config["data"]["path"]
-        for what, located in (("data", config["data"]), ("probe data", config.get("probe_data") or {})):
+        for what, located in (("data", config["data"]), ("probe data", config.get("probe_data") or {}),
+                              ("unrelated questions", config.get("unrelated_data") or {})):
             if located.get("path") and (not Path(located["path"]).is_file()
                                         or file_hash(located["path"]) != located["sha256"]):
                 raise LifelongError(f"{located['path']}: the {what} file is missing or changed since the run started")
         if records is None:
             records = load_records(data_path, options.num_edits, options.start, options.shuffle, options.seed)
-        probes = load_probe_facts(options.probe_data, options.num_probes, options.seed) if options.probe_data else []
+        probes, unrelated = never_edited(options, records)
         method, model, tok = prepare(hparams, model, tok)
         records = in_planned_order(records, method, hparams, model, tok)
         if [str(r.case_id) for r in records] != config["data"].get("order"):
             raise LifelongError(f"{run_dir}: the edits would run in a different order than when the run started")
         if not has_state(run_dir):  # killed before its first save: start over, as the run began
             seed_everything(options.seed)
-            run = Run(run_dir, hparams, method, model, tok, records, probes, options)
+            run = Run(run_dir, hparams, method, model, tok, records, probes, options, unrelated)
             run.compute_references()
             return execute(run, progress_bar)
-        run = Run(run_dir, hparams, method, model, tok, records, probes, options)
+        run = Run(run_dir, hparams, method, model, tok, records, probes, options, unrelated)
         progress = load_state(run_dir, model, method.load_state, positions=len(records))
         prelude = (lambda: replay(run, progress)) if progress.get("resume_by_replay") else None
         return execute(run, progress_bar, progress=progress, prelude=prelude)
@@ -66,11 +67,12 @@ def replay(run: Run, progress: dict) -> None:
     first random state; every replayed edit must give the metrics its log line holds."""
     seed_everything(run.options.seed)
     run.locality_reference = progress["locality_reference"]
+    run.unrelated_reference = progress.get("unrelated_reference", [])
     logged = progress["edits"]
     position, bs = progress["position"], run.batch_size
     for start in range(0, position, bs):
         batch = run.records[start: min(start + bs, position)]
-        run.apply(batch)
+        run.apply(batch, start + 1)
         for i, record in enumerate(batch):
             step = start + i + 1
             metrics = run.edit_metrics(step, record)

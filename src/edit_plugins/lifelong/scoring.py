@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..editing.layers import input_device
+from ..plugins import Scoring
 from ..editing.requests import with_leading_space
 from ..editing.tokens import encode, pad_batch, pad_id, target_ids
 
@@ -87,13 +88,42 @@ def score_answers(model, tok, pairs, batch_size: int = 64, max_tokens: int = 204
 
 
 @torch.no_grad()
-def generated_answers(model, tok, pairs, batch_size: int = 32) -> list[bool]:
+def score_rows_alone(model, tok, pairs, target=None, before_forward=None) -> list[TargetScore]:
+    """Teacher-forced scores, one unpadded row per forward of ``target`` (default: ``model``), whose output has
+    ``logits``; ``before_forward(model, prompt length)`` runs before each."""
+    target = model if target is None else target
+    device = input_device(model)
+    scored: dict = {}  # rows with identical input tokens are run once
+    results = []
+    for prompt, answer in pairs:
+        prompt_ids = encode(tok, prompt)
+        answer_ids = target_ids(tok, with_leading_space(answer))
+        seq = tuple(prompt_ids + answer_ids[:-1])
+        if (seq, len(prompt_ids)) not in scored:
+            if before_forward is not None:
+                before_forward(model, len(prompt_ids))
+            ids = torch.tensor([seq], device=device)
+            logits = target(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[0]
+            scored[seq, len(prompt_ids)] = F.log_softmax(logits[len(prompt_ids) - 1 :].float(), dim=-1).cpu()
+        log_probs = scored[seq, len(prompt_ids)]
+        labels = torch.tensor(answer_ids)
+        token_lp = log_probs[torch.arange(len(answer_ids)), labels]
+        predicted = log_probs[: len(answer_ids)].argmax(-1).tolist()
+        results.append(TargetScore(predicted, sum(p == g for p, g in zip(predicted, answer_ids)), len(answer_ids),
+                                   float(token_lp.mean())))
+    return results
+
+
+@torch.no_grad()
+def generated_answers(model, tok, pairs, batch_size: int = 32, target=None, before_forward=None) -> list[bool]:
     """Generation exact match of each ``(prompt, answer)``: greedy decoding with the KV cache on (as
     ``generate()`` runs by default) produces the answer's tokens first, all of them.
 
     Teacher forcing feeds the gold prefix and so overstates success; this scores what a user sees.
-    Prompts are batched by token length, so no row is padded.
+    Prompts are batched by token length, so no row is padded. ``target`` (default: ``model``) is what
+    ``generate()`` is called on; ``before_forward(model, None)`` runs before each call.
     """
+    target = model if target is None else target
     device = input_device(model)
     encoded = [(encode(tok, prompt), target_ids(tok, with_leading_space(answer))) for prompt, answer in pairs]
     by_length: dict[int, list[int]] = {}
@@ -105,7 +135,9 @@ def generated_answers(model, tok, pairs, batch_size: int = 32) -> list[bool]:
             batch = indices[start : start + batch_size]
             ids = torch.tensor([encoded[i][0] for i in batch], device=device)
             new_tokens = max(len(encoded[i][1]) for i in batch)
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+            if before_forward is not None:
+                before_forward(model, None)
+            out = target.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                                  do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad_id(tok))
             for row, i in enumerate(batch):
                 answer = encoded[i][1]
@@ -113,10 +145,36 @@ def generated_answers(model, tok, pairs, batch_size: int = 32) -> list[bool]:
     return results
 
 
+class Scorer:
+    """Scores answers on a model as its method must be scored (``plugins.Scoring``): batched forwards of the
+    bare model, or one row at a time, through the object the method's last apply call returned."""
+
+    def __init__(self, model, tok, scoring: Scoring | None = None):
+        self.model, self.tok = model, tok
+        self.scoring = scoring or Scoring()
+        self.editor = None  # what the last apply call returned, where scoring goes through it
+
+    def _target(self):
+        return self.editor if self.scoring.through_editor and self.editor is not None else self.model
+
+    def teacher_forced(self, pairs) -> list[TargetScore]:
+        if self.scoring.rows_alone or self.scoring.through_editor or self.scoring.before_forward is not None:
+            return score_rows_alone(self.model, self.tok, pairs, self._target(), self.scoring.before_forward)
+        return score_answers(self.model, self.tok, pairs)
+
+    def generated(self, pairs) -> list[bool]:
+        return generated_answers(self.model, self.tok, pairs, batch_size=1 if self.scoring.rows_alone else 32,
+                                 target=self._target(), before_forward=self.scoring.before_forward)
+
+    def groups(self, groups: dict[str, list]) -> dict[str, list[TargetScore]]:
+        """Score named groups of ``(prompt, answer)`` pairs in one pass; the scores come back grouped."""
+        flat = self.teacher_forced([pair for pairs in groups.values() for pair in pairs])
+        scores, start = {}, 0
+        for name, pairs in groups.items():
+            scores[name], start = flat[start : start + len(pairs)], start + len(pairs)
+        return scores
+
+
 def score_groups(model, tok, groups: dict[str, list]) -> dict[str, list[TargetScore]]:
-    """Score named groups of ``(prompt, answer)`` pairs in one batched pass; the scores come back grouped."""
-    flat = score_answers(model, tok, [pair for pairs in groups.values() for pair in pairs])
-    scores, start = {}, 0
-    for name, pairs in groups.items():
-        scores[name], start = flat[start : start + len(pairs)], start + len(pairs)
-    return scores
+    """``Scorer.groups`` on a bare model."""
+    return Scorer(model, tok).groups(groups)

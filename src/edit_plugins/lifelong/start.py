@@ -11,7 +11,8 @@ import yaml
 
 from ..files import atomic_write_text
 from ..plugins import Method, resolve
-from .data import EditRecord, check_lengths, check_unique_case_ids, file_hash, load_probe_facts, load_records
+from .data import (EditRecord, UnrelatedQuestions, check_lengths, check_unique_case_ids, file_hash, load_probe_facts,
+                   load_records, load_unrelated_questions)
 from .loop import Run, execute
 from .options import LifelongError, RunOptions
 from .run_folder import RunFolder
@@ -45,11 +46,24 @@ def in_planned_order(records: list[EditRecord], method: Method, hparams, model, 
     return [records[i] for i in order]
 
 
-def check_before_editing(hparams, model, tok, records, probes) -> None:
-    """Checks that need the model: the method's own (layers exist, ...) and that every text fits."""
+def never_edited(options: RunOptions, records: list[EditRecord]) -> tuple[list, UnrelatedQuestions]:
+    """What the run scores beside its edits and never edits: probe facts, and unrelated questions (with the
+    pool of those never scored)."""
+    probes = load_probe_facts(options.probe_data, options.num_probes, options.seed) if options.probe_data else []
+    unrelated = load_unrelated_questions(options.unrelated_data, options.num_unrelated, records) \
+        if options.unrelated_data else UnrelatedQuestions([], [])
+    return probes, unrelated
+
+
+def check_before_editing(hparams, method: Method, model, tok, records, probes, unrelated: UnrelatedQuestions) -> None:
+    """Checks that need the model: the method's own (layers exist, ...), its inputs, and that every text fits."""
     check = getattr(hparams, "check_model", None)
     if check is not None:
         check(model)
+    if method.trains_on_unrelated_prompts and not unrelated.pool:
+        raise LifelongError(f"{hparams.alg_name} trains on an unrelated question beside each edit, drawn from a pool "
+                            "that is never scored: give --unrelated-data (a ZsRE file whose loc/loc_ans are Natural "
+                            "Questions, such as zsre_mend_eval.json) with more than --num-unrelated questions")
     check_lengths(records, probes, tok, model)
 
 
@@ -69,16 +83,16 @@ def run_lifelong(hparams, data, out_dir, *, model=None, tok=None, options: RunOp
     records = data if isinstance(data, list) else load_records(data, options.num_edits, options.start,
                                                                  options.shuffle, options.seed)
     check_unique_case_ids(records, "in-memory records" if isinstance(data, list) else str(data))
-    probes = load_probe_facts(options.probe_data, options.num_probes, options.seed) if options.probe_data else []
+    probes, unrelated = never_edited(options, records)
     folder = RunFolder.create(out_dir)
     try:
         method, model, tok = prepare(hparams, model, tok, apply_fn)
-        check_before_editing(hparams, model, tok, records, probes)
+        check_before_editing(hparams, method, model, tok, records, probes, unrelated)
         records = in_planned_order(records, method, hparams, model, tok)
         atomic_write_text(folder.path / CONFIG, yaml.safe_dump(run_config(hparams, options, data, records),
                                                                sort_keys=False))
         seed_everything(options.seed)
-        run = Run(folder.path, hparams, method, model, tok, records, probes, options)
+        run = Run(folder.path, hparams, method, model, tok, records, probes, options, unrelated)
         run.compute_references()
     except BaseException:
         folder.discard()
@@ -90,16 +104,17 @@ def run_lifelong(hparams, data, out_dir, *, model=None, tok=None, options: RunOp
 
 
 def run_settings(hparams, options: RunOptions, data) -> dict:
-    """What makes a run what it is: the resolved hparams, the options, the data and probe data by absolute
-    path and hash. A run folder keeps them (``run_config``); ``compare`` checks a folder against them."""
+    """What makes a run what it is: the resolved hparams, the options, the data, probe data and unrelated
+    questions by absolute path and hash. A run folder keeps them (``run_config``); ``compare`` checks a folder against them."""
     def located(path):
         return {"path": str(Path(path).resolve()), "sha256": file_hash(path)} if path else {"path": None, "sha256": None}
 
     return {"hparams": _hparams_dict(hparams),
             "options": {**dataclasses.asdict(options),
-                        "probe_data": str(Path(options.probe_data).resolve()) if options.probe_data else None},
+                        **{name: str(Path(getattr(options, name)).resolve()) if getattr(options, name) else None
+                           for name in ("probe_data", "unrelated_data")}},
             "data": located(None if isinstance(data, list) else data),
-            "probe_data": located(options.probe_data)}
+            "probe_data": located(options.probe_data), "unrelated_data": located(options.unrelated_data)}
 
 
 def run_config(hparams, options: RunOptions, data, records: list[EditRecord]) -> dict:

@@ -19,9 +19,11 @@ def protocols(immediate: dict, checkpoint_rows: list[dict]) -> dict:
            "reliability": final.get("retention_acc"), "reliability_exact": final.get("retention_exact"),
            "reliability_gen_em": final.get("retention_gen_em"),
            "generality": final.get("retention_rephrase_acc"), "generality_gen_em": final.get("retention_rephrase_gen_em"),
-           "locality": final.get("locality_acc"), "probe_locality": final.get("probe_locality")}
+           "locality": final.get("locality_acc"), "probe_locality": final.get("probe_locality"),
+           "unrelated_locality": final.get("unrelated_locality")}
     curve = [{k: row.get(k) for k in ("step", "retention_acc", "retention_exact", "retention_gen_em",
-                                      "retention_rephrase_acc", "probe_locality")} for row in checkpoint_rows]
+                                      "retention_rephrase_acc", "retention_rephrase_gen_em", "probe_locality",
+                                      "unrelated_locality")} for row in checkpoint_rows]
     return {"immediate": {"reliability": immediate.get("rewrite_acc"), "reliability_gen_em": immediate.get("rewrite_gen_em"),
                           "generality": immediate.get("rephrase_acc"), "generality_gen_em": immediate.get("rephrase_gen_em"),
                           "locality": immediate.get("locality_acc"), "portability": immediate.get("portability_acc")},
@@ -29,7 +31,7 @@ def protocols(immediate: dict, checkpoint_rows: list[dict]) -> dict:
 
 
 def run_summary(method: str, records, position: int, edits: list[dict], checkpoint_rows: list[dict],
-                diagnostics=(), stopped_by: str | None = None) -> dict:
+                diagnostics=(), stopped_by: str | None = None, family: str | None = None) -> dict:
     """A lifelong run's summary: mean immediate metrics, the last checkpoint, and the harmonic mean of edit
     success (ES), generalisation (GS), locality (LS), retention of edits (ERS) and of probe facts (ORS),
     the score the WilKE paper reports as S. ``stopped_by``: why the method could take no more edits,
@@ -41,7 +43,7 @@ def run_summary(method: str, records, position: int, edits: list[dict], checkpoi
     ls = immediate["neighbourhood"] if immediate["neighbourhood"] is not None else immediate["locality_acc"]
     components = {"ES": es, "GS": gs, "LS": ls, "ERS": final.get("retention_exact"), "ORS": final.get("probe_locality")}
     return {
-        "method": method, "edits_done": len(records[:position]), "edits_planned": len(records),
+        "method": method, "family": family, "edits_done": len(records[:position]), "edits_planned": len(records),
         "complete": position == len(records), "stopped_by": stopped_by,
         "immediate": immediate, "final_checkpoint": {k: v for k, v in final.items() if k != "lost_case_ids"},
         "protocols": protocols(immediate, checkpoint_rows),
