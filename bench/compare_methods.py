@@ -11,7 +11,9 @@ EasyEdit's methods need EasyEdit HEAD importable: run in the environment the tes
 kept, a stopped one resumed. Methods left out are listed with the reason (``NOT_RUN``).
 
 Streams: ``counterfact``, the CounterFact facts SmolLM2 knows (first token of ``target_true``), those of
-``counterfact_known.json`` in file order (139 of its 300); ``zsre``, ``knowedit_zsre.json`` in file order.
+``counterfact_known.json`` in file order (139 of its 300); ``zsre``, ``wiki_counterfact`` and ``wiki_recent``,
+the KnowEdit files in file order. Unrelated questions: 200 of ``zsre_mend_eval.json``'s NQ questions, the rest
+WISE's training pool.
 Probes: 100 facts of ``known_1000.json``. ``report`` (also run after ``run``) merges the run folders' rows
 into bench/results/compare_<stream>_<edits>.json, keeping rows whose folders are gone (they do not outlive
 a session), and writes the table and retention plot into docs/comparison/.
@@ -31,7 +33,8 @@ METHODS = {  # name (its run folder): (hparams file under hparams/, fields set o
     "rome": ("WilKE/smollm2-135m-rome.yaml", {}),  # our fixed-layer baseline
     "wilke": ("WilKE/smollm2-135m-fast.yaml", {}),
     "wilke-guard": ("WilKE/smollm2-135m-fast.yaml", {"interference_guard": True}),
-    "lemoe": ("LEMoE/smollm2-135m.yaml", {}),
+    "lemoe": ("LEMoE/smollm2-135m.yaml", {"order_planning": False}),  # the stream's order, as every row
+    "lemoe-planned": ("LEMoE/smollm2-135m.yaml", {}),  # its own planned order: an extra row
     "easyedit-rome": ("easyedit/ROME/smollm2-135m.yaml", {}),
     "memit": ("easyedit/MEMIT/smollm2-135m.yaml", {}),
     "alphaedit": ("easyedit/AlphaEdit/smollm2-135m.yaml", {}),
@@ -39,33 +42,37 @@ METHODS = {  # name (its run folder): (hparams file under hparams/, fields set o
     "grace": ("easyedit/GRACE/smollm2-135m.yaml", {}),
     "ultraedit": ("easyedit/ULTRAEDIT/smollm2-135m.yaml", {}),
     "ft-m": ("easyedit/FT/smollm2-135m.yaml", {}),
+    "locft": ("LocFT/smollm2-135m.yaml", {}),
 }
 COVARIANCE_METHODS = {"easyedit-rome", "memit", "alphaedit"}  # EasyEdit reads their C through layer_stats
 # Methods not in a stream's table, and why, as measured here (reported beside the table).
 NOT_RUN = {
     "wilke-guard": "its runs on the same facts are in the interference guard section",
+    "grace": "its rows, measured before the adapter scored GRACE as its authors do (docs/comparison/README.md): "
+             "GRACE.edit leaves its codebook's query position at the last edited prompt's end, and the bare model"
+             " was scored with every later prompt looked up there; they measured that position, not GRACE; "
+             "removed, to be re-run",
+    "wise": "its rows, measured before the adapter fixes (docs/comparison/README.md): WISE was scored in batches "
+            "of up to 64 rows, which its adaptor routes as one by their mean distance, trained with the tokenizer"
+            " padding on the right (BaseEditor pads on the left for it), and beside the record's own locality "
+            "prompt, which is also scored. Its hparams are still those of EasyEdit's llama-7b file (act_margin "
+            "[5, 20, 10]; its routing loss was 33-68 after 70 steps). Rows removed, to be re-run, tuned",
+    "ultraedit": "its rows, measured before the adapter fixes (docs/comparison/README.md): trained with the "
+                 "tokenizer padding on the right (UltraEdit aligns labels to the last positions, so shorter rows "
+                 "trained on the wrong tokens) and with its lifelong normaliser rebuilt at every call; its lr "
+                 "(1e-6) is EasyEdit's for 3,584-5,376-wide models and enters multiplied by the squared norm of "
+                 "standardised keys (about the input width, 576 here). Rows removed, to be re-run, tuned",
 }
+STREAM_FILES = {"zsre": "knowedit_zsre.json", "wiki_counterfact": "knowedit_wiki_counterfact.json",
+                "wiki_recent": "knowedit_wiki_recent.json"}  # in file order; counterfact: the known facts
 SLOW_FOR_LONG_RUNS = 10.0  # s/edit: slower methods get no 1,000-edit row on this CPU (about 3 hours a run)
 KNOWN_IN_ROME_FILE = 139
 NOTES = {  # what a row's numbers mean, as measured here (reported under the table)
-    "grace": "measured before the adapter scored GRACE as its authors do (docs/comparison/README.md): GRACE.edit "
-             "leaves its codebook's query position at the last edited prompt's end, and the bare model was scored "
-             "with every later prompt looked up there; its rows here measure that position, not GRACE. To be re-run",
-    "lemoe": "on KnowEdit ZsRE, locality (agreement with the unedited model on the records' locality prompts) is "
+    "lemoe-planned": "on KnowEdit ZsRE, locality (agreement with the unedited model on the records' locality prompts) is "
              "about 0.5 from the first edits on (0.366 at step 10, 0.505 at 1,000) while probe locality stays 0.97: "
              "every KnowEdit ZsRE locality prompt asks another relation of the edited subject (\"The strand "
              "orientation of ZIC3 is\"), and LEMoE routes by the subject's key, so those prompts reach the edit's "
              "expert",
-    "wise": "measured before the adapter fixes (docs/comparison/README.md): WISE was scored in batches of up to 64 "
-            "rows, which its adaptor routes as one by their mean distance, trained with the tokenizer padding on "
-            "the right (BaseEditor pads on the left for it), and beside the record's own locality prompt, which "
-            "is also scored. Its hparams are still those of EasyEdit's llama-7b file (act_margin [5, 20, 10]; its "
-            "routing loss was 33-68 after 70 steps). To be re-run, tuned",
-    "ultraedit": "measured before the adapter fixes (docs/comparison/README.md): trained with the tokenizer padding "
-                 "on the right (UltraEdit aligns labels to the last positions, so shorter rows trained on the "
-                 "wrong tokens) and with its lifelong normaliser rebuilt at every call; its lr (1e-6) is EasyEdit's "
-                 "for 3,584-5,376-wide models and enters multiplied by the squared norm of standardised keys (about "
-                 "the input width, 576 here). To be re-run, tuned",
 }
 
 
@@ -87,8 +94,8 @@ def out_dir(stream, edits):
 
 def stream_file(stream, edits) -> tuple:
     """The data file and the number of its records to edit, in order."""
-    if stream == "zsre":
-        return SHARED / "knowedit_zsre.json", edits
+    if stream in STREAM_FILES:
+        return SHARED / STREAM_FILES[stream], edits
     if edits > KNOWN_IN_ROME_FILE:
         sys.exit(f"--stream counterfact has {KNOWN_IN_ROME_FILE} known facts in one file; ask for at most that")
     path = out_dir(stream, edits) / "known_counterfact.json"
@@ -169,7 +176,7 @@ if __name__ == "__main__":
     sub = parser.add_subparsers(dest="mode", required=True)
     for mode in ("run", "report"):
         p = sub.add_parser(mode)
-        p.add_argument("--stream", choices=["counterfact", "zsre"], required=True)
+        p.add_argument("--stream", choices=["counterfact", *STREAM_FILES], required=True)
         p.add_argument("--edits", type=int, default=100)
         if mode == "run":
             p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {sorted(METHODS)}")

@@ -356,7 +356,8 @@ def test_compare_runs_each_method_on_the_same_edits_and_writes_one_table_and_plo
     assert [r["planned_order"] for r in compared] == [False, False]
     assert [r["family"] for r in compared] == ["weight editor", "memory"]
     table = (out / "comparison.md").read_text().splitlines()
-    ranked = sorted(compared, key=lambda r: r["score"], reverse=True)  # best first, by the generation-based score
+    from edit_plugins.lifelong.compare import headline_score
+    ranked = sorted(compared, key=lambda r: headline_score(r["end"]), reverse=True)  # best first, generation-based
     assert [line.split("|")[1].strip() for line in table[2:]] == [f"{r['label']} ({r['method']})" for r in ranked]
     assert "(gen EM / acc)" in table[0] and (out / "retention.png").stat().st_size > 0
     end = json.loads((out / "tiny" / "summary.json").read_text())["protocols"]["end_of_sequence"]

@@ -168,8 +168,7 @@ def rows(folders) -> list[dict]:
         out.append({"label": folder.name, "method": summary["method"], "family": summary.get("family"),
                     "edits": summary["edits_done"], "order": config["data"]["order"],
                     "planned_order": _reordered(config), "complete": summary["complete"], "end": end,
-                    "immediate": summary["protocols"]["immediate"], "score": headline_score(end),
-                    "checkpoints": checkpoints,
+                    "immediate": summary["protocols"]["immediate"], "checkpoints": checkpoints,
                     # a batch's seconds are logged once, on its first record: divide the total by the edits
                     "seconds_per_edit": timing["edit_seconds"] / summary["edits_done"] if summary["edits_done"] else None,
                     "peak_rss_mb": timing.get("peak_rss_mb")})
@@ -183,8 +182,8 @@ def table(rows_: list[dict]) -> str:
             "| reliability, end (gen EM / acc) | generality, end (gen EM / acc) "
             "| locality, end: records' own prompts / unrelated questions / known facts | s/edit | peak RSS MB |")
     lines = [head, "|" + "---|" * 10]
-    ranked = sorted(rows_, key=lambda r: -1 if r.get("score") is None else r["score"], reverse=True)
-    for r in ranked:
+    scores = [headline_score(r["end"]) for r in rows_]
+    for score, r in sorted(zip(scores, rows_), key=lambda pair: -1 if pair[0] is None else pair[0], reverse=True):
         e, immediate = r["end"], r.get("immediate") or {}
         planned = r.get("planned_order")
         if planned is None:  # records from memory: tell by the first row's order
@@ -192,7 +191,7 @@ def table(rows_: list[dict]) -> str:
         own_order = " (its own planned order)" if planned else ""
         lines.append(
             f"| {r['label']} ({r['method']}){own_order} | {r.get('family') or '—'} "
-            f"| {r['edits']}{'' if r['complete'] else ' (stopped)'} | {_fmt(r.get('score'))} "
+            f"| {r['edits']}{'' if r['complete'] else ' (stopped)'} | {_fmt(score)} "
             f"| {_fmt(immediate.get('reliability_gen_em'))} "
             f"| {_fmt(e.get('reliability_gen_em'))} / {_fmt(e.get('reliability'))} "
             f"| {_fmt(e.get('generality_gen_em'))} / {_fmt(e.get('generality'))} "
