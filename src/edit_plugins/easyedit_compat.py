@@ -282,6 +282,9 @@ def clear_module_state(alg_name: str) -> None:
             module.cache_c_new = False  # what its own reset_cache does
         if hasattr(module, "P_loaded"):
             module.P_loaded = False  # AlphaEdit loads its projection once per process: this run's P_loc
+    executor = getattr(alg_dict().get(alg_name) if easyeditor_module() is not None else None, "__self__", None)
+    if hasattr(executor, "is_init"):
+        executor.is_init = False  # an executor object in ALG_DICT (UltraEdit's) holding an earlier run's model
 
 
 def module_state_functions(alg_name: str):
