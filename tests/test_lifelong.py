@@ -482,3 +482,26 @@ def test_compare_refuses_hparams_for_different_models_before_running_any(tmp_pat
     other.write_text((HPARAMS / "WilKE" / "smollm2-135m-fast.yaml").read_text())
     with pytest.raises(CompareError, match=r"edit different models.*smollm2.*other/tiny.yaml"):
         check_all([tiny_hparams(stats_dir, tmp_path), other])
+
+
+def test_compare_runs_each_method_on_more_orders_and_gives_the_min_max_beside_its_row():
+    from edit_plugins.lifelong.compare import order_runs, table
+
+    options = RunOptions(num_edits=4, seed=0)
+    runs = order_runs([("a.yaml", "a"), ("b.yaml", "b")], ["--seed", "0", "--num-edits", "4"], options, 3)
+    assert [label for _, label, _, _ in runs] == ["a", "b", "a-order1", "b-order1", "a-order2", "b-order2"]
+    assert runs[0][2] == ["--seed", "0", "--num-edits", "4"] and runs[0][3] is options
+    assert runs[5][2] == ["--num-edits", "4", "--shuffle", "--seed", "2"]
+    assert (runs[5][3].shuffle, runs[5][3].seed, runs[5][3].num_edits) == (True, 2, 4)
+
+    def row(label, reliability, locality):
+        end = {"reliability_gen_em": reliability, "generality_gen_em": 0.5, "locality": locality,
+               "reliability": reliability, "generality": 0.5}
+        return {"label": label, "method": "M", "family": "memory", "edits": 4, "order": [label], "complete": True,
+                "planned_order": False, "end": end, "seconds_per_edit": 1.0, "peak_rss_mb": 100.0}
+
+    text = table([row("a", 0.9, 1.0), row("a-order1", 0.7, 0.8), row("a-order2", 1.0, 0.9), row("b", 0.2, 0.2)])
+    a, b = text.splitlines()[2:]
+    assert a.startswith("| a (M) | memory | 4, 3 orders | 0.800 (0.667–0.800) |")
+    assert "| 0.900 (0.700–1.000) / 0.900 |" in a and "| 1.000 (0.800–1.000) / — / — |" in a
+    assert b.startswith("| b (M) | memory | 4 | 0.300 |")

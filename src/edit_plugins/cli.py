@@ -208,9 +208,11 @@ def lifelong(ctx, hparams_path, data, out_dir, resume, num_edits, start, shuffle
               help="Unrelated questions: a ZsRE file's loc/loc_ans (Natural Questions, e.g. zsre_mend_eval.json).")
 @click.option("--num-unrelated", type=click.IntRange(min=0), default=200)
 @click.option("--seed", type=int, default=0)
+@click.option("--orders", type=click.IntRange(min=1), default=1,
+              help="Also run every method on ORDERS-1 shuffled orders (seeds 1, 2, ...); the table gives min-max.")
 @click.option("--fresh", is_flag=True, help="Run every method again, replacing its run folder in --out.")
 def compare(hparams_paths, data, out_dir, num_edits, checkpoints, probe_data, num_probes, unrelated_data,
-            num_unrelated, seed, fresh):
+            num_unrelated, seed, orders, fresh):
     """Run several methods on the same edits (order, checkpoints, probes), then one table and one plot.
 
     Each method runs as `edit-plugins lifelong` in its own process; complete runs are kept, stopped ones resumed,
@@ -230,7 +232,7 @@ def compare(hparams_paths, data, out_dir, num_edits, checkpoints, probe_data, nu
         args += ["--unrelated-data", unrelated_data]
     options = RunOptions(num_edits=num_edits, seed=seed, checkpoints=checkpoints, probe_data=probe_data,
                          num_probes=num_probes, unrelated_data=unrelated_data, num_unrelated=num_unrelated)
-    folders = run_all(list(hparams_paths), data, out_dir, args, options=options, fresh=fresh)
+    folders = run_all(list(hparams_paths), data, out_dir, args, options=options, fresh=fresh, orders=orders)
     table_path, plot_path = write_report(folders, out_dir)
     click.echo(table_path.read_text())
     click.echo(f"Table: {table_path}\nPlot: {plot_path}")

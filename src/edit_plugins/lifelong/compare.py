@@ -6,6 +6,8 @@ folder that is complete is kept, one that was stopped is resumed.
 """
 from __future__ import annotations
 
+import dataclasses
+import re
 import shutil
 import subprocess
 import sys
@@ -89,17 +91,33 @@ def differences(folder: Path, hparams_path, data, options) -> list[str]:
     return found
 
 
+ORDER_SUFFIX = re.compile(r"-order(\d+)$")
+
+
+def order_runs(labelled, lifelong_args: list[str], options, orders: int) -> list[tuple]:
+    """(hparams path, folder label, lifelong arguments, options) per order and method: order 0 is the data's
+    order, order k >= 1 the records shuffled with seed k (the run seeded with k too), in ``<label>-order<k>``."""
+    runs = [(path, label, lifelong_args, options) for path, label in labelled]
+    args = [a for i, a in enumerate(lifelong_args) if a != "--seed" and (i == 0 or lifelong_args[i - 1] != "--seed")]
+    for k in range(1, orders):
+        runs += [(path, f"{label}-order{k}", [*args, "--shuffle", "--seed", str(k)],
+                  None if options is None else dataclasses.replace(options, shuffle=True, seed=k))
+                 for path, label in labelled]
+    return runs
+
+
 def run_all(hparams_paths, data, out_dir, lifelong_args: list[str], quiet: bool = True, options=None,
-            fresh: bool = False) -> list[Path]:
-    """Run each method into its own folder of ``out_dir``. A folder there is kept (complete) or resumed
-    (stopped) only when it was made by these settings (``options``: this invocation's ``RunOptions``);
-    otherwise it is refused, naming the difference, unless ``fresh`` starts every method over."""
+            fresh: bool = False, orders: int = 1) -> list[Path]:
+    """Run each method into its own folder of ``out_dir`` (``orders`` > 1: also on that many shuffled orders).
+    A folder there is kept (complete) or resumed (stopped) only when it was made by these settings (``options``:
+    this invocation's ``RunOptions``); otherwise it is refused, naming the difference, unless ``fresh`` starts
+    every method over."""
     check_all(hparams_paths, options)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    labelled = list(zip(hparams_paths, labels_for(hparams_paths)))
+    runs = order_runs(list(zip(hparams_paths, labels_for(hparams_paths))), lifelong_args, options, orders)
     if options is not None:
-        for path, label in labelled:  # all checked before any method runs
+        for path, label, _, run_options in runs:  # all checked before any method runs
             folder = out_dir / label
             if not folder.exists():
                 continue
@@ -110,13 +128,13 @@ def run_all(hparams_paths, data, out_dir, lifelong_args: list[str], quiet: bool 
                 shutil.rmtree(folder)
                 continue
             if (folder / "config.yaml").is_file():
-                found = differences(folder, path, data, options)
+                found = differences(folder, path, data, run_options)
                 if found:
                     raise CompareError(f"{folder}: made for other settings than this comparison ("
                                        + "; ".join(found[:3]) + (f"; and {len(found) - 3} more" if len(found) > 3 else "")
                                        + "); use another --out, or --fresh to run every method again")
     folders = []
-    for path, label in labelled:
+    for path, label, args, _ in runs:
         folder = out_dir / label
         folders.append(folder)
         if (read_summary(folder) or {}).get("complete"):
@@ -125,7 +143,7 @@ def run_all(hparams_paths, data, out_dir, lifelong_args: list[str], quiet: bool 
         if (folder / "config.yaml").is_file():
             command += ["--resume"]
         else:
-            command += ["--hparams", str(path), "--data", str(data), *lifelong_args]
+            command += ["--hparams", str(path), "--data", str(data), *args]
         if quiet:
             command += ["--quiet"]
         done = subprocess.run(command)
@@ -175,27 +193,45 @@ def rows(folders) -> list[dict]:
     return out
 
 
+def _with_spread(value, others) -> str:
+    """A value, and the min-max over every order where there are several."""
+    values = [v for v in [value, *others] if v is not None]
+    if not others or len(values) < 2:
+        return _fmt(value)
+    return f"{_fmt(value)} ({_fmt(min(values))}–{_fmt(max(values))})"
+
+
 def table(rows_: list[dict]) -> str:
     """Markdown, best first by ``headline_score``: generation exact match first, teacher-forced token accuracy
-    beside it; locality three ways; cost."""
+    beside it; locality three ways; cost. Runs of one method on other orders (``<label>-order<k>``) give the
+    min-max beside its row's values."""
     head = ("| method | family | edits | score | reliability, right after each edit (gen EM) "
             "| reliability, end (gen EM / acc) | generality, end (gen EM / acc) "
             "| locality, end: records' own prompts / unrelated questions / known facts | s/edit | peak RSS MB |")
     lines = [head, "|" + "---|" * 10]
-    scores = [headline_score(r["end"]) for r in rows_]
-    for score, r in sorted(zip(scores, rows_), key=lambda pair: -1 if pair[0] is None else pair[0], reverse=True):
+    groups: dict = {}
+    for r in rows_:
+        groups.setdefault(ORDER_SUFFIX.sub("", r["label"]), []).append(r)
+    shown = []
+    for label, runs in groups.items():
+        first = next((r for r in runs if r["label"] == label), runs[0])
+        shown.append((headline_score(first["end"]), first, [r for r in runs if r is not first]))
+    for score, r, others in sorted(shown, key=lambda t: -1 if t[0] is None else t[0], reverse=True):
         e, immediate = r["end"], r.get("immediate") or {}
+        spread = lambda key: _with_spread(e.get(key), [o["end"].get(key) for o in others])  # noqa: E731
         planned = r.get("planned_order")
         if planned is None:  # records from memory: tell by the first row's order
             planned = r["order"] != rows_[0]["order"]
         own_order = " (its own planned order)" if planned else ""
+        orders = f", {len(others) + 1} orders" if others else ""
         lines.append(
             f"| {r['label']} ({r['method']}){own_order} | {r.get('family') or '—'} "
-            f"| {r['edits']}{'' if r['complete'] else ' (stopped)'} | {_fmt(score)} "
+            f"| {r['edits']}{'' if r['complete'] else ' (stopped)'}{orders} "
+            f"| {_with_spread(score, [headline_score(o['end']) for o in others])} "
             f"| {_fmt(immediate.get('reliability_gen_em'))} "
-            f"| {_fmt(e.get('reliability_gen_em'))} / {_fmt(e.get('reliability'))} "
-            f"| {_fmt(e.get('generality_gen_em'))} / {_fmt(e.get('generality'))} "
-            f"| {_fmt(e.get('locality'))} / {_fmt(e.get('unrelated_locality'))} / {_fmt(e.get('probe_locality'))} "
+            f"| {spread('reliability_gen_em')} / {_fmt(e.get('reliability'))} "
+            f"| {spread('generality_gen_em')} / {_fmt(e.get('generality'))} "
+            f"| {spread('locality')} / {spread('unrelated_locality')} / {spread('probe_locality')} "
             f"| {_fmt(r['seconds_per_edit'], 2)} | {_fmt(r['peak_rss_mb'], 0)} |")
     return "\n".join(lines) + "\n"
 
@@ -205,7 +241,7 @@ LINE_STYLES = {"weight editor": "-", "memory": "--", "fine-tuning": ":"}
 
 def plot(rows_: list[dict], path: Path) -> None:
     """Retention (generation exact match of every past edit, re-scored at each checkpoint) against the number of
-    edits so far, one line per method, one line style per family."""
+    edits so far, one line per method (on the data's order), one line style per family."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,7 +249,7 @@ def plot(rows_: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     lines = [(r, [(c["step"], c["retention_gen_em"]) for c in r["checkpoints"]
-                  if c.get("retention_gen_em") is not None]) for r in rows_]
+                  if c.get("retention_gen_em") is not None]) for r in rows_ if not ORDER_SUFFIX.search(r["label"])]
     markers = "osD^v"  # the colour cycle repeats after 10 lines: the marker tells those apart
     for i, (r, points) in enumerate((r, p) for r, p in lines if p):
         ax.plot(*zip(*points), linestyle=LINE_STYLES.get(r.get("family"), "-."),
