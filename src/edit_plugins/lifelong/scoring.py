@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from ..editing.layers import input_device
-from ..plugins import Scoring
 from ..editing.requests import with_leading_space
 from ..editing.tokens import encode, pad_batch, pad_id, target_ids
+from ..plugins import Scoring
 
 
 @dataclass
