@@ -182,7 +182,7 @@ def foreign_method(alg_name: str, method_class):
         # memories: EasyEdit scores one prompt per forward, through the editor.
         scoring = Scoring(rows_alone=True, through_editor=True)
     elif alg_name == "GRACE":
-        # Its codebook is queried at key_id, left at the last edit's prompt end; EasyEdit's generate() resets it.
+        # Its codebook is queried at key_id, left at the last edit's prompt end; only GRACE.generate() resets it.
         scoring = Scoring(rows_alone=True, before_forward=grace_query_position)
     elif alg_name == "ULTRAEDIT":
         executor = getattr(apply_fn, "__self__", None)
