@@ -216,7 +216,8 @@ ULTRAEDIT_STATE_FORMAT = "edit-plugins ultraedit normaliser v1"
 def _ultraedit_keeping_its_normaliser(executor):
     """UltraEdit's lifelong normaliser (running mean and variance of keys and gradients) is meant to last the
     whole stream, but EasyEdit's executor never sets ``is_init`` and builds a new one at every call. Keep it:
-    build it at the run's first call (or on a new model), then reuse it; save and load its statistics."""
+    build it at the run's first call (``clear_module_state`` clears ``is_init`` when a run starts) or on a new
+    model, then reuse it; save and load its statistics."""
     pending = {}
 
     def apply(model, tok, requests, hparams, **kwargs):
@@ -240,7 +241,6 @@ def _ultraedit_keeping_its_normaliser(executor):
         executor.is_init = False
         pending["normaliser"] = dict(tensors)
 
-    executor.is_init = False  # a new run starts with fresh statistics
     return apply, (save_state, load_state)
 
 

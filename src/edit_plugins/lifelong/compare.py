@@ -38,6 +38,7 @@ def check_all(hparams_paths, options=None) -> None:
     from .. import easyedit_compat, hparams
     from ..models import embedded_alias
     from ..plugins import resolve
+    from .start import needs_unrelated_questions
 
     if not hparams_paths:
         raise CompareError("give at least one --hparams file")
@@ -53,8 +54,7 @@ def check_all(hparams_paths, options=None) -> None:
     for path, hp in loaded:
         method = resolve(hp.alg_name)
         if method.trains_on_unrelated_prompts and not (options and options.unrelated_data):
-            raise CompareError(f"{path}: {hp.alg_name} trains on an unrelated question beside each edit: give "
-                               "--unrelated-data (a ZsRE file whose loc/loc_ans are Natural Questions)")
+            raise CompareError(f"{path}: {needs_unrelated_questions(hp.alg_name)}")
         if hp.alg_name in easyedit_compat.LAYER_STATS_METHODS and getattr(hp, "mom2_adjustment", True):
             from ..easyedit_stats import plan
 

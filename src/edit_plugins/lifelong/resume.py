@@ -67,7 +67,6 @@ def replay(run: Run, progress: dict) -> None:
     first random state; every replayed edit must give the metrics its log line holds."""
     seed_everything(run.options.seed)
     run.locality_reference = progress["locality_reference"]
-    run.unrelated_reference = progress.get("unrelated_reference", [])
     logged = progress["edits"]
     position, bs = progress["position"], run.batch_size
     for start in range(0, position, bs):

@@ -55,15 +55,19 @@ def never_edited(options: RunOptions, records: list[EditRecord]) -> tuple[list, 
     return probes, unrelated
 
 
+def needs_unrelated_questions(alg_name: str) -> str:
+    """What to tell a user who runs a method that trains on unrelated questions (WISE) without them."""
+    return (f"{alg_name} trains on an unrelated question beside each edit, drawn from a pool that is never scored: "
+            "give --unrelated-data (a ZsRE file whose loc/loc_ans are Natural Questions, such as zsre_mend_eval.json)")
+
+
 def check_before_editing(hparams, method: Method, model, tok, records, probes, unrelated: UnrelatedQuestions) -> None:
     """Checks that need the model: the method's own (layers exist, ...), its inputs, and that every text fits."""
     check = getattr(hparams, "check_model", None)
     if check is not None:
         check(model)
     if method.trains_on_unrelated_prompts and not unrelated.pool:
-        raise LifelongError(f"{hparams.alg_name} trains on an unrelated question beside each edit, drawn from a pool "
-                            "that is never scored: give --unrelated-data (a ZsRE file whose loc/loc_ans are Natural "
-                            "Questions, such as zsre_mend_eval.json) with more than --num-unrelated questions")
+        raise LifelongError(needs_unrelated_questions(hparams.alg_name) + " with more than --num-unrelated questions")
     check_lengths(records, probes, tok, model)
 
 
@@ -105,7 +109,8 @@ def run_lifelong(hparams, data, out_dir, *, model=None, tok=None, options: RunOp
 
 def run_settings(hparams, options: RunOptions, data) -> dict:
     """What makes a run what it is: the resolved hparams, the options, the data, probe data and unrelated
-    questions by absolute path and hash. A run folder keeps them (``run_config``); ``compare`` checks a folder against them."""
+    questions by absolute path and hash. A run folder keeps them (``run_config``); ``compare`` checks a folder
+    against them."""
     def located(path):
         return {"path": str(Path(path).resolve()), "sha256": file_hash(path)} if path else {"path": None, "sha256": None}
 
