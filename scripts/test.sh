@@ -3,7 +3,8 @@
 #   .venv            the main suite, newest tested transformers (locks/main.txt), no easyeditor;
 #   .venv-oldest     the model-facing tests at the oldest transformers pyproject.toml allows, building the
 #                    embedded models itself (its own cache);
-#   .venv-easyedit   PyPI easyeditor 0.0.1.dev0 under transformers 4.55;
+#   .venv-easyedit   the EasyEdit tests against PyPI easyeditor 0.0.1.dev0 (transformers 4.55); the model-facing
+#                    tests run at the oldest and the newest transformers, which bracket it;
 #   .venv-easyedit-head  the EasyEdit tests against EasyEdit HEAD (../shared/easyedit-head, or EASYEDIT_HEAD).
 # Every environment runs even if an earlier one fails; the exit status is the first failure's.
 # Each runs on two pytest-xdist workers of one thread each (two cores), an idle one taking tests from the
@@ -39,9 +40,9 @@ run() {
 run "main suite (.venv)" env EDIT_PLUGINS_CACHE="$CACHE" .venv/bin/python -m pytest -q "${WORKERS[@]}" \
     -m "not easyeditor" "$@"
 run "oldest transformers (.venv-oldest)" env EDIT_PLUGINS_CACHE="$CACHE-oldest" \
-    .venv-oldest/bin/python -m pytest -q "${WORKERS[@]}" -m "dev0_compatible and not easyeditor" "$@"
+    .venv-oldest/bin/python -m pytest -q "${WORKERS[@]}" -m "oldest_transformers and not easyeditor" "$@"
 run "easyeditor 0.0.1.dev0 (.venv-easyedit)" env EDIT_PLUGINS_CACHE="$CACHE" \
-    .venv-easyedit/bin/python -m pytest -q "${WORKERS[@]}" -m "easyeditor or dev0_compatible" "$@"
+    .venv-easyedit/bin/python -m pytest -q "${WORKERS[@]}" -m easyeditor "$@"
 run "EasyEdit HEAD (.venv-easyedit-head)" env EDIT_PLUGINS_CACHE="$CACHE" EASYEDIT_HEAD="$HEAD" PYTHONPATH="$HEAD" \
     PYTHONPYCACHEPREFIX="$PWD/.cache/pycache" \
     .venv-easyedit-head/bin/python -m pytest -q "${WORKERS[@]}" -m easyeditor "$@"

@@ -63,7 +63,7 @@ def target_log_prob(model, tok, prompt, target):
     return float(logits.log_softmax(-1)[tok(" " + target).input_ids[0]])
 
 
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 def test_cached_prefix_runner_matches_a_full_forward_pass(tiny_model):
     family, model, tok = tiny_model
     request = normalize_requests([MID_REQUEST])[0]
@@ -80,7 +80,7 @@ def test_cached_prefix_runner_matches_a_full_forward_pass(tiny_model):
             torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4, msg=f"{family}, {copies} copies")
 
 
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 @pytest.mark.parametrize("fast_scan", [False, True])
 def test_wilke_edits_one_layer_and_restores(tiny_model, stats_dir, fast_scan):
     family, model, tok = tiny_model
@@ -100,7 +100,7 @@ def test_wilke_edits_one_layer_and_restores(tiny_model, stats_dir, fast_scan):
     assert changed_parameters(model, before) == []
 
 
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 def test_guarded_wilke_leaves_the_earlier_edits_key_where_it_was(tiny_model, stats_dir):
     from edit_plugins.editing.keys import compute_keys
     from edit_plugins.editing.layers import get_module, weight_out_in
@@ -118,7 +118,7 @@ def test_guarded_wilke_leaves_the_earlier_edits_key_where_it_was(tiny_model, sta
     assert float((after - value).norm() / value.norm()) < 1e-5
 
 
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 def test_a_spread_edit_under_the_soft_guard_holds_each_layers_keys_as_one_pass_found_them(tiny_model, stats_dir):
     """The configuration the lifelong benchmark runs (each edit over three layers, the soft guard over every
     scored position of every earlier edit, one refresh pass per edit): each layer's update is rank one and
@@ -174,7 +174,7 @@ def test_a_spread_edit_under_the_soft_guard_holds_each_layers_keys_as_one_pass_f
         drop_guard(model)
 
 
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 def test_lemoe_edit_takes_hold_and_the_adaptor_comes_off_exactly(tiny_model):
     family, model, tok = tiny_model
     hp = hparams.load(HPARAMS / "LEMoE" / "tiny-gpt2.yaml")

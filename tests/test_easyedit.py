@@ -459,7 +459,7 @@ def test_restore_callable_methods_survive_a_kill_and_resume_by_replay(alg_name, 
     hp = tmp_path / "hp.yaml"
     hp.write_text(yaml.safe_dump({**config, **fast}))  # fewer steps: the test is about resuming, not quality
     zsre = SHARED_DATA / "zsre_mend_eval.json"
-    common = ["--hparams", hp, "--data", zsre, "--num-edits", 8, "--save-every", 1, "--checkpoints", "4,8",
+    common = ["--hparams", hp, "--data", zsre, "--num-edits", 6, "--save-every", 1, "--checkpoints", "3,6",
               "--unrelated-data", zsre, "--num-unrelated", 10, "--quiet"]
     cli = lambda *args: [sys.executable, "-m", "edit_plugins.cli", "lifelong", *map(str, args)]  # noqa: E731
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

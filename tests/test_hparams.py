@@ -7,7 +7,7 @@ from edit_plugins.hparams import HparamsError
 from edit_plugins.methods.wilke import WilKEHyperParams
 
 
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 @pytest.mark.parametrize("path", sorted(HPARAMS.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_file_loads_into_its_registered_class(path):
     hp = hparams.load(path)
@@ -31,7 +31,7 @@ def write(tmp_path, text):
 GOOD = "alg_name: WilKE\nmodel_name: tiny-gpt2\nlayers: [0, 1]\nrewrite_module_tmp: transformer.h.{}.mlp.c_proj\n"
 
 
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 @pytest.mark.parametrize("text, expected", [
     ("alg_name: Nonesuch\nmodel_name: x\n", "field 'alg_name': unknown method 'Nonesuch'"),
     ("model_name: x\n", "missing required field 'alg_name'"),
@@ -70,7 +70,7 @@ def test_from_hparams_is_easyedits_constructor(tmp_path):
         WilKEHyperParams.from_dict({"alg_name": "ROME", "model_name": "x", "layers": [1], "rewrite_module_tmp": "{}"})
 
 
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 def test_embedded_alias_becomes_a_directory_that_easyedit_can_load(tmp_path):
     """EasyEdit's BaseEditor loads model_name itself with from_pretrained, which knows no aliases."""
     from pathlib import Path
@@ -88,7 +88,7 @@ def test_embedded_alias_becomes_a_directory_that_easyedit_can_load(tmp_path):
         "./hugging_cache/gpt2-xl"  # anything but an alias is kept as written
 
 
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 def test_device_takes_easyedits_gpu_index(tmp_path):
     assert hparams.load(write(tmp_path, GOOD + "device: 0\n")).device == 0
     assert hparams.load(write(tmp_path, GOOD + "device: cuda:1\n")).device == "cuda:1"

@@ -490,7 +490,7 @@ def test_layers_ranked_without_the_guard_rank_as_unguarded_wilke_and_the_chosen_
 
 @pytest.mark.parametrize("model_fixture", ["tiny_gpt2", pytest.param("smollm2", marks=pytest.mark.slow)])
 def test_a_spread_edit_reaches_its_goal_through_every_layer_and_the_guard_holds_each_layers_current_keys(
-        model_fixture, stats_dir, request):
+        model_fixture, stats_dir, request, monkeypatch):
     """spread_layers: 2 shares each edit between the chosen layer and the one below it, one rank-one update
     each, and the top one closes the gap: the residual stream after the chosen block at the subject's last
     token ends at its goal (before + δ, δ the change v* asks there). With the guard (scope "model") each
@@ -498,8 +498,16 @@ def test_a_spread_edit_reaches_its_goal_through_every_layer_and_the_guard_holds_
     the chosen layer alternates, so a layer last edited at the bottom of a spread goes stale within the next
     edit, and is recomputed there. Unguarded the keys move."""
     from edit_plugins.editing.keys import key_and_block_output
-    from edit_plugins.methods.wilke.model import execute_wilke
+    from edit_plugins.methods.wilke import model as wilke_model
 
+    results = []  # what the edit itself computed: the δ its spread will carry
+
+    def recorded(*args):
+        results.append(execute_wilke(*args))
+        return results[-1]
+
+    execute_wilke = wilke_model.execute_wilke
+    monkeypatch.setattr(wilke_model, "execute_wilke", recorded)
     model, tok = request.getfixturevalue(model_fixture)
     before = snapshot(model)
     tops, requests = ((3, 2), TINY_REQUESTS) if model_fixture == "tiny_gpt2" else ((6, 5), SMOLLM2_REQUESTS)
@@ -516,9 +524,9 @@ def test_a_spread_edit_reaches_its_goal_through_every_layer_and_the_guard_holds_
                 hp.guard_scope = "model" if guarded else "layer"  # every earlier edit's key at every layer
                 module = hp.rewrite_module_tmp.format(top)
                 r = normalize_requests([raw])[0]
-                delta = execute_wilke(model, tok, r, hp).chosen.residual  # what the spread edit will carry
                 _, start = key_and_block_output(model, tok, r, module, top)
                 event = _one_edit(model, tok, raw, hp)
+                delta = results[-1].chosen.residual
                 assert [p["layer"] for p in event.info["spread"]] == [top - 1, top]
                 assert len(event.weight_deltas) == len(event.linear_edits) == 2
                 for d in event.weight_deltas.values():

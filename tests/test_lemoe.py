@@ -63,7 +63,7 @@ def answers_correct(model, tok, requests, prompt_key="prompt"):
     return [s.exact for s in score_answers(model, tok, pairs)]
 
 
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 def test_tiny_gpt2_edits_take_hold_earlier_experts_stay_frozen_and_removal_restores(tiny_gpt2):
     model, tok = tiny_gpt2
     hp = tiny_hp()
@@ -102,7 +102,7 @@ def test_unrelated_prompt_gets_exactly_the_unedited_logits(tiny_gpt2):
         assert torch.equal(edited, reference)
 
 
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 def test_routes_are_the_same_in_a_teacher_forced_pass_and_in_cached_generation(tiny_gpt2):
     model, tok = tiny_gpt2
     with edits_applied(model, tok, TINY_REQUESTS[:2], tiny_hp()) as model:
@@ -122,7 +122,7 @@ def test_routes_are_the_same_in_a_teacher_forced_pass_and_in_cached_generation(t
         assert routes[:subject_end] == [-1] * subject_end and set(routes[subject_end:]) == {0}
 
 
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 def test_left_padding_routes_like_no_padding(tiny_gpt2):
     model, tok = tiny_gpt2
     with edits_applied(model, tok, TINY_REQUESTS[:2], tiny_hp()) as model:
@@ -137,7 +137,7 @@ def test_left_padding_routes_like_no_padding(tiny_gpt2):
         torch.testing.assert_close(padded, single, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 def test_save_and_load_round_trip(tiny_gpt2, tmp_path):
     model, tok = tiny_gpt2
     model, restore = apply(model, tok, TINY_REQUESTS, tiny_hp())

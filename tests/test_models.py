@@ -9,7 +9,7 @@ from edit_plugins import models
 from edit_plugins.models import ModelLoadError
 
 
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 def test_tiny_gpt2_uses_the_real_gpt2_tokenizer_and_conv1d(tiny_gpt2):
     model, tok = tiny_gpt2
     assert tok("Hello world").input_ids == [15496, 995]  # GPT-2's real BPE ids
@@ -18,7 +18,7 @@ def test_tiny_gpt2_uses_the_real_gpt2_tokenizer_and_conv1d(tiny_gpt2):
     assert model.config.n_layer == 4 and model.config.vocab_size == 50257
 
 
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 def test_tiny_gpt2_is_deterministic(tiny_gpt2):
     from edit_plugins.models import load_model
 
@@ -27,7 +27,7 @@ def test_tiny_gpt2_is_deterministic(tiny_gpt2):
 
 
 @pytest.mark.slow
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 def test_smollm2_knows_where_the_eiffel_tower_is(smollm2):
     model, tok = smollm2
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32

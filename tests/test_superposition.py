@@ -70,8 +70,8 @@ def test_smollm2_whitened_keys_are_in_superposition(smollm2, stats_dir):
     """The paper's qualitative claim on a real model: near-zero mean, heavy tails."""
     model, tok = smollm2
     facts = sp.facts_from_file(SHARED_DATA / "known_1000.json", 120)
-    result = sp.analyze(model, tok, facts, [4, 15], model_label="smollm2-135m", mom2_n_samples=100, stats_dir=stats_dir)
-    for layer in (4, 15):
+    result = sp.analyze(model, tok, facts, [4, 14], model_label="smollm2-135m", mom2_n_samples=100, stats_dir=stats_dir)
+    for layer in (4, 14):
         w = result.stats[layer]["whitened_cos"]
         assert abs(w["mean"]) < 0.2 and w["std"] > 0.01
         assert w["kurtosis"] > 0  # heavier tails than a Gaussian

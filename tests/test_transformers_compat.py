@@ -36,7 +36,7 @@ print("ran")
 
 
 @pytest.mark.process
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 def test_our_calls_trigger_no_transformers_deprecation_message(stats_dir):
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "info", "PYTHONWARNINGS": "always"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +50,7 @@ def test_our_calls_trigger_no_transformers_deprecation_message(stats_dir):
     assert lines == [], "\n".join(lines)
 
 
-@pytest.mark.dev0_compatible
+@pytest.mark.oldest_transformers
 def test_the_cache_is_found_under_either_keyword_and_its_length_read():
     from transformers import DynamicCache
 

@@ -74,11 +74,25 @@ def test_smollm2_edit_takes_hold_at_one_layer_and_restores(smollm2, smollm2_hpar
 def test_fast_scan_edits_at_its_estimated_best_layer(smollm2, smollm2_hparams):
     model, tok = smollm2
     hp = hparams.load(HPARAMS / "WilKE" / "smollm2-135m-fast.yaml")
-    # Layer 29 is the last: with the subject mid-prompt, δ there cannot reach the target's positions.
-    hp.stats_dir, hp.mom2_n_samples, hp.layers = smollm2_hparams.stats_dir, 100, smollm2_hparams.layers + [29]
+    hp.stats_dir, hp.mom2_n_samples, hp.layers = smollm2_hparams.stats_dir, 100, smollm2_hparams.layers
     event = edit_and_check(model, tok, EIFFEL, hp, EIFFEL["prompt"])
+    assert event.info["scores_estimated"] is True and event.info["ineligible_layers"] == []
+
+
+def test_fast_scan_leaves_out_the_last_layer_when_the_subject_is_mid_prompt(tiny_gpt2, tiny_hparams):
+    """δ at the last layer reaches no later position: with the subject mid-prompt that layer is not scored."""
+    model, tok = tiny_gpt2
+    before = snapshot(model)
+    tiny_hparams.fast_scan, tiny_hparams.layers = True, [0, 1, 2, 3]
+    request = {"prompt": "France has its capital city in", "subject": "France", "target_new": "Tokyo"}
+    with collect_events() as events:
+        _, weights_copy = apply_wilke_to_model(model, tok, [request], tiny_hparams, return_orig_weights=True)
+    (event, _), = events
     assert event.info["scores_estimated"] is True
-    assert event.info["ineligible_layers"] == [29] and "29" not in event.info["layer_scores"]
+    assert 3 in event.info["ineligible_layers"] and "3" not in event.info["layer_scores"]
+    assert set(event.info["layer_scores"]) == {"0", "1", "2"}
+    restore(model, weights_copy)
+    assert changed_parameters(model, before) == []
 
 
 def test_fast_scan_tries_the_next_estimate_where_delta_cannot_reach_the_target(tiny_gpt2, tiny_hparams):
@@ -242,7 +256,7 @@ def test_prefix_cache_gives_the_same_log_probs_as_a_full_pass(model_fixture, req
     assert torch.allclose(cached, full, atol=1e-4)
 
 
-@pytest.mark.dev0_compatible  # the prefix cache's type differs between transformers versions
+@pytest.mark.oldest_transformers  # the prefix cache's type differs between transformers versions
 @pytest.mark.parametrize("prompt, subject", [("The mother tongue of Danielle Darrieux is", "Danielle Darrieux"),
                                              ("Paris is the capital of", "Paris")])  # no prefix to cache
 @pytest.mark.parametrize("model_fixture, layers, template", [
