@@ -45,7 +45,8 @@ def known_counterfact(model, tok, limit=None):
     remembered = json.loads(cache.read_text()) if cache.is_file() else None
     records = load_records(SHARED / "counterfact_known.json")
     if limit and limit > 139:
-        extra = load_records(SHARED / "counterfact_easyedit.json")  # only a few percent of it is known: scan far
+        # only a few percent of it is known: scan far, but not into the tuning sweep's dev records at its end
+        extra = load_records(SHARED / "counterfact_easyedit.json")[:-DEV_TAIL]
         for r in extra:  # the two files' case ids overlap
             r.case_id = r.request["case_id"] = 100000 + r.case_id
         records += extra
@@ -65,6 +66,29 @@ def known_counterfact(model, tok, limit=None):
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({"limit": len(known), "case_ids": [r.case_id for r in known]}))
     return known
+
+
+DEV_TAIL = 1000  # the last records of counterfact_easyedit.json: the tuning sweep's, never a table's
+
+
+def dev_counterfact(model, tok, count: int) -> list[dict]:
+    """The tuning sweep's dev stream: ``count`` facts the model knows (as ``known_counterfact``), read backwards
+    from the last ``DEV_TAIL`` records of counterfact_easyedit.json, none about a subject of
+    counterfact_known.json; raw records, in EasyEdit's format."""
+    taken = {r["requested_rewrite"]["subject"] for r in json.loads((SHARED / "counterfact_known.json").read_text())}
+    dev = []
+    for r in reversed(json.loads((SHARED / "counterfact_easyedit.json").read_text())[-DEV_TAIL:]):
+        if r["subject"] in taken:
+            continue
+        ids = tok(r["prompt"], return_tensors="pt").to(model.device)
+        true_first = tok(" " + r["ground_truth"].strip(), add_special_tokens=False).input_ids[0]
+        with torch.no_grad():
+            if int(model(**ids).logits[0, -1].argmax()) == true_first:
+                dev.append(r)
+                taken.add(r["subject"])
+        if len(dev) == count:
+            return dev
+    raise SystemExit(f"only {len(dev)} known facts in the last {DEV_TAIL} records of counterfact_easyedit.json")
 
 
 def fill_covariance_stats(hparams_file) -> None:

@@ -361,6 +361,31 @@ def test_cached_statistics_of_another_model_are_a_clear_error(tiny_gpt2, tmp_pat
         second_moments(model, tok, [module], source="pydoc", n_samples=10, stats_dir=tmp_path, model_key="tiny")
 
 
+def test_statistics_being_computed_elsewhere_block_only_their_own_module(tiny_gpt2, tmp_path):
+    """Another process computing one module's statistics (its lock held) makes a caller of that module wait
+    and read its file; a caller of another module goes on beside it."""
+    import threading
+
+    from filelock import FileLock
+
+    from edit_plugins.editing.covariance import cache_path, second_moments
+
+    model, tok = tiny_gpt2
+    busy, free = "transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_proj"
+    where = dict(source="pydoc", n_samples=10, stats_dir=tmp_path, model_key="tiny")
+    path = cache_path(tmp_path, "tiny", "pydoc", busy, 10)
+    path.parent.mkdir(parents=True)
+    got = {}
+    with FileLock(f"{path}.lock"):
+        assert free in second_moments(model, tok, [free], **where)  # not held up
+        waiting = threading.Thread(target=lambda: got.update(second_moments(model, tok, [busy], **where)))
+        waiting.start()
+        waiting.join(2)
+        assert waiting.is_alive() and not path.exists()
+    waiting.join(120)
+    assert not waiting.is_alive() and got[busy].shape == (256, 256)
+
+
 @pytest.mark.parametrize("guarded", [False, True])
 def test_a_spread_edit_takes_every_layers_statistics_from_the_model_before_it(tiny_gpt2, tiny_hparams, tmp_path,
                                                                                guarded):

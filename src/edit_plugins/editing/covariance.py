@@ -7,6 +7,7 @@ holding ``mom2.count`` and ``mom2.mom2`` (the *sum* of k kᵀ).
 from __future__ import annotations
 
 import io
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +53,8 @@ def second_moments(model, tok, modules: list[str], *, source: str = PYDOC_SOURCE
                    batch_size: int = 16) -> dict[str, torch.Tensor]:
     """C for each module (float32, on the CPU), computed in one pass over the text for all uncached ones.
 
-    Computing holds a lock beside the cache files: a second process that needs the same statistics waits and
-    reads what the first wrote, instead of computing them again."""
+    Computing holds a lock per cache file: a second process that needs the same statistics waits and reads
+    what the first wrote, instead of computing them again; one that needs other modules' goes on beside it."""
     def path_of(module):
         return cache_path(stats_dir, model_key, source, module, n_samples)
 
@@ -61,9 +62,10 @@ def second_moments(model, tok, modules: list[str], *, source: str = PYDOC_SOURCE
     missing = [m for m, c in result.items() if c is None]
     if not missing:
         return result
-    folder = path_of(missing[0]).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder / ".lock")):
+    path_of(missing[0]).parent.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as locks:
+        for m in sorted(missing):  # one order for every process: no two wait on each other
+            locks.enter_context(FileLock(f"{path_of(m)}.lock"))
         result.update({m: _cached(model, m, path_of(m)) for m in missing})  # written while we waited?
         missing = [m for m in missing if result[m] is None]
         if missing:
