@@ -68,7 +68,7 @@ def known_counterfact(model, tok, limit=None):
     return known
 
 
-DEV_TAIL = 1000  # the last records of counterfact_easyedit.json: the tuning sweep's, never a table's
+DEV_TAIL = 2000  # the last records of counterfact_easyedit.json: the tuning sweep's, never a table's
 
 
 def dev_counterfact(model, tok, count: int) -> list[dict]:

@@ -13,6 +13,10 @@ from conftest import ROOT, SHARED_DATA, changed_parameters, snapshot
 easyeditor = pytest.importorskip("easyeditor", reason="needs the real easyeditor package (.venv-easyedit)")
 pytestmark = pytest.mark.easyeditor
 
+# Under the transformers each EasyEdit pins (HEAD: 5.5), which builds the embedded model for its users.
+from test_models import test_the_smollm2_tokenizer_built_here_reloads_as_smollm2s_own as \
+    test_the_smollm2_tokenizer_built_under_easyedits_transformers_reloads_as_smollm2s_own  # noqa: E402,F401
+
 
 def run_fresh(code, **env):
     """A new interpreter: nothing of ours is imported unless the code does it."""

@@ -61,3 +61,15 @@ def test_device_resolution():
     assert models.resolve_device("cpu") == torch.device("cpu")
     assert models.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert models.resolve_device(1) == torch.device("cuda:1")  # EasyEdit's integer GPU index
+
+
+@pytest.mark.oldest_transformers
+def test_the_smollm2_tokenizer_built_here_reloads_as_smollm2s_own(tmp_path):
+    """Built from the GGUF file by this environment's transformers and reloaded from disk: SmolLM2's own token ids
+    (no BOS, no unknown tokens). transformers 5.5, EasyEdit HEAD's, names a class that reloads the byte-level BPE
+    with SentencePiece's rules (tests/test_easyedit.py runs this there)."""
+    from transformers import AutoTokenizer
+
+    models._build_smollm2_tokenizer(models.smollm2_gguf_path(), tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert tok("Marcin Wasilewski plays as").input_ids == [61, 30257, 13580, 552, 103, 19737, 4566, 347]

@@ -66,20 +66,14 @@ def gpt2_tokenizer_files() -> tuple[Path, Path]:
 
 
 def _build_smollm2(out: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     gguf = smollm2_gguf_path()
     try:
         import gguf as _  # noqa: F401  transformers needs it to read GGUF
     except ImportError:
         raise ModelLoadError("reading SmolLM2's GGUF file needs the 'gguf' package: run `pip install gguf`") from None
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # SmolLM2's own tokenizer prepends no BOS; the GGUF readers of transformers 4.x turn it on.
-    if getattr(tok, "add_bos_token", False):
-        tok.add_bos_token = False
-    if tok("x").input_ids[:1] == [tok.bos_token_id]:
-        raise ModelLoadError(f"transformers {_transformers_version()} builds a SmolLM2 tokenizer that prepends "
-                             f"{tok.bos_token!r}, unlike SmolLM2's own; upgrade transformers")
+    _build_smollm2_tokenizer(gguf, out)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, **dtype_kwargs(torch.float32))
     # transformers will not save_pretrained a GGUF-loaded model; write the float32 tensors ourselves.
     from safetensors.torch import save_file
@@ -98,8 +92,21 @@ def _build_smollm2(out: Path) -> None:
         del model.config.quantization_config
     model.config.save_pretrained(out)
     model.generation_config.save_pretrained(out)
+
+
+def _build_smollm2_tokenizer(gguf: Path, out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # SmolLM2's own tokenizer prepends no BOS; the GGUF readers of transformers 4.x and 5.5 turn it on.
+    if getattr(tok, "add_bos_token", False):
+        tok.add_bos_token = False
+    if tok("x").input_ids[:1] == [tok.bos_token_id]:
+        raise ModelLoadError(f"transformers {_transformers_version()} builds a SmolLM2 tokenizer that prepends "
+                             f"{tok.bos_token!r}, unlike SmolLM2's own; upgrade transformers")
     tok.save_pretrained(out)
     _portable_tokenizer_class(out)
+    _check_saved_tokenizer(tok, out)
 
 
 def _transformers_version() -> str:
@@ -109,15 +116,31 @@ def _transformers_version() -> str:
 
 
 def _portable_tokenizer_class(folder: Path) -> None:
-    """transformers 5 writes tokenizer_class "TokenizersBackend", unknown to 4.x; both read this one.
-    Without model_input_names, 4.x's PreTrainedTokenizerFast also returns token_type_ids, which a Llama's
-    generate() refuses."""
+    """The saved tokenizer.json is SmolLM2's byte-level BPE, which PreTrainedTokenizerFast reads as it is in every
+    transformers version. The class transformers writes is not: 5.x's "TokenizersBackend" is unknown to 4.x, and
+    5.5's GGUF reader writes "CodeLlamaTokenizer", which reloads with SentencePiece's rules and turns the
+    BPE's spaces into unknown tokens. Without model_input_names, 4.x's PreTrainedTokenizerFast also returns
+    token_type_ids, which a Llama's generate() refuses."""
     config_path = folder / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
-    if config.get("tokenizer_class") == "TokenizersBackend":
-        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
     config.setdefault("model_input_names", ["input_ids", "attention_mask"])
     atomic_write_text(config_path, json.dumps(config, indent=2))
+
+
+TOKENIZER_CHECK_TEXT = "Marcin Wasilewski plays as a defender for Anderlecht."
+
+
+def _check_saved_tokenizer(built, folder: Path) -> None:
+    """The tokenizer as saved must tokenize as the one built from the GGUF file did (no BOS, no unknown tokens)."""
+    from transformers import AutoTokenizer
+
+    saved = AutoTokenizer.from_pretrained(folder)
+    expected, got = built(TOKENIZER_CHECK_TEXT).input_ids, saved(TOKENIZER_CHECK_TEXT).input_ids
+    if got != expected or saved.unk_token_id in got:
+        raise ModelLoadError(f"transformers {_transformers_version()} saves a SmolLM2 tokenizer that reloads "
+                             f"differently ({type(saved).__name__}: {got} instead of {expected}); "
+                             "upgrade transformers")
 
 
 def _build_tiny_gpt2(out: Path) -> None:
