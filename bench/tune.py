@@ -130,12 +130,17 @@ def tuning_page(rows_) -> str:
                 score = f"**{score}**"
             if not r["complete"]:
                 score += f" ({r['edits']} edits, stopped)"
-            fields = ", ".join(f"{k}: {v}" for k, v in r["fields"].items())
+            fields = ", ".join(f"{k}: {_short(v)}" for k, v in r["fields"].items())
             locality = " / ".join(_f(end.get(k)) for k in ("locality", "unrelated_locality", "probe_locality"))
             lines.append(f"| {r['config']} | {fields} | {score} | {_f(end.get('reliability_gen_em'))} "
                          f"| {_f(end.get('generality_gen_em'))} | {locality} | {_f(r['seconds_per_edit'], 2)} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _short(value) -> str:
+    """A long list (UltraEdit's inner_params) as its first and last entries and its length."""
+    return f"[{value[0]} ... {value[-1]}] ({len(value)})" if isinstance(value, list) and len(value) > 3 else str(value)
 
 
 def _f(value, digits=3) -> str:
