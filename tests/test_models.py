@@ -73,3 +73,15 @@ def test_the_smollm2_tokenizer_built_here_reloads_as_smollm2s_own(tmp_path):
     models._build_smollm2_tokenizer(models.smollm2_gguf_path(), tmp_path)
     tok = AutoTokenizer.from_pretrained(tmp_path)
     assert tok("Marcin Wasilewski plays as").input_ids == [61, 30257, 13580, 552, 103, 19737, 4566, 347]
+
+
+def test_a_smollm2_cache_saved_with_another_tokenizer_class_is_repaired_when_loaded(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("EDIT_PLUGINS_CACHE", str(tmp_path))
+    folder = tmp_path / "models" / "SmolLM2-135M-Instruct-llama-f32"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CodeLlamaTokenizer"}))
+    assert models.materialize("smollm2-135m") == folder
+    assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"

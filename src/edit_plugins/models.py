@@ -181,6 +181,9 @@ def materialize(name: str) -> Path:
     """Build an embedded model once into a plain Hugging Face directory (safetensors) and return it."""
     out = cache_root() / "models" / _CACHE_NAMES[name]
     if (out / "config.json").is_file():
+        if name == SMOLLM2 and json.loads((out / "tokenizer_config.json").read_text()).get(
+                "tokenizer_class") != "PreTrainedTokenizerFast":
+            _portable_tokenizer_class(out)  # built under transformers 5.5 before the class was set here
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
