@@ -497,13 +497,18 @@ SECTIONS = (wilke_speed, wilke_independent, wilke_agreement, wilke_agreement_gpu
             interference_guard, method_comparison)
 
 
-def main() -> None:
+def render() -> str:
+    """docs/benchmarks.md as bench/results/ make it."""
     sections = []
     for section in SECTIONS:
         section(sections)
-    lines = header(sections) + sections
-    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(header(sections) + sections) + "\n"
+
+
+def main() -> None:
+    text = render()
+    (ROOT / "docs" / "benchmarks.md").write_text(text)
+    print(text, end="")
 
 
 if __name__ == "__main__":
