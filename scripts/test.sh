@@ -38,7 +38,7 @@ run() {
   "$@" || { rc=$?; [ $status -ne 0 ] || status=$rc; echo "== $name: FAILED (exit $rc)"; }
 }
 run "main suite (.venv)" env EDIT_PLUGINS_CACHE="$CACHE" .venv/bin/python -m pytest -q "${WORKERS[@]}" \
-    -m "not easyeditor" "$@"
+    -m "not easyeditor" --smollm2-stats "$@"
 run "oldest transformers (.venv-oldest)" env EDIT_PLUGINS_CACHE="$CACHE-oldest" \
     .venv-oldest/bin/python -m pytest -q "${WORKERS[@]}" -m "oldest_transformers and not easyeditor" "$@"
 run "easyeditor 0.0.1.dev0 (.venv-easyedit)" env EDIT_PLUGINS_CACHE="$CACHE" \

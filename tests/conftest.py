@@ -25,6 +25,30 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, tor
 MODEL_FIXTURES = {"smollm2", "tiny_gpt2", "_tiny_gpt2_as_loaded"}
 
 
+# The SmolLM2 statistics the slow tests read (C of down_proj at layers 3-14 over 100 texts). With
+# --smollm2-stats they are computed in one pass, on every core, before the workers start: tests computing
+# them one layer set at a time, on one core each, cost about twice as long.
+SMOLLM2_STATS_LAYERS = range(3, 15)
+SMOLLM2_STATS_SAMPLES = 100
+
+
+def pytest_addoption(parser):
+    parser.addoption("--smollm2-stats", action="store_true",
+                     help="compute the SmolLM2 statistics the slow tests read in one pass before they start")
+
+
+def pytest_sessionstart(session):
+    if not session.config.getoption("--smollm2-stats") or hasattr(session.config, "workerinput"):
+        return
+    from edit_plugins.editing.covariance import second_moments
+    from edit_plugins.models import load_model
+
+    model, tok = load_model("smollm2-135m", "cpu")
+    second_moments(model, tok, [f"model.layers.{i}.mlp.down_proj" for i in SMOLLM2_STATS_LAYERS],
+                   n_samples=SMOLLM2_STATS_SAMPLES, stats_dir=Path(os.environ["EDIT_PLUGINS_CACHE"]) / "stats",
+                   model_key="smollm2-135m")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
