@@ -35,3 +35,22 @@ def test_docs_tuning_page_is_what_the_tuning_results_make():
 
     rows = json.loads((ROOT / "bench" / "results" / "tuning.json").read_text())["rows"]
     assert tuning_page(rows) == (ROOT / "docs" / "comparison" / "tuning.md").read_text()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "bench" / "experiments" / "tuning").glob("*.yaml")), ids=lambda p: p.stem)
+def test_a_tuning_sweep_stays_in_budget_and_sets_only_fields_its_method_has(path):
+    import dataclasses
+
+    import yaml
+
+    from bench.compare_methods import METHODS
+    from bench.tune import MAX_CONFIGS, sweep
+    from edit_plugins.methods.wilke.guard.settings import GuardSettings
+
+    file, fields = METHODS[path.stem]
+    known = set(yaml.safe_load((ROOT / "hparams" / file).read_text())) | set(fields)
+    if file.startswith("WilKE/"):
+        known |= {f.name for f in dataclasses.fields(GuardSettings)}
+    configs = sweep(path.stem)["configs"]
+    assert 1 <= len(configs) <= MAX_CONFIGS
+    assert [sorted(set(c) - known) for c in configs] == [[] for _ in configs]
