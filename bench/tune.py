@@ -9,10 +9,11 @@ own prompts: ``edit_plugins.lifelong.compare.headline_score``).
 
 Dev stream: ``DEV_EDITS`` CounterFact facts SmolLM2 knows, from the end of counterfact_easyedit.json, where the
 CounterFact test stream never reads (``bench.common.dev_counterfact``). Probes and unrelated questions as in
-``bench.compare_methods``. ``run`` makes one ``edit-plugins compare`` over the configurations (run folders
-``<method>-<k>``, resumed if stopped); ``report`` merges their rows into bench/results/tuning.json (rows outlive
-the run folders) and writes docs/comparison/tuning.md. The winner of each sweep goes into ``hparams/`` by hand,
-with the sweep named in the file's comment.
+``bench.compare_methods``; one checkpoint, at the end (the score reads nothing else). ``run`` makes one
+``edit-plugins compare`` over the configurations (run folders ``<method>-<k>``, resumed if stopped);
+``report`` merges their rows into bench/results/tuning.json (rows outlive the run folders) and writes
+docs/comparison/tuning.md. The winner of each sweep goes into ``hparams/`` by hand, with the sweep named in
+the file's comment.
 """
 import argparse
 import json
@@ -78,7 +79,7 @@ def run(args):
         for path in files:
             fill_covariance_stats(path)
     command = [sys.executable, "-m", "edit_plugins.cli", "compare", "--data", str(dev_stream()),
-               "--num-edits", str(DEV_EDITS), "--out", str(OUT), "--probe-data", str(SHARED / "known_1000.json"),
+               "--num-edits", str(DEV_EDITS), "--checkpoints", str(DEV_EDITS), "--out", str(OUT), "--probe-data", str(SHARED / "known_1000.json"),
                "--num-probes", "100", "--unrelated-data", str(SHARED / "zsre_mend_eval.json"), "--num-unrelated", "200"]
     for path in files:
         command += ["--hparams", str(path)]
