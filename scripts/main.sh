@@ -13,5 +13,5 @@ OUT="${OUT:-runs/main-$(date +%Y%m%d-%H%M%S)}"
 .venv/bin/edit-plugins plugins
 .venv/bin/edit-plugins compare --hparams hparams/WilKE/smollm2-135m-lifelong.yaml \
     --hparams hparams/LEMoE/smollm2-135m.yaml --data "$DATA" --num-edits "${NUM_EDITS:-32}" \
-    --probe-data ../shared/data/known_1000.json --num-probes 100 \
-    --unrelated-data ../shared/data/zsre_mend_eval.json --num-unrelated 100 --out "$OUT" "$@"
+    --probe-data ../shared/data/known_1000.json --num-probes 50 \
+    --unrelated-data ../shared/data/zsre_mend_eval.json --num-unrelated 50 --out "$OUT" "$@"
