@@ -254,7 +254,7 @@ def plot(rows_: list[dict], path: Path) -> None:
     for i, (r, points) in enumerate((r, p) for r, p in lines if p):
         ax.plot(*zip(*points), linestyle=LINE_STYLES.get(r.get("family"), "-."),
                 marker=markers[i // 10 % len(markers)], markersize=4,
-                label=f"{r['label']} ({r.get('family') or 'family not recorded'})")
+                label=f"{r['label']} ({r['method']}, {r.get('family') or 'family not recorded'})")
     ax.set_xscale("log")
     ax.set(xlabel="edits so far", ylabel="past edits still produced (gen EM)", ylim=(0, 1.0),
            title="Retention: every past edit re-scored at each checkpoint")
