@@ -10,7 +10,7 @@ last prompt token, centred by the mean over all prompts read (raw states share a
 Reported per layer: median cosine to the rephrase and to the other-relation prompts, and the share of
 (rephrase, other-relation prompt) pairs of a record ranked right (rephrase closer: 0.5 is chance).
 Records: KnowEdit ZsRE's beyond the first 1,000 (which the tables edit). Writes
-bench/results/lemoe_relation_separation.json.
+bench/results/relation_separation.json.
 """
 import json
 import re
@@ -78,7 +78,7 @@ def separation(model, tok, records, form) -> list[dict]:
 if __name__ == "__main__":
     setup(2)
     result = measure()
-    write_result("lemoe_relation_separation", result, echo=False)
+    write_result("relation_separation", result, echo=False)
     for form in ("other_relations_as_given", "other_relations_as_questions"):
         for row in result[form]:
             print(form, row)
