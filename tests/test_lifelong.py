@@ -505,3 +505,17 @@ def test_compare_runs_each_method_on_more_orders_and_gives_the_min_max_beside_it
     assert a.startswith("| a (M) | memory | 4, 3 orders | 0.800 (0.667–0.800) |")
     assert "| 0.900 (0.700–1.000) / 0.900 |" in a and "| 1.000 (0.800–1.000) / — / — |" in a
     assert b.startswith("| b (M) | memory | 4 | 0.300 |")
+
+
+def test_cost_at_both_ends_of_a_run_reads_whole_calls():
+    """A call's seconds are logged on its last record: the first and last tenth take whole calls."""
+    from edit_plugins.lifelong.compare import seconds_per_edit_at_ends
+
+    one_at_a_time = [{"seconds": 1.0 + i} for i in range(20)]  # the 2 first cost 1 and 2 s, the 2 last 19 and 20
+    assert seconds_per_edit_at_ends(one_at_a_time) == {"seconds_per_edit_first_tenth": 1.5,
+                                                       "seconds_per_edit_last_tenth": 19.5}
+    calls_of_five = [{"seconds": 10.0} if i % 5 == 4 else {} for i in range(20)]
+    calls_of_five[-1]["seconds"] = 30.0
+    assert seconds_per_edit_at_ends(calls_of_five) == {"seconds_per_edit_first_tenth": 2.0,
+                                                       "seconds_per_edit_last_tenth": 6.0}
+    assert seconds_per_edit_at_ends([{"seconds": 1.0}] * 5)["seconds_per_edit_first_tenth"] is None

@@ -17,7 +17,8 @@ import yaml
 
 from ..errors import UserError
 from ..files import atomic_write_text
-from .run_log import read_checkpoints, read_summary, read_timing
+from .run_log import read_checkpoints, read_edits, read_summary, read_timing
+from .state import STATE
 
 
 class CompareError(UserError, ValueError):
@@ -189,8 +190,39 @@ def rows(folders) -> list[dict]:
                     "immediate": summary["protocols"]["immediate"], "checkpoints": checkpoints,
                     # a batch's seconds are logged once, on its first record: divide the total by the edits
                     "seconds_per_edit": timing["edit_seconds"] / summary["edits_done"] if summary["edits_done"] else None,
-                    "peak_rss_mb": timing.get("peak_rss_mb")})
+                    **seconds_per_edit_at_ends(read_edits(folder)),
+                    "peak_rss_mb": timing.get("peak_rss_mb"), "state_mb": _megabytes(folder / STATE)})
     return out
+
+
+def seconds_per_edit_at_ends(edits: list[dict]) -> dict:
+    """s/edit over the first and the last tenth of the edits, to show how the cost grows with T. In whole
+    calls (a call's seconds are logged on its last record): at least a tenth of the edits each."""
+    calls, size = [], 0  # (edits in the call, its seconds)
+    for e in edits:
+        size += 1
+        if "seconds" in e:
+            calls.append((size, e["seconds"]))
+            size = 0
+    tenth = len(edits) // 10
+    if not tenth or not calls:
+        return {"seconds_per_edit_first_tenth": None, "seconds_per_edit_last_tenth": None}
+
+    def rate(in_order):
+        count = seconds = 0
+        for n, s in in_order:
+            count, seconds = count + n, seconds + s
+            if count >= tenth:
+                break
+        return seconds / count
+    return {"seconds_per_edit_first_tenth": rate(calls), "seconds_per_edit_last_tenth": rate(reversed(calls))}
+
+
+def _megabytes(folder: Path) -> float | None:
+    """What a folder holds on disk, in MB (None where it does not exist)."""
+    if not folder.is_dir():
+        return None
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
 def _with_spread(value, others) -> str:
@@ -207,8 +239,9 @@ def table(rows_: list[dict]) -> str:
     min-max beside its row's values."""
     head = ("| method | family | edits | score | reliability, right after each edit (gen EM) "
             "| reliability, end (gen EM / acc) | generality, end (gen EM / acc) "
-            "| locality, end: records' own prompts / unrelated questions / known facts | s/edit | peak RSS MB |")
-    lines = [head, "|" + "---|" * 10]
+            "| locality, end: records' own prompts / unrelated questions / known facts "
+            "| s/edit: all / first tenth / last tenth of the edits | peak RSS MB | state MB |")
+    lines = [head, "|" + "---|" * 11]
     groups: dict = {}
     for r in rows_:
         groups.setdefault(ORDER_SUFFIX.sub("", r["label"]), []).append(r)
@@ -232,7 +265,9 @@ def table(rows_: list[dict]) -> str:
             f"| {spread('reliability_gen_em')} / {_fmt(e.get('reliability'))} "
             f"| {spread('generality_gen_em')} / {_fmt(e.get('generality'))} "
             f"| {spread('locality')} / {spread('unrelated_locality')} / {spread('probe_locality')} "
-            f"| {_fmt(r['seconds_per_edit'], 2)} | {_fmt(r['peak_rss_mb'], 0)} |")
+            f"| {_fmt(r['seconds_per_edit'], 2)} / {_fmt(r.get('seconds_per_edit_first_tenth'), 2)} "
+            f"/ {_fmt(r.get('seconds_per_edit_last_tenth'), 2)} | {_fmt(r['peak_rss_mb'], 0)} "
+            f"| {_fmt(r.get('state_mb'), 1)} |")
     return "\n".join(lines) + "\n"
 
 
