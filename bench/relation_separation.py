@@ -1,7 +1,7 @@
 """Can a route tell what is asked about a subject? Per SmolLM2 layer, how much closer an edit prompt's last
 token lies to its own rephrase's than to its subject's other-relation prompts (KnowEdit ZsRE's locality).
 
-    .venv/bin/python -m bench.lemoe_relation_separation
+    .venv/bin/python -m bench.relation_separation
 
 LEMoE routes by the subject's key, so every prompt about an edited subject reaches the edit's expert. A second
 gate at the position where the answer is read would need a representation there that is near the edit
