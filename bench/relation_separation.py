@@ -1,12 +1,14 @@
-"""Can a route tell what is asked about a subject? Per SmolLM2 layer, how much closer an edit prompt's last
-token lies to its own rephrase's than to its subject's other-relation prompts (KnowEdit ZsRE's locality).
+"""Can a route tell what is asked about a subject? Per SmolLM2 layer, how much closer an edit prompt lies to its
+own rephrase than to its subject's other-relation prompts (KnowEdit ZsRE's locality).
 
     .venv/bin/python -m bench.relation_separation
 
 LEMoE routes by the subject's key, so every prompt about an edited subject reaches the edit's expert. A second
 gate at the position where the answer is read would need a representation there that is near the edit
 prompt's for its rephrases and far for other relations. Read: the residual stream after each layer at the
-last prompt token, centred by the mean over all prompts read (raw states share a large common direction).
+last prompt token, and its mean over the tokens outside the subject, centred by the mean over all prompts
+read (raw states share a large common direction). Other-relation prompts as the data gives them, and asked
+in the edit prompts' own form.
 Reported per layer: median cosine to the rephrase and to the other-relation prompts, and the share of
 (rephrase, other-relation prompt) pairs of a record ranked right (rephrase closer: 0.5 is chance).
 Records: KnowEdit ZsRE's beyond the first 1,000 (which the tables edit). Writes
@@ -29,11 +31,20 @@ def as_question(statement: str) -> str | None:
     return match and f"What is the {match[1]} of {match[2]}?"
 
 
-def last_token_states(model, tok, prompt: str) -> torch.Tensor:
-    """(layers + 1, hidden): the residual stream at the prompt's last token, the embeddings (-1) first."""
+READINGS = ("last_token", "mean_outside_subject")
+
+
+def states(model, tok, prompt: str, subject: str) -> dict[str, torch.Tensor]:
+    """Each reading, (layers + 1, hidden), the embeddings (-1) first: the residual stream at the prompt's last
+    token, and its mean over the tokens outside the subject (all of them where the subject is not named)."""
+    enc = tok(prompt, return_tensors="pt", return_offsets_mapping=True)
+    spans = enc.pop("offset_mapping")[0].tolist()
+    start = prompt.lower().find(subject.lower())
+    outside = [i for i, (a, b) in enumerate(spans) if start < 0 or b <= start or a >= start + len(subject)]
     with torch.no_grad():
-        out = model(**tok(prompt, return_tensors="pt").to(model.device), output_hidden_states=True)
-    return torch.stack([h[0, -1] for h in out.hidden_states]).float().cpu()
+        hidden = torch.stack(model(**enc.to(model.device), output_hidden_states=True).hidden_states)[:, 0]
+    hidden = hidden.float().cpu()
+    return {"last_token": hidden[:, -1], "mean_outside_subject": hidden[:, outside].mean(dim=1)}
 
 
 def measure() -> dict:
@@ -41,21 +52,24 @@ def measure() -> dict:
 
     model, tok = load_model("smollm2-135m", bench_device())
     records = json.loads((SHARED / "knowedit_zsre.json").read_text())[FIRST_RECORD:]
-    return {"records": len(records), "first_record": FIRST_RECORD, "position": "last prompt token",
-            "other_relations_as_given": separation(model, tok, records, lambda p: p),
-            "other_relations_as_questions": separation(model, tok, records, as_question)}
+    out = {"records": len(records), "first_record": FIRST_RECORD}
+    for form_name, form in (("as_given", lambda p: p), ("as_questions", as_question)):
+        triples = []
+        for r in records:
+            others = [form(p["prompt"]) for p in r.get("locality", {}).get("Relation_Specificity", [])]
+            others = [p for p in others if p]
+            if r.get("rephrase_prompt") and others:
+                read = lambda p: states(model, tok, p, r["subject"])  # noqa: E731
+                triples.append((read(r["prompt"]), read(r["rephrase_prompt"]), [read(p) for p in others]))
+        for reading in READINGS:
+            out[f"other_relations_{form_name}/{reading}"] = separation(
+                [(p[reading], q[reading], [o[reading] for o in others]) for p, q, others in triples])
+    return out
 
 
-def separation(model, tok, records, form) -> list[dict]:
-    """Per layer, for the other-relation prompts in the form ``form`` gives them (None: left out)."""
-    triples = []
-    for r in records:
-        others = [form(p["prompt"]) for p in r.get("locality", {}).get("Relation_Specificity", [])]
-        others = [p for p in others if p]
-        if r.get("rephrase_prompt") and others:
-            triples.append((last_token_states(model, tok, r["prompt"]),
-                            last_token_states(model, tok, r["rephrase_prompt"]),
-                            [last_token_states(model, tok, p) for p in others]))
+def separation(triples) -> list[dict]:
+    """Per layer: median cosines (centred by the mean of every state read) and the share of (rephrase,
+    other-relation prompt) pairs with the rephrase closer to the edit prompt."""
     every = torch.stack([s for p, q, o in triples for s in (p, q, *o)])
     mean = every.mean(dim=0)
     cos = torch.nn.functional.cosine_similarity
@@ -79,6 +93,7 @@ if __name__ == "__main__":
     setup(2)
     result = measure()
     write_result("relation_separation", result, echo=False)
-    for form in ("other_relations_as_given", "other_relations_as_questions"):
-        for row in result[form]:
-            print(form, row)
+    for key, rows in result.items():
+        if isinstance(rows, list):
+            best = max(rows, key=lambda r: r["rephrase_ranked_closer"])
+            print(key, "best:", best, "layer 4:", rows[5])
