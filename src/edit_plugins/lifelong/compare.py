@@ -188,7 +188,7 @@ def rows(folders) -> list[dict]:
                     "edits": summary["edits_done"], "order": config["data"]["order"],
                     "planned_order": _reordered(config), "complete": summary["complete"], "end": end,
                     "immediate": summary["protocols"]["immediate"], "checkpoints": checkpoints,
-                    # a batch's seconds are logged once, on its first record: divide the total by the edits
+                    # a call's seconds are logged once, on its last record: divide the total by the edits
                     "seconds_per_edit": timing["edit_seconds"] / summary["edits_done"] if summary["edits_done"] else None,
                     **seconds_per_edit_at_ends(read_edits(folder)),
                     "peak_rss_mb": timing.get("peak_rss_mb"), "state_mb": _megabytes(folder / STATE)})
