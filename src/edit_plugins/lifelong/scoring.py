@@ -115,13 +115,15 @@ def score_rows_alone(model, tok, pairs, target=None, before_forward=None) -> lis
 
 
 @torch.no_grad()
-def generated_answers(model, tok, pairs, batch_size: int = 32, target=None, before_forward=None) -> list[bool]:
+def generated_answers(model, tok, pairs, batch_size: int = 32, target=None, before_forward=None,
+                      use_cache: bool = True) -> list[bool]:
     """Generation exact match of each ``(prompt, answer)``: greedy decoding with the KV cache on (as
     ``generate()`` runs by default) produces the answer's tokens first, all of them.
 
     Teacher forcing feeds the gold prefix and so overstates success; this scores what a user sees.
     Prompts are batched by token length, so no row is padded. ``target`` (default: ``model``) is what
-    ``generate()`` is called on; ``before_forward(model, None)`` runs before each call.
+    ``generate()`` is called on; ``before_forward(model, None)`` runs before each call. ``use_cache=False``
+    re-reads the whole sequence at every step (EasyEdit generates so for GRACE).
     """
     target = model if target is None else target
     device = input_device(model)
@@ -138,7 +140,7 @@ def generated_answers(model, tok, pairs, batch_size: int = 32, target=None, befo
             if before_forward is not None:
                 before_forward(model, None)
             out = target.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                 do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad_id(tok))
+                                 do_sample=False, num_beams=1, use_cache=use_cache, pad_token_id=pad_id(tok))
             for row, i in enumerate(batch):
                 answer = encoded[i][1]
                 results[i] = out[row, length : length + len(answer)].tolist() == answer
