@@ -6,7 +6,7 @@ own rephrase than to its subject's other-relation prompts (KnowEdit ZsRE's local
 LEMoE routes by the subject's key, so every prompt about an edited subject reaches the edit's expert. A second
 gate at the position where the answer is read would need a representation there that is near the edit
 prompt's for its rephrases and far for other relations. Read: the residual stream after each layer at the
-last prompt token, and its mean over the tokens outside the subject, centred by the mean over all prompts
+last prompt token, its mean over the tokens outside the subject and over all tokens, centred by the mean over all prompts
 read (raw states share a large common direction). Other-relation prompts as the data gives them, and asked
 in the edit prompts' own form.
 Reported per layer: median cosine to the rephrase and to the other-relation prompts, and the share of
@@ -31,12 +31,13 @@ def as_question(statement: str) -> str | None:
     return match and f"What is the {match[1]} of {match[2]}?"
 
 
-READINGS = ("last_token", "mean_outside_subject")
+READINGS = ("last_token", "mean_outside_subject", "mean_of_all_tokens")
 
 
 def states(model, tok, prompt: str, subject: str) -> dict[str, torch.Tensor]:
     """Each reading, (layers + 1, hidden), the embeddings (-1) first: the residual stream at the prompt's last
-    token, and its mean over the tokens outside the subject (all of them where the subject is not named)."""
+    token, its mean over the tokens outside the subject (all of them where the subject is not named), and its
+    mean over every token but the first (what a causal gate could read without knowing the subject's span)."""
     enc = tok(prompt, return_tensors="pt", return_offsets_mapping=True)
     spans = enc.pop("offset_mapping")[0].tolist()
     start = prompt.lower().find(subject.lower())
@@ -44,7 +45,8 @@ def states(model, tok, prompt: str, subject: str) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         hidden = torch.stack(model(**enc.to(model.device), output_hidden_states=True).hidden_states)[:, 0]
     hidden = hidden.float().cpu()
-    return {"last_token": hidden[:, -1], "mean_outside_subject": hidden[:, outside].mean(dim=1)}
+    return {"last_token": hidden[:, -1], "mean_outside_subject": hidden[:, outside].mean(dim=1),
+            "mean_of_all_tokens": hidden[:, 1:].mean(dim=1)}
 
 
 def measure() -> dict:
