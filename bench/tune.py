@@ -135,7 +135,8 @@ def tuning_page(rows_) -> str:
             locality = " / ".join(_f(end.get(k)) for k in ("locality", "unrelated_locality", "probe_locality"))
             lines.append(f"| {r['config']} | {fields} | {score} | {_f(end.get('reliability_gen_em'))} "
                          f"| {_f(end.get('generality_gen_em'))} | {locality} | {_f(r['seconds_per_edit'], 2)} |")
-        lines.append("")
+        notes = sweep(method).get("notes")  # what a reader of the table must know
+        lines += ["", notes.strip(), ""] if notes else [""]
     return "\n".join(lines)
 
 
