@@ -14,8 +14,10 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.common import SHARED, bench_device, setup, write_result
-from bench.tune import DEV_EDITS, OUT, dev_stream
+from bench.common import ROOT, SHARED, bench_device, setup, write_result
+from bench.tune import DEV_EDITS, dev_stream
+
+OUT = ROOT / "runs" / "bench-grace-cache"  # not bench.tune's folder: its report reads every run there as a sweep's
 
 
 def measure(hparams_path: Path) -> dict:
@@ -29,7 +31,7 @@ def measure(hparams_path: Path) -> dict:
     model, tok = load_model("smollm2-135m", bench_device())
     hp = hparams.load(hparams_path)
     records = load_records(dev_stream(), num_edits=DEV_EDITS)
-    run_lifelong(hp, records, OUT / f"grace-cache-{hparams_path.stem}", model=model, tok=tok,
+    run_lifelong(hp, records, OUT / hparams_path.stem, model=model, tok=tok,
                  options=RunOptions(checkpoints=[DEV_EDITS], num_probes=0), progress_bar=False)
     known = json.loads((SHARED / "known_1000.json").read_text())[:100]
     groups = {"rewrite": [(r.request["prompt"], r.request["target_new"]) for r in records],

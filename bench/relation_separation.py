@@ -6,9 +6,9 @@ own rephrase than to its subject's other-relation prompts (KnowEdit ZsRE's local
 LEMoE routes by the subject's key, so every prompt about an edited subject reaches the edit's expert. A second
 gate at the position where the answer is read would need a representation there that is near the edit
 prompt's for its rephrases and far for other relations. Read: the residual stream after each layer at the
-last prompt token, its mean over the tokens outside the subject and over all tokens, centred by the mean over all prompts
-read (raw states share a large common direction). Other-relation prompts as the data gives them, and asked
-in the edit prompts' own form.
+last prompt token, its mean over the tokens outside the subject and over all tokens, centred by the mean
+over all prompts read (raw states share a large common direction). Other-relation prompts as the data gives
+them, and asked in the edit prompts' own form.
 Reported per layer: median cosine to the rephrase and to the other-relation prompts, and the share of
 (rephrase, other-relation prompt) pairs of a record ranked right (rephrase closer: 0.5 is chance).
 Records: KnowEdit ZsRE's beyond the first 1,000 (which the tables edit). Writes
@@ -98,4 +98,5 @@ if __name__ == "__main__":
     for key, rows in result.items():
         if isinstance(rows, list):
             best = max(rows, key=lambda r: r["rephrase_ranked_closer"])
-            print(key, "best:", best, "layer 4:", rows[5])
+            routing_layer = next(r for r in rows if r["after_layer"] == 4)  # LEMoE's shipped layer
+            print(key, "best:", best, "layer 4:", routing_layer)

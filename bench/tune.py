@@ -79,7 +79,8 @@ def run(args):
         for path in files:
             fill_covariance_stats(path)
     command = [sys.executable, "-m", "edit_plugins.cli", "compare", "--data", str(dev_stream()),
-               "--num-edits", str(DEV_EDITS), "--checkpoints", str(DEV_EDITS), "--out", str(OUT), "--probe-data", str(SHARED / "known_1000.json"),
+               "--num-edits", str(DEV_EDITS), "--checkpoints", str(DEV_EDITS), "--out", str(OUT),
+               "--probe-data", str(SHARED / "known_1000.json"),
                "--num-probes", "100", "--unrelated-data", str(SHARED / "zsre_mend_eval.json"), "--num-unrelated", "200"]
     for path in files:
         command += ["--hparams", str(path)]
