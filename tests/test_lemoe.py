@@ -213,12 +213,36 @@ def test_routing_span_sets_which_positions_an_expert_serves(tiny_gpt2, span):
             assert not routed[-1]
 
 
+def test_negative_templates_keep_the_subjects_other_relations_as_they_were(tiny_gpt2):
+    model, tok = tiny_gpt2
+    request = TINY_REQUESTS[1]  # Alice Walker's favourite food
+    negatives = ["The birthplace of {} is", "The employer of {} is", "The spouse of {} is"]
+    routed = {"routing_threshold": 0.0}  # the tiny model reads Alice Walker differently behind each relation
+    held_out = "The occupation of Alice Walker is"  # another relation, not among the negatives
+
+    def drift(prompt, **changes):
+        """KL(unedited ‖ edited) of the next token on ``prompt``, and whether the edit took hold."""
+        before = torch.log_softmax(logits(model, tok, prompt)[0, -1], dim=-1)
+        with edits_applied(model, tok, [request], tiny_hp(**changes)) as edited:
+            after = torch.log_softmax(logits(edited, tok, prompt)[0, -1], dim=-1)
+            took_hold = answers_correct(edited, tok, [request])[0]
+        return float((before.exp() * (before - after)).sum()), took_hold
+
+    for prompt in (negatives[0].format(request["subject"]), held_out):
+        plain, plain_hold = drift(prompt, **routed)
+        guarded, guarded_hold = drift(prompt, **routed, negative_templates=negatives, negative_weight=10.0)
+        assert plain_hold and guarded_hold
+        assert guarded < 0.5 * plain, (prompt, plain, guarded)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("routing_span", "all", "field 'routing_span' must be one of"),
     ("routing", "topk", "field 'routing' must be one of"),
     ("routing_threshold", 1.5, "field 'routing_threshold'"),
     ("expert_rank", 0, "field 'expert_rank' must be positive"),
     ("ffn_module_tmp", "transformer.h.mlp", "field 'ffn_module_tmp' must contain"),
+    ("negative_templates", ["The occupation of is"], "field 'negative_templates' entry 0 must be a string with one"),
+    ("negative_weight", -1.0, "field 'negative_weight' must be >= 0"),
 ])
 def test_bad_hparams_name_the_field(field, value, message):
     import yaml

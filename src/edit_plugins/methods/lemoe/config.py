@@ -31,6 +31,13 @@ class LEMoEHyperParams(EditHyperParams):
     # "sequence": an expert serves every position from its anchor's match on; "token": only matching positions
     routing_span: str = "sequence"
     anchor_templates: bool = False  # also anchor each subject as read behind every context-template prefix
+    # Other relations of an edit's subject ("The occupation of {} is"; "{}" is the subject): the expert, which
+    # routing sends every prompt about the subject to, learns to leave the model's next token there as it was
+    # (KL to the model before the expert, weighted by negative_weight). None by default. Each edit takes
+    # negatives_per_edit of them in turn, so an expert's edits together cover the list.
+    negative_templates: List[str] = dataclasses.field(default_factory=list)
+    negatives_per_edit: int = 4
+    negative_weight: float = 1.0
     routing_temperature: float = 1.0  # softmax router only: logits / temperature
     reference_source: str = "pydoc"  # text whose FFN inputs standardise the routing features
     reference_samples: int = 64
@@ -62,9 +69,15 @@ class LEMoEHyperParams(EditHyperParams):
             raise HparamsError(f"{source}: field 'routing_threshold' is a cosine and must lie in [-1, 1], "
                                f"got {self.routing_threshold!r}")
         for name in ("expert_rank", "edits_per_expert", "steps", "lr", "routing_temperature", "reference_samples",
-                     "batch_size"):
+                     "batch_size", "negatives_per_edit"):
             if getattr(self, name) <= 0:
                 raise HparamsError(f"{source}: field {name!r} must be positive, got {getattr(self, name)!r}")
+        for i, template in enumerate(self.negative_templates):
+            if not isinstance(template, str) or template.count("{}") != 1:
+                raise HparamsError(f"{source}: field 'negative_templates' entry {i} must be a string with one '{{}}' "
+                                   f"for the subject, got {template!r}")
+        if self.negative_weight < 0:
+            raise HparamsError(f"{source}: field 'negative_weight' must be >= 0, got {self.negative_weight!r}")
         check_steps(self.steps, "steps", source)
         if self.layer < 0:
             raise HparamsError(f"{source}: field 'layer' must be a layer index (>= 0), got {self.layer!r}")

@@ -7,7 +7,7 @@ import torch
 
 from ...editing.layers import input_device
 from ...editing.output_head import OutputHead
-from ...editing.requests import EditRequest
+from ...editing.requests import EditRequest, fill
 from ...editing.runtime import frozen_parameters, replay_lower_layers
 from ...editing.templates import context_templates
 from ...editing.tokens import encode, pad_batch, target_ids
@@ -34,20 +34,51 @@ def _training_batch(tok, requests: list[EditRequest], templates, device):
     return ids, mask, t(rows), t(pos), t(labels), t(owners)
 
 
+def negative_prompts(model, tok, requests: list[EditRequest], templates: list[str], per_edit: int) -> list[list[int]]:
+    """Request i's subject in ``per_edit`` negative templates, taken in turn from template i·per_edit on, except
+    where the model answers the template with the request's old answer (it then asks the edited relation)."""
+    if not templates:
+        return []
+    chosen = [[templates[(i * per_edit + j) % len(templates)] for j in range(min(per_edit, len(templates)))]
+              for i in range(len(requests))]
+    prompts = [encode(tok, fill(t, r.subject)) for r, ts in zip(requests, chosen) for t in ts]
+    old_first = [target_ids(tok, r.target_true)[0] if r.target_true else None for r, ts in zip(requests, chosen)
+                 for _ in ts]
+    ids, mask = pad_batch(tok, prompts, input_device(model))
+    last = mask.sum(dim=1) - 1
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    answers = logits[torch.arange(len(prompts)), last].argmax(dim=-1).tolist()
+    return [p for p, a, old in zip(prompts, answers, old_first) if a != old]
+
+
 def train_expert(model, tok, adaptor: LEMoELayer, requests: list[EditRequest], hp: LEMoEHyperParams) -> dict:
-    """Train the newest expert (and, for the softmax router, its row) on the requests' targets."""
+    """Train the newest expert (and, for the softmax router, its row) on the requests' targets, and to keep the
+    model's next token on the negative templates."""
     device = input_device(model)
     templates = context_templates(model, tok, hp.context_template_length_params)
     ids, mask, rows, pos, labels, owners = _training_batch(tok, requests, templates, device)
+    negatives = negative_prompts(model, tok, requests, hp.negative_templates, hp.negatives_per_edit)
+    head = OutputHead(model)
+    reference = None
+    if negatives:
+        # One padded batch for both (the lower blocks are replayed for exactly these inputs); the new expert is
+        # still zero, so this forward is the model before it.
+        n_train = len(ids)
+        ids, mask = pad_batch(tok, [row[m.bool()].tolist() for row, m in zip(ids, mask)] + negatives, device)
+        negative_rows = torch.arange(n_train, n_train + len(negatives), device=device)
+        negative_pos = mask[negative_rows].sum(dim=1) - 1
+        with torch.no_grad():
+            hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        reference = head.reference(hidden[negative_rows, negative_pos])
+    report = {"steps": 0, "negatives": len(negatives)}
     newest = len(adaptor.experts) - 1
     trainable = list(adaptor.experts[newest].parameters())
     if not hp.freeze_previous_experts:
         trainable = list(adaptor.experts.parameters())
     if hp.routing == "softmax":
         trainable += [adaptor.router.rows[newest]] if hp.freeze_previous_experts else list(adaptor.router.rows)
-    head = OutputHead(model)
     counts = torch.bincount(owners, minlength=len(requests)).float()
-    report = {"steps": 0}
     with frozen_parameters(model):
         for p in trainable:
             p.requires_grad_(True)
@@ -64,8 +95,13 @@ def train_expert(model, tok, adaptor: LEMoELayer, requests: list[EditRequest], h
                 report.update(steps=step, nll=float(per_edit.mean()), max_edit_nll=float(per_edit.max()))
                 if float(per_edit.max()) < hp.early_stop_loss:
                     break
+                loss = nll.mean()
+                if reference is not None:
+                    kl = head.kl_from(reference, hidden[negative_rows, negative_pos])
+                    report["negative_kl"] = float(kl.detach())
+                    loss = loss + hp.negative_weight * kl
                 optimiser.zero_grad()
-                nll.mean().backward()
+                loss.backward()
                 optimiser.step()
                 report["steps"] = step + 1
     if hp.routing == "anchor":
