@@ -330,6 +330,30 @@ def test_head_editor_edit_without_sequential_edit_leaves_the_model_as_it_was(met
     assert find_adaptor(editor.model) is None and changed_parameters(editor.model, before) == []
 
 
+def test_head_batch_edit_gives_lemoe_one_expert_per_batch():
+    """BaseEditor.batch_edit accepts only methods EasyEdit lists as batchable; LEMoE registers as one."""
+    from edit_plugins import easyedit_compat, hparams
+    from edit_plugins.methods.lemoe import find_adaptor
+
+    if not easyedit_compat.is_head():
+        pytest.skip("0.0.1.dev0's BaseEditor cannot load a model on CPU")
+    from easyeditor import BaseEditor
+
+    hp = hparams.load(ROOT / "hparams" / "LEMoE" / "tiny-gpt2.yaml")
+    hp.batch_size = hp.edits_per_expert = 2
+    editor = BaseEditor.from_hparams(hp)
+    prompts = ["The capital city of France is", "The favourite food of Alice Walker is",
+               "Mount Everest stands in the country of", "The language spoken by Tom Hanks is"]
+    metrics, edited, _ = editor.batch_edit(prompts=prompts, target_new=["Tokyo", "soup", "Chile", "Dutch"],
+                                           subject=["France", "Alice Walker", "Mount Everest", "Tom Hanks"],
+                                           sequential_edit=True)
+    assert len(find_adaptor(edited)[1].experts) == 2  # two calls of two requests
+    assert [float(np.mean(m["post"]["rewrite_acc"])) for m in metrics] == [1.0] * 4
+    from easyeditor.editors.batch_editor import BatchEditor
+
+    assert BatchEditor.is_batchable_method("MEMIT") and not BatchEditor.is_batchable_method("WilKE")
+
+
 SMOLLM2_COVARIANCE_HPARAMS = {  # EasyEdit's MEMIT/AlphaEdit fields for SmolLM2, as a user writes them
     "layers": [4, 5], "layer_selection": "all", "fact_token": "subject_last", "v_num_grad_steps": 20, "v_lr": 0.5,
     "v_loss_layer": 29, "v_weight_decay": 0.5, "clamp_norm_factor": 4, "kl_factor": 0.0625, "mom2_adjustment": True,

@@ -119,8 +119,26 @@ def _callable_restore_set():
         return None  # dev0 has no editors/utils.py
 
 
+_BATCH_EDIT_NAMES: set[str] = set()
+
+
+def _allow_batch_edit(name: str) -> None:
+    """Let ``BaseEditor.batch_edit`` accept ``name``: EasyEdit asks ``BatchEditor.is_batchable_method``, a fixed
+    list of its own methods; it is wrapped once to also accept ours."""
+    try:
+        batch_editor = importlib.import_module("easyeditor.editors.batch_editor").BatchEditor
+    except (ImportError, AttributeError):
+        return  # no batch editing in this EasyEdit
+    if not _BATCH_EDIT_NAMES:
+        theirs = batch_editor.is_batchable_method
+        batch_editor.is_batchable_method = staticmethod(lambda alg_name: alg_name in _BATCH_EDIT_NAMES
+                                                        or theirs(alg_name))
+    _BATCH_EDIT_NAMES.add(name)
+
+
 def register_methods(methods) -> list[str]:
-    """Add methods to ALG_DICT (mutating it) and, at HEAD, to the callable-restore set."""
+    """Add methods to ALG_DICT (mutating it), at HEAD to the callable-restore set, and those that take batches to
+    what batch_edit accepts."""
     table = alg_dict()
     restore_set = _callable_restore_set()
     added = []
@@ -130,6 +148,8 @@ def register_methods(methods) -> list[str]:
             added.append(method.name)
         if method.restore == "callable" and restore_set is not None:
             restore_set.add(method.name)
+        if method.batch_edit:
+            _allow_batch_edit(method.name)
     return added
 
 

@@ -22,7 +22,8 @@ def register_methods(register):
     A method whose edited model must be scored otherwise than by batched forwards of the bare model passes
     ``scoring=plugins.Scoring(...)`` (one row per forward, through the returned object, a hook before each
     forward), and ``padding_side="left"`` where its apply function expects a left-padding tokenizer.
-    ``family`` ("weight editor", "memory" or "fine-tuning") groups it in comparisons.
+    ``family`` ("weight editor", "memory" or "fine-tuning") groups it in comparisons. ``batch_edit=True`` lets
+    EasyEdit's ``BaseEditor.batch_edit`` hand it ``hparams.batch_size`` requests per call.
     """
 
 

@@ -54,6 +54,7 @@ class Method:
     scoring: Scoring = Scoring()
     padding_side: str | None = None  # the tokenizer's padding side while it edits (EasyEdit's BaseEditor sets one)
     family: str = "weight editor"  # one of FAMILIES: edits weights in place, adds a memory, or fine-tunes
+    batch_edit: bool = False  # EasyEdit's BaseEditor.batch_edit may hand it batch_size requests per call
 
     def restores_by_call(self, weights_copy) -> bool:
         """Whether ``weights_copy`` is a callable that undoes the edit (EasyEdit's memories return one)."""
@@ -127,7 +128,7 @@ def registry() -> Registry:
 
         def register_method(name, apply_fn, hparams_class, restore="weights", *, plan_order=None, save_state=None,
                             load_state=None, scoring=None, padding_side=None, family="weight editor",
-                            _source=source):
+                            batch_edit=False, _source=source):
             if restore not in ("weights", "callable"):
                 raise ValueError(f"method {name!r}: restore must be 'weights' or 'callable', got {restore!r}")
             if name in reg.methods:
@@ -142,7 +143,7 @@ def registry() -> Registry:
                 raise ValueError(f"method {name!r}: family must be one of {FAMILIES}, got {family!r}")
             reg.methods[name] = Method(name, apply_fn, hparams_class, restore, _source, plan_order, save_state,
                                        load_state, scoring=scoring or Scoring(), padding_side=padding_side,
-                                       family=family)
+                                       family=family, batch_edit=bool(batch_edit))
 
         impl.function(register=register_method)
     for method in reg.methods.values():  # the name is written once: the hparams class's ALG_NAME
