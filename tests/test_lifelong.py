@@ -97,6 +97,34 @@ class StepCounter:
         return {"seen_subject": event.request["subject"]}
 
 
+def test_seconds_per_edit_leave_out_what_the_hooks_cost(tmp_path, tiny_gpt2, stats_dir, monkeypatch):
+    """Ours run the hooks inside apply, EasyEdit's after it: s/edit must be the method's own time in both."""
+    import time
+
+    from edit_plugins.lifelong.run_log import read_edits
+
+    real, hook_time = time.perf_counter, [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + hook_time[0])
+
+    class SlowDiagnostic:
+        @hookimpl
+        def after_edit(self, event):
+            hook_time[0] += 100.0  # the clock moves 100 s while the hook runs
+            return {"slow": True}
+
+    model, tok = tiny_gpt2
+    slow = SlowDiagnostic()
+    pm.register(slow)
+    try:
+        run_lifelong(tiny_hparams(stats_dir, tmp_path), CF_ROME, tmp_path / "run", model=model, tok=tok,
+                     options=RunOptions(num_edits=2, diagnostics=[], checkpoints=[2]), progress_bar=False)
+    finally:
+        pm.unregister(slow)
+    edits = read_edits(tmp_path / "run")
+    assert all(e["hooks"]["after_edit_seconds"] >= 100.0 for e in edits)
+    assert all(0 < e["seconds"] < 50.0 for e in edits), [e["seconds"] for e in edits]
+
+
 def test_short_run_on_tiny_gpt2_writes_every_output(tmp_path, tiny_gpt2, stats_dir):
     model, tok = tiny_gpt2
     counter = StepCounter()

@@ -92,7 +92,9 @@ class Run:
         finally:
             if self.method.padding_side:
                 self.tok.padding_side = padding_side
-        seconds = time.perf_counter() - started
+        # Methods of ours run the after_edit hooks (diagnostics) inside apply, EasyEdit's get them below, after
+        # the clock: s/edit is the method's own time either way.
+        seconds = time.perf_counter() - started - sum(result.get("after_edit_seconds", 0.0) for _, result in events)
         self.scorer.editor = edited
         restores_by_call = self.method.restores_by_call(weights_copy)
         if restores_by_call:
