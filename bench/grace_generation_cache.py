@@ -2,7 +2,7 @@
 (as EasyEdit generates for GRACE), on the same edited model.
 
     PYTHONPATH=../shared/easyedit-head .venv-easyedit-head/bin/python -m bench.grace_generation_cache \
-        --hparams runs/bench-tune/hparams/grace-3.yaml
+        --hparams hparams/easyedit/GRACE/smollm2-135m.yaml
 
 With the cache off, every step re-reads the whole sequence, so the codebook is queried at the prompt's last
 token each time. With it on, that position's replaced output is cached, and each new token's own input is the
