@@ -76,7 +76,7 @@ def measure() -> dict:
                      "held_out": [reading(asked_like(prompt, h, subject), subject) for h in HELD_OUT]})
     out = {"records": {s: sum(r["stream"] == s for r in rows) for s in ("knowedit_zsre", "counterfact")},
            "readings": {}}
-    opened = {}
+    opened, streams = {}, [r["stream"] for r in rows]  # each record's stream
     cos = torch.nn.functional.cosine_similarity
     for name, (kind, layer) in READINGS.items():
         # centred per stream: its prompts share a form (questions, statements), as a deployed gate's reference
@@ -95,9 +95,9 @@ def measure() -> dict:
             policy = f"per edit, margin {margin}"
             opened[name][policy] = gate_open(scored, lambda s, m=margin: max(
                 [c for c in s["calibration"] if c < SAME_RELATION], default=-1.0) + m)
-            points.append(operating_point(scored, policy, opened[name][policy]))
+            points.append(operating_point(streams, policy, opened[name][policy]))
         for value in GLOBAL:
-            points.append(operating_point(scored, f"global {value}", gate_open(scored, lambda s, v=value: v)))
+            points.append(operating_point(streams, f"global {value}", gate_open(scored, lambda s, v=value: v)))
         out["readings"][name] = points
     # both gates at once: a question passes only where each reading's per-edit gate lets it
     first, second = "mean outside subject, after layer 0", "last token, after layer 4"
@@ -105,7 +105,7 @@ def measure() -> dict:
         policy = f"per edit, margin {margin}"
         a, b = opened[first][policy], opened[second][policy]
         both = [{k: [x and y for x, y in zip(a[i][k], b[i][k])] for k in a[i]} for i in range(len(a))]
-        out["readings"].setdefault(f"{first} and {second}", []).append(operating_point(scored, policy, both))
+        out["readings"].setdefault(f"{first} and {second}", []).append(operating_point(streams, policy, both))
     return out
 
 
@@ -114,11 +114,11 @@ def gate_open(scored, threshold) -> list[dict]:
     return [{k: [c > threshold(s) for c in s[k]] for k in ("rephrases", "others", "held_out")} for s in scored]
 
 
-def operating_point(scored, policy: str, opened) -> dict:
+def operating_point(streams: list[str], policy: str, opened) -> dict:
     """Per stream: the share of rephrases accepted and of other-relation questions rejected."""
     point = {"threshold": policy}
     for stream in ("knowedit_zsre", "counterfact"):
-        group = [o for s, o in zip(scored, opened) if s["stream"] == stream]
+        group = [o for s, o in zip(streams, opened) if s == stream]
         point[stream] = {"rephrases_accepted": share([x for o in group for x in o["rephrases"]]),
                          "held_out_rejected": share([not x for o in group for x in o["held_out"]]),
                          "record_others_rejected": share([not x for o in group for x in o["others"]])}

@@ -6,7 +6,7 @@ import logging
 import torch
 
 from ...editing.layers import input_device
-from ...editing.output_head import OutputHead
+from ...editing.output_head import OutputHead, Reference
 from ...editing.requests import EditRequest, fill
 from ...editing.runtime import frozen_parameters, replay_lower_layers
 from ...editing.templates import context_templates
@@ -17,7 +17,9 @@ from .layer import LEMoELayer
 LOG = logging.getLogger(__name__)
 
 
-def _training_batch(tok, requests: list[EditRequest], templates, device):
+def _training_batch(tok, requests: list[EditRequest], templates, device, negatives=()):
+    """The edits' rows, then the negative prompts' (in the same padded batch: the lower blocks are replayed for
+    exactly its inputs)."""
     seqs, rows, pos, labels, owners = [], [], [], [], []
     for i, request in enumerate(requests):
         target = target_ids(tok, request.target_new)
@@ -29,27 +31,31 @@ def _training_batch(tok, requests: list[EditRequest], templates, device):
                 labels.append(label)
                 owners.append(i)
             seqs.append(prompt + target[:-1])
-    ids, mask = pad_batch(tok, seqs, device)
+    ids, mask = pad_batch(tok, seqs + list(negatives), device)
     t = lambda xs: torch.tensor(xs, device=device)  # noqa: E731
     return ids, mask, t(rows), t(pos), t(labels), t(owners)
 
 
-def negative_prompts(model, tok, requests: list[EditRequest], templates: list[str], per_edit: int) -> list[list[int]]:
+def negative_prompts(model, tok, head: OutputHead, requests: list[EditRequest], templates: list[str],
+                     per_edit: int) -> tuple[list[list[int]], Reference | None]:
     """Request i's subject in ``per_edit`` negative templates, taken in turn from template i·per_edit on, except
-    where the model answers the template with the request's old answer (it then asks the edited relation)."""
+    where the model answers the template with the request's old answer (it then asks the edited relation); and
+    the model's next-token distribution at their ends, from one forward (the new expert is still zero, so this
+    is the model before it)."""
     if not templates:
-        return []
+        return [], None
     chosen = [[templates[(i * per_edit + j) % len(templates)] for j in range(min(per_edit, len(templates)))]
               for i in range(len(requests))]
     prompts = [encode(tok, fill(t, r.subject)) for r, ts in zip(requests, chosen) for t in ts]
     old_first = [target_ids(tok, r.target_true)[0] if r.target_true else None for r, ts in zip(requests, chosen)
                  for _ in ts]
     ids, mask = pad_batch(tok, prompts, input_device(model))
-    last = mask.sum(dim=1) - 1
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask).logits
-    answers = logits[torch.arange(len(prompts)), last].argmax(dim=-1).tolist()
-    return [p for p, a, old in zip(prompts, answers, old_first) if a != old]
+        hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        hidden = hidden[torch.arange(len(prompts)), mask.sum(dim=1) - 1]
+        answers = head.log_probs(hidden).argmax(dim=-1).tolist()
+    keep = [i for i, (a, old) in enumerate(zip(answers, old_first)) if a != old]
+    return [prompts[i] for i in keep], (head.reference(hidden[keep]) if keep else None)
 
 
 def train_expert(model, tok, adaptor: LEMoELayer, requests: list[EditRequest], hp: LEMoEHyperParams) -> dict:
@@ -57,20 +63,11 @@ def train_expert(model, tok, adaptor: LEMoELayer, requests: list[EditRequest], h
     model's next token on the negative templates."""
     device = input_device(model)
     templates = context_templates(model, tok, hp.context_template_length_params)
-    ids, mask, rows, pos, labels, owners = _training_batch(tok, requests, templates, device)
-    negatives = negative_prompts(model, tok, requests, hp.negative_templates, hp.negatives_per_edit)
     head = OutputHead(model)
-    reference = None
-    if negatives:
-        # One padded batch for both (the lower blocks are replayed for exactly these inputs); the new expert is
-        # still zero, so this forward is the model before it.
-        n_train = len(ids)
-        ids, mask = pad_batch(tok, [row[m.bool()].tolist() for row, m in zip(ids, mask)] + negatives, device)
-        negative_rows = torch.arange(n_train, n_train + len(negatives), device=device)
-        negative_pos = mask[negative_rows].sum(dim=1) - 1
-        with torch.no_grad():
-            hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        reference = head.reference(hidden[negative_rows, negative_pos])
+    negatives, reference = negative_prompts(model, tok, head, requests, hp.negative_templates, hp.negatives_per_edit)
+    ids, mask, rows, pos, labels, owners = _training_batch(tok, requests, templates, device, negatives)
+    negative_rows = torch.arange(len(ids) - len(negatives), len(ids), device=device)
+    negative_pos = mask[negative_rows].sum(dim=1) - 1
     report = {"steps": 0, "negatives": len(negatives)}
     newest = len(adaptor.experts) - 1
     trainable = list(adaptor.experts[newest].parameters())
