@@ -156,3 +156,50 @@ def test_unknown_diagnostic_name_is_an_error_and_leaves_the_model_unedited(tiny_
     with pytest.raises(ValueError, match="no diagnostic named 'nonesuch' is registered; known: \\['interference'\\]"):
         apply_wilke_to_model(model, tok, [TINY_REQUESTS[0]], hp)
     assert changed_parameters(model, before) == []
+
+
+def test_adaptor_output_change_is_measured_once_per_adaptor_state_and_equals_a_full_recount(tiny_gpt2):
+    """LEMoE's events of one expert share its state: the log reads each earlier input once per state."""
+    from dataclasses import replace
+
+    from edit_plugins.hookspecs import hookimpl
+    from edit_plugins.methods.lemoe import apply_lemoe_to_model
+
+    class CountingLog(InterferenceLog):
+        def __init__(self, reuse):
+            super().__init__()
+            self.reuse, self.reports, self.rows_read = reuse, [], 0
+
+        @hookimpl
+        def after_edit(self, event):
+            edits = []
+            for e in event.output_edits:
+                def added_output(x, mask, _added=e.added_output):
+                    self.rows_read += len(x)
+                    return _added(x, mask)
+                edits.append(replace(e, added_output=added_output, state=e.state if self.reuse else None))
+            result = super().after_edit(replace(event, output_edits=edits))
+            self.reports.append(next(iter(result["output_change"].values())))
+            return None
+
+    model, tok = tiny_gpt2
+    hp = hparams.load(HPARAMS / "LEMoE" / "tiny-gpt2.yaml")
+    hp.routing_threshold, hp.order_planning = 0.0, False  # every prompt reaches every expert: outputs move
+    requests = [dict(r, prompt=r["prompt"] + " is") for r in TINY_REQUESTS] * 2  # 8 edits, 4 experts
+    reused, recounted = CountingLog(reuse=True), CountingLog(reuse=False)
+    pm.register(reused)
+    pm.register(recounted)
+    try:
+        apply_lemoe_to_model(model, tok, requests, hp)
+    finally:
+        pm.unregister(reused)
+        pm.unregister(recounted)
+    key = "earlier_edits_output_change_rel"
+    assert [r["edits_at_module"] for r in reused.reports] == list(range(1, 9))
+    assert reused.reports[1][key]["max"] < 1e-6  # edit 1 under the expert it trained with
+    assert max(r[key]["max"] for r in reused.reports[2:]) > 1e-3  # later experts do move earlier edits' outputs
+    for mine, full in zip(reused.reports[1:], recounted.reports[1:]):
+        assert mine[key] == pytest.approx(full[key], rel=1e-4, abs=1e-6)  # padding: float noise
+    # Earlier inputs read: 1 + 2 + ... + 7 = 28 recounting every event, 1 + 2 + 1 + 4 + 1 + 6 + 1 = 16 reusing;
+    # and each event's own input once (8).
+    assert (reused.rows_read, recounted.rows_read) == (16 + 8, 28 + 8)

@@ -199,6 +199,32 @@ def test_failure_while_training_leaves_no_adaptor_behind(tiny_gpt2, monkeypatch)
 
 
 @pytest.mark.parametrize("span", ["sequence", "token"])
+def test_editing_a_fact_again_supersedes_the_earlier_edit(tiny_gpt2, span):
+    model, tok = tiny_gpt2
+    hp = tiny_hp(edits_per_expert=1, routing_span=span)
+    first, again = TINY_REQUESTS[0], dict(TINY_REQUESTS[0], target_new="Lima")  # the same prompt: tied anchors
+    with edits_applied(model, tok, [first], hp) as model, edits_applied(model, tok, [again], hp) as model:
+        logits(model, tok, first["prompt"])
+        routes = model.get_submodule("transformer.h.1.mlp").last_routes[0]
+        assert set(routes[routes >= 0].tolist()) == {1}  # the second expert's anchors win the ties
+        if span == "sequence":  # where the expert serves the answer's position (token: only the subject's)
+            assert answers_correct(model, tok, [again, first]) == [True, False]
+
+
+def test_a_batch_that_routes_nowhere_fails_clearly_and_leaves_no_expert(tiny_gpt2, monkeypatch):
+    from edit_plugins.methods.lemoe.layer import AnchorRouter
+
+    model, tok = tiny_gpt2
+    with edits_applied(model, tok, TINY_REQUESTS[:2], tiny_hp()) as model:
+        def nowhere(self, x, valid, past=0, decoding=False):
+            return torch.full(x.shape[:2], -1, dtype=torch.long), torch.zeros(x.shape[:2], dtype=x.dtype)
+
+        monkeypatch.setattr(AnchorRouter, "forward", nowhere)
+        with pytest.raises(lemoe.AdaptorError, match="routes to its new expert.*routing_threshold"):
+            apply(model, tok, TINY_REQUESTS[2:], tiny_hp())
+        assert len(lemoe.find_adaptor(model)[1].experts) == 1
+
+@pytest.mark.parametrize("span", ["sequence", "token"])
 def test_routing_span_sets_which_positions_an_expert_serves(tiny_gpt2, span):
     model, tok = tiny_gpt2
     request = TINY_REQUESTS[1]  # "The favourite food of Alice Walker is"

@@ -30,6 +30,9 @@ class OutputEdit:
     inputs: torch.Tensor  # this edit's module inputs on its own prompt, (T, d)
     added_output: Any  # callable (inputs (B, T, d), attention_mask) -> what the edits now add to the output
     original_output: Any  # callable: the unedited module, inputs (B, T, d) -> outputs
+    # The same object (``is``) on events between which the adaptor did not change, e.g. the edits of one
+    # expert; diagnostics then reuse what they measured on earlier inputs. None: never reused.
+    state: Any = None
 
 
 @dataclass

@@ -55,6 +55,8 @@ class InterferenceLog:
         self.probe_prompts = [p.prompt for p in probes if getattr(p, "prompt", None)]
         self.probe_inputs: dict[str, list] = {}
         self.output_history: dict[str, dict] = {}
+        # {module: (OutputEdit.state, earlier inputs' output change under it)}: not saved, only reused
+        self._moved_under_state: dict[str, tuple] = {}
         self.step = 0
         modules = []
         if hparams is not None and getattr(hparams, "rewrite_module_tmp", None) and getattr(hparams, "layers", None):
@@ -130,10 +132,15 @@ class InterferenceLog:
                                                                     edit.module)
         out = {"edits_at_module": len(history["inputs"]) + 1}
         if history["inputs"]:
-            x, mask = pad_sequences(history["inputs"])
+            state, moved = self._moved_under_state.get(edit.module, (None, []))
+            if edit.state is None or state is not edit.state:
+                moved = []
+            new = range(len(moved), len(history["inputs"]))  # O(T) once per adaptor state, not per edit
+            x, mask = pad_sequences([history["inputs"][i] for i in new])
             now = edit.added_output(x, mask)
-            moved = [(now[i, : len(h)] - before).norm().item() / norm
-                     for i, (h, before, norm) in enumerate(zip(history["inputs"], history["added"], history["base_norm"]))]
+            moved = moved + [(now[row, : len(history["inputs"][i])] - history["added"][i]).norm().item()
+                             / history["base_norm"][i] for row, i in enumerate(new)]
+            self._moved_under_state[edit.module] = (edit.state, moved)
             out["earlier_edits_output_change_rel"] = describe(torch.tensor(moved))
         if self.probe_inputs.get(edit.module):
             x, mask = pad_sequences(self.probe_inputs[edit.module])

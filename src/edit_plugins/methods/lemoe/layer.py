@@ -64,7 +64,7 @@ class AnchorRouter(nn.Module):
         sims = self.features(x) @ self.anchors.T  # (B, T, A)
         sims = sims.masked_fill(~valid.unsqueeze(-1), -2.0)
         if self.span == "token":
-            return sims.max(dim=-1)
+            return newest_max(sims)
         running = self._running if decoding else None
         if past and running is not None and running[0] == past and running[1].shape == sims[:, 0].shape:
             best = torch.cat([running[1].unsqueeze(1), sims], dim=1).cummax(dim=1).values[:, 1:]
@@ -72,7 +72,7 @@ class AnchorRouter(nn.Module):
             best = sims.cummax(dim=1).values
         if decoding:
             self._running = (past + x.shape[1], best[:, -1].detach())
-        return best.max(dim=-1)
+        return newest_max(best)
 
     def forward(self, x, valid, past=0, decoding=False):
         """Per position: expert index (-1: none) and gate (1 where routed)."""
@@ -82,6 +82,13 @@ class AnchorRouter(nn.Module):
         best, index = self.best_match(x, valid, past, decoding)
         route = torch.where(best >= self.threshold, self.anchor_expert[index], torch.full_like(index, -1))
         return route, (route >= 0).to(x.dtype)
+
+
+def newest_max(sims: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max over the last (anchor) axis, ties to the newest anchor: editing a fact again supersedes the earlier edit
+    (its prompt matches both anchors exactly)."""
+    best, flipped = sims.flip(-1).max(dim=-1)
+    return best, sims.shape[-1] - 1 - flipped
 
 
 class SoftmaxRouter(nn.Module):

@@ -63,11 +63,12 @@ def apply_lemoe_to_model(model, tok, requests, hparams: LEMoEHyperParams, copy=F
             report.update(expert=expert, n_experts=len(adaptor.experts),
                           train_seconds=round(time.perf_counter() - started, 3))
             LOG.info("LEMoE expert %d: %s", expert, report)
+            trained = object()  # the adaptor's state for this batch's events
             for request, x in zip(batch, inputs):
                 emit_after_edit(EditEvent(
                     method=hparams.alg_name, request=request.raw, model=model, hparams=hparams,
                     modules=[adaptor.module_name], info=dict(report),
-                    output_edits=[OutputEdit(adaptor.module_name, x, adaptor.added_output, adaptor.base)]))
+                    output_edits=[OutputEdit(adaptor.module_name, x, adaptor.added_output, adaptor.base, trained)]))
     except BaseException:
         undo()  # never leave a half-trained expert behind
         raise

@@ -12,6 +12,7 @@ from ...editing.runtime import frozen_parameters, replay_lower_layers
 from ...editing.templates import context_templates
 from ...editing.tokens import encode, pad_batch, target_ids
 from .config import LEMoEHyperParams
+from .injection import AdaptorError
 from .layer import LEMoELayer
 
 LOG = logging.getLogger(__name__)
@@ -97,6 +98,9 @@ def train_expert(model, tok, adaptor: LEMoELayer, requests: list[EditRequest], h
                     kl = head.kl_from(reference, hidden[negative_rows, negative_pos])
                     report["negative_kl"] = float(kl.detach())
                     loss = loss + hp.negative_weight * kl
+                if not loss.requires_grad:  # no row reaches the new expert: an earlier anchor beats every one
+                    raise AdaptorError(f"LEMoE: none of this batch's prompts routes to its new expert "
+                                       f"({[r.prompt for r in requests]}); routing_threshold is {hp.routing_threshold}")
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
