@@ -127,6 +127,10 @@ def test_seconds_per_edit_leave_out_what_the_hooks_cost(tmp_path, tiny_gpt2, sta
 
 def test_short_run_on_tiny_gpt2_writes_every_output(tmp_path, tiny_gpt2, stats_dir):
     model, tok = tiny_gpt2
+    records = load_records(CF_ROME, num_edits=5)
+    rephrases = [(p, r.request["ground_truth"]) for r in records for p in r.rephrase_prompts]
+    unedited = [scoring.generated_answers(model, tok, rephrases),
+                [s.accuracy for s in scoring.score_answers(model, tok, rephrases)]]
     counter = StepCounter()
     pm.register(counter)
     try:
@@ -157,6 +161,9 @@ def test_short_run_on_tiny_gpt2_writes_every_output(tmp_path, tiny_gpt2, stats_d
         5, last["retention_acc"], last["retention_gen_em"], last["retention_rephrase_gen_em"])
     assert protocols["immediate"]["reliability_gen_em"] == metrics.mean(e["metrics"]["rewrite_gen_em"] for e in edits)
     assert all(0 <= e["metrics"]["rephrase_gen_em"] <= 1 for e in edits)
+    # beside generality: the unedited model on the same rephrases with the true answers
+    assert summary["unedited_model"]["true_answer_on_rephrases"] == {
+        "gen_em": metrics.mean(map(float, unedited[0])), "acc": metrics.mean(unedited[1]), "prompts": len(rephrases)}
 
 
 def test_a_method_at_capacity_ends_the_run_with_a_checkpoint_and_says_why(tmp_path, tiny_gpt2, stats_dir):
@@ -386,7 +393,10 @@ def test_compare_runs_each_method_on_the_same_edits_and_writes_one_table_and_plo
     table = (out / "comparison.md").read_text().splitlines()
     from edit_plugins.lifelong.compare import headline_score
     ranked = sorted(compared, key=lambda r: headline_score(r["end"]), reverse=True)  # best first, generation-based
-    assert [line.split("|")[1].strip() for line in table[2:]] == [f"{r['label']} ({r['method']})" for r in ranked]
+    body = [line for line in table[2:] if line.startswith("|")]
+    assert [line.split("|")[1].strip() for line in body] == [f"{r['label']} ({r['method']})" for r in ranked]
+    unedited = compared[0]["unedited_true_rephrase"]  # under the table: the model's own generality on these records
+    assert unedited["prompts"] == 4 and f"at {unedited['gen_em']:.3f} gen EM / {unedited['acc']:.3f} acc" in table[-1]
     assert "(gen EM / acc)" in table[0] and (out / "retention.png").stat().st_size > 0
     end = json.loads((out / "tiny" / "summary.json").read_text())["protocols"]["end_of_sequence"]
     row = next(line for line in table[2:] if line.startswith("| tiny (WilKE)"))

@@ -191,7 +191,8 @@ def rows(folders) -> list[dict]:
                     # a call's seconds are logged once, on its last record: divide the total by the edits
                     "seconds_per_edit": timing["edit_seconds"] / summary["edits_done"] if summary["edits_done"] else None,
                     **seconds_per_edit_at_ends(read_edits(folder)),
-                    "peak_rss_mb": timing.get("peak_rss_mb"), "state_mb": _megabytes(folder / STATE)})
+                    "peak_rss_mb": timing.get("peak_rss_mb"), "state_mb": _megabytes(folder / STATE),
+                    "unedited_true_rephrase": (summary.get("unedited_model") or {}).get("true_answer_on_rephrases")})
     return out
 
 
@@ -299,10 +300,22 @@ def plot(rows_: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def unedited_generality(rows_: list[dict]) -> str:
+    """What generality would be if the edits generalised as the model's own facts do: the unedited model on the
+    rephrases with the true answers (the rows' first run that measured it; all rows edit the same records)."""
+    found = next((r for r in rows_ if r.get("unedited_true_rephrase")), None)
+    if found is None:
+        return ""
+    u = found["unedited_true_rephrase"]
+    return (f"\nThe unedited model answers these records' rephrases with their true answers at {_fmt(u['gen_em'])} "
+            f"gen EM / {_fmt(u['acc'])} acc ({u['prompts']} prompts): what "
+            "generality would be if every edit generalised as the model's own facts do.\n")
+
+
 def write_report(folders, out_dir) -> tuple[Path, Path]:
     rows_ = rows(folders)
     out_dir = Path(out_dir)
     table_path, plot_path = out_dir / "comparison.md", out_dir / "retention.png"
-    atomic_write_text(table_path, table(rows_))
+    atomic_write_text(table_path, table(rows_) + unedited_generality(rows_))
     plot(rows_, plot_path)
     return table_path, plot_path

@@ -18,7 +18,7 @@ from ..events import EditEvent, collect_events, emit_after_edit
 from ..files import atomic_write_json, atomic_write_jsonl
 from ..plugins import Method, pm, start_diagnostic
 from .data import EditRecord, UnrelatedQuestions
-from .metrics import checkpoint, edit_metrics
+from .metrics import checkpoint, edit_metrics, true_answers_on_rephrases
 from .options import RunOptions, checkpoint_steps
 from .plots import write_plots
 from .run_log import CHECKPOINTS, EDITS, SUMMARY, TIMING
@@ -70,6 +70,7 @@ class Run:
         self.locality_reference = [[s.predicted for s in scores[i]] for i in range(len(self.records))]
         self.probe_reference = [s.predicted for s in scores["probes"]]
         self.unrelated_reference = [s.predicted for s in scores["unrelated"]]
+        self.unedited_true_rephrase = true_answers_on_rephrases(self.scorer, self.records)
 
     def unrelated_for(self, step: int):
         """The unrelated (question, answer) that goes with edit ``step``, from the pool that is never scored."""
@@ -130,7 +131,7 @@ class Run:
             "timings": self.timings, "changed_params": sorted(self.changed_params), "loop_seconds": self.loop_seconds,
             "resume_by_replay": self.resume_by_replay,
             "locality_reference": self.locality_reference, "probe_reference": self.probe_reference,
-            "unrelated_reference": self.unrelated_reference,
+            "unrelated_reference": self.unrelated_reference, "unedited_true_rephrase": self.unedited_true_rephrase,
             "diagnostics": [d.state_dict() for d in self.diagnostics if hasattr(d, "state_dict")]})
         self.saved = True
 
@@ -142,6 +143,7 @@ class Run:
         self.resume_by_replay = progress.get("resume_by_replay", False)
         self.locality_reference, self.probe_reference = progress["locality_reference"], progress["probe_reference"]
         self.unrelated_reference = progress.get("unrelated_reference", [])
+        self.unedited_true_rephrase = progress.get("unedited_true_rephrase")
         for diagnostic, state in zip([d for d in self.diagnostics if hasattr(d, "load_state_dict")],
                                      progress.get("diagnostics", [])):
             diagnostic.load_state_dict(state)
@@ -157,7 +159,8 @@ class Run:
 
     def summary(self) -> dict:
         return run_summary(self.hp.alg_name, self.records, self.position, self.edits, self.checkpoint_rows,
-                           self.diagnostics, stopped_by=self.stopped_by, family=self.method.family)
+                           self.diagnostics, stopped_by=self.stopped_by, family=self.method.family,
+                           unedited_true_rephrase=self.unedited_true_rephrase)
 
     def finish(self) -> dict:
         self.save()

@@ -80,6 +80,18 @@ def neighbourhood_success(scorer: Scorer, records) -> float | None:
     return prefers(scores["true"], scores["new"])
 
 
+def true_answers_on_rephrases(scorer: Scorer, records) -> dict | None:
+    """How well the unedited model answers the records' rephrases with their true answer (generation exact
+    match, token accuracy): the generality an edit reaches if it generalises as the model's own facts do.
+    None where no record has both a true answer and a rephrase."""
+    pairs = [(p, r.request["ground_truth"]) for r in records if isinstance(r.request.get("ground_truth"), str)
+             for p in r.rephrase_prompts]
+    if not pairs:
+        return None
+    return {"gen_em": mean(float(g) for g in scorer.generated(pairs)),
+            "acc": mean(s.accuracy for s in scorer.teacher_forced(pairs)), "prompts": len(pairs)}
+
+
 def edit_metrics(scorer: Scorer, record, locality_reference) -> dict:
     """One record's metrics right after its edit (also used for retention of all metrics)."""
     request = record.request

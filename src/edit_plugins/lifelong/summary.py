@@ -31,11 +31,13 @@ def protocols(immediate: dict, checkpoint_rows: list[dict]) -> dict:
 
 
 def run_summary(method: str, records, position: int, edits: list[dict], checkpoint_rows: list[dict],
-                diagnostics=(), stopped_by: str | None = None, family: str | None = None) -> dict:
+                diagnostics=(), stopped_by: str | None = None, family: str | None = None,
+                unedited_true_rephrase: dict | None = None) -> dict:
     """A lifelong run's summary: mean immediate metrics, the last checkpoint, and the harmonic mean of edit
     success (ES), generalisation (GS), locality (LS), retention of edits (ERS) and of probe facts (ORS),
     the score the WilKE paper reports as S. ``stopped_by``: why the method could take no more edits,
-    where it ended the run early."""
+    where it ended the run early. ``unedited_true_rephrase``: the unedited model's own score on the rephrases
+    with the true answers (``metrics.true_answers_on_rephrases``), beside generality."""
     immediate = {m: mean(e["metrics"].get(m) for e in edits) for m in SUMMARY_METRICS}
     final = checkpoint_rows[-1] if checkpoint_rows else {}
     es = immediate["efficacy"] if immediate["efficacy"] is not None else immediate["rewrite_acc"]
@@ -47,6 +49,7 @@ def run_summary(method: str, records, position: int, edits: list[dict], checkpoi
         "complete": position == len(records), "stopped_by": stopped_by,
         "immediate": immediate, "final_checkpoint": {k: v for k, v in final.items() if k != "lost_case_ids"},
         "protocols": protocols(immediate, checkpoint_rows),
+        "unedited_model": {"true_answer_on_rephrases": unedited_true_rephrase},
         "lost_edits_at_end": len(final.get("lost_case_ids", [])),
         "harmonic_mean_score": harmonic_mean(components.values()), "harmonic_mean_components": components,
         "layer_histogram": layer_histogram(edits),
