@@ -1,7 +1,8 @@
 """LEMoE lifelong benchmark on SmolLM2-135M: one variant, one dataset, one fresh process.
 
     python -m bench.lemoe_lifelong --dataset zsre --edits 300 --variant full
-    variants: full | templates | token_span | token_span_templates | token_span_templates_longer | softmax_router | no_order_planning | unfrozen | wilke | rome
+    variants: full | templates | token_span | token_span_templates | token_span_templates_longer | softmax_router | no_order_planning | unfrozen | negatives | layer11 | negatives_layer11 | wilke | rome
+    datasets: zsre (MEND's, NQ locality) | knowedit_zsre (same-subject locality; 200 NQ questions scored beside) | counterfact
 
 Writes bench/results/lemoe_<dataset>_<variant>_<edits>.json: the run's summary, wall time, peak RSS,
 and for LEMoE the adaptor's size and training seconds per expert (inference overhead:
@@ -15,6 +16,7 @@ import statistics
 import time
 
 from bench.common import bench_device, device_suffix, FAST_SCAN_ESTIMATE, ROOT, SHARED, known_counterfact, peak_rss_mb, setup, write_result
+from bench.relation_negatives import NEGATIVES
 from edit_plugins import hparams
 from edit_plugins.lifelong.data import load_records
 from edit_plugins.lifelong.run_log import read_checkpoints, read_edits, read_timing
@@ -37,12 +39,15 @@ def main():
         "softmax_router": ("LEMoE/smollm2-135m.yaml", {"routing": "softmax"}),
         "no_order_planning": ("LEMoE/smollm2-135m.yaml", {"order_planning": False}),
         "unfrozen": ("LEMoE/smollm2-135m.yaml", {"freeze_previous_experts": False}),
+        "negatives": ("LEMoE/smollm2-135m.yaml", {"negative_templates": NEGATIVES}),
+        "layer11": ("LEMoE/smollm2-135m.yaml", {"layer": 11}),
+        "negatives_layer11": ("LEMoE/smollm2-135m.yaml", {"layer": 11, "negative_templates": NEGATIVES}),
         "wilke": ("WilKE/smollm2-135m-fast.yaml", {}),
         "rome": ("WilKE/smollm2-135m-rome.yaml", {}),
     }
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--dataset", choices=["zsre", "counterfact"], required=True)
+    parser.add_argument("--dataset", choices=["zsre", "knowedit_zsre", "counterfact"], required=True)
     parser.add_argument("--edits", type=int, default=300)
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="full")
     args = parser.parse_args()
@@ -50,6 +55,8 @@ def main():
     model, tok = load_model("smollm2-135m", bench_device())
     if args.dataset == "zsre":
         records = load_records(SHARED / "zsre_mend_eval.json", num_edits=args.edits)
+    elif args.dataset == "knowedit_zsre":
+        records = load_records(SHARED / "knowedit_zsre.json", num_edits=args.edits)
     else:
         records = known_counterfact(model, tok, limit=args.edits)  # only facts the model knows
     path, changes = VARIANTS[args.variant]
@@ -59,12 +66,16 @@ def main():
     if hasattr(hp, "stats_dir"):
         hp.stats_dir = str(ROOT / "data" / "stats")
 
+    # KnowEdit's locality prompts ask about the edited subjects: unrelated questions are scored beside them
+    unrelated = ({"unrelated_data": str(SHARED / "zsre_mend_eval.json"), "num_unrelated": 200}
+                 if args.dataset == "knowedit_zsre" else {})
     folder = ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}{device_suffix()}"
     shutil.rmtree(folder, ignore_errors=True)
     started = time.perf_counter()
     summary = run_lifelong(hp, records, folder, model=model, tok=tok,
                            options=RunOptions(probe_data=str(SHARED / "known_1000.json"), num_probes=100,
-                                              save_every=50, checkpoints=[1, 10, 50, 100, 200, 300]),
+                                              save_every=50, checkpoints=[1, 10, 50, 100, 200, 300],
+                                              **unrelated),
                            progress_bar=False)
     result = {"dataset": args.dataset, "variant": args.variant, "edits": len(records), "fast_scan_estimate": FAST_SCAN_ESTIMATE,
               "wall_seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak_rss_mb()),

@@ -339,6 +339,9 @@ def lemoe(lines: list[str]) -> None:
                   "token_span": "LEMoE, expert only at matching tokens (`routing_span: token`)",
                   "token_span_templates": "LEMoE, `routing_span: token` + 4 context templates in training",
                   "token_span_templates_longer": "LEMoE, the same trained longer (up to 60 steps, to NLL 0.01)",
+                  "negatives": "LEMoE + negative templates (other relations of each subject left alone)",
+                  "layer11": "LEMoE, routed at layer 11",
+                  "negatives_layer11": "LEMoE, routed at layer 11 + negative templates",
                   "wilke": "WilKE (fast_scan)", "rome": "ROME (layer 4)"}
         order = list(labels)
         rows = [json.loads(p.read_text()) for p in lemoe_rows]
@@ -355,16 +358,19 @@ def lemoe(lines: list[str]) -> None:
             final = r["summary"]["final_checkpoint"]
             label = fast_scan_label(r) if r["variant"] == "wilke" else labels[r["variant"]]
             label += " (**GPU**)" if on_gpu(r) else ""
-            table_rows.append(f"| {r['dataset']} | {r['edits']} | {label} | {f(final.get('retention_acc'))} | "
+            table_rows.append(f"| {r['dataset']} | {r['edits']} | {label} | {f(final.get('retention_gen_em'))} / "
+                         f"{f(final.get('retention_acc'))} | {f(final.get('retention_rephrase_gen_em'))} / "
                          f"{f(final.get('retention_rephrase_acc'))} | {f(final.get('retention_paraphrase'))} | "
                          f"{f(final.get('locality_acc'))} | {unedited_subject_locality(r, final)} | "
+                         f"{f(final.get('unrelated_locality'))} | "
                          f"{f(final.get('probe_locality'))} | {f(r['wall_seconds'], 0)} | {r['peak_rss_mb']} |")
         for dataset, variant, edits, last in partial:
             table_rows.append(f"| {dataset} | {last['step']} of {edits} (unfinished run: its latest checkpoint) | "
-                         f"{labels[variant]} | {f(last.get('retention_acc'))} | {f(last.get('retention_rephrase_acc'))} | "
+                         f"{labels[variant]} | {f(last.get('retention_gen_em'))} / {f(last.get('retention_acc'))} | "
+                         f"{f(last.get('retention_rephrase_gen_em'))} / {f(last.get('retention_rephrase_acc'))} | "
                          f"{f(last.get('retention_paraphrase'))} | "
                          f"{f(last.get('locality_acc'))} | {f(last.get('locality_acc_unedited_subjects'))} | "
-                         f"{f(last.get('probe_locality'))} | | |")
+                         f"{f(last.get('unrelated_locality'))} | {f(last.get('probe_locality'))} | | |")
         lines += fill("lemoe", rows="\n".join(table_rows)) + [""]
         # The scale for CounterFact generality: the model's own facts on the same paraphrase prompts.
         for path in sorted(RESULTS.glob("known_fact_generality_*.json"), key=lambda p: json.loads(p.read_text())["records"]):

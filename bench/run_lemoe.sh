@@ -9,6 +9,8 @@ row() { $PY -m bench.lemoe_lifelong --dataset "$1" --edits "$2" --variant "$3"; 
 for v in full no_order_planning unfrozen wilke rome; do row zsre 300 "$v"; done
 # ZsRE, 20 edits: every ablation, and ROME
 for v in full softmax_router no_order_planning unfrozen token_span rome; do row zsre 20 "$v"; done
+# KnowEdit ZsRE, 300 edits (same-subject locality, issue 49): the method, routing at layer 11, negative templates
+for v in full layer11 negatives negatives_layer11; do row knowedit_zsre 300 "$v"; done
 # CounterFact: the method at 300; at 50 against the best lead for generality, WilKE and ROME
 row counterfact 300 full
 for v in full token_span_templates token_span_templates_longer wilke rome; do row counterfact 50 "$v"; done
