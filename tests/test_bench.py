@@ -37,6 +37,24 @@ def test_docs_tuning_page_is_what_the_tuning_results_make():
     assert tuning_page(rows) == (ROOT / "docs" / "comparison" / "tuning.md").read_text()
 
 
+def test_a_configuration_that_edits_nothing_cannot_win_its_sweep():
+    from bench.tune import tuning_page
+
+    def row(config, immediate, reliability, locality):
+        end = {"reliability_gen_em": reliability, "generality_gen_em": 0.0, "locality": locality}
+        return {"label": f"ft-m-{config}", "method": "ft-m", "config": config, "fields": {}, "edits": 50,
+                "complete": True, "score": (reliability + locality) / 3, "end": end,
+                "immediate_reliability_gen_em": immediate, "seconds_per_edit": 1.0}
+
+    rows = [row(0, 0.0, 0.0, 1.0)] + [row(k, 0.96, 0.5 - 0.01 * k, 0.3) for k in range(1, 8)]  # the sweep's 8
+    table = [line for line in tuning_page(rows).splitlines() if line.startswith(("| 0 ", "| 1 ", "| 2 "))]
+    assert "0.333 (edits do not take hold: cannot win)" in table[0] and "**" not in table[0]
+    assert "| **0.263** | 0.960 |" in table[1] and "**" not in table[2]
+    # before every configuration has run, none is the winner
+    assert "In progress: 2 of 8 configurations so far, no winner yet." in tuning_page(rows[:2])
+    assert "**" not in tuning_page(rows[:2])
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "bench" / "experiments" / "tuning").glob("*.yaml")), ids=lambda p: p.stem)
 def test_a_tuning_sweep_stays_in_budget_and_sets_only_fields_its_method_has(path):
     import dataclasses
