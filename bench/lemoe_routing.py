@@ -48,35 +48,42 @@ def main():
 
 
     def best_matches(prompts, batch_size=32):
-        """(best cosine over anchors and positions, that anchor's index) per prompt."""
+        """{threshold: [(best margin over anchors and positions, that anchor's index) per prompt]}: a margin >= 0
+        routes (the anchor's floor, where it has one, counts beside the threshold)."""
         captured = {}
         handle = adaptor.register_forward_pre_hook(lambda module, inputs: captured.update(x=inputs[0]))
-        out = []
+        out = {t: [] for t in THRESHOLDS} | {"nearest": []}  # nearest: the anchor of highest cosine
         try:
             for start in range(0, len(prompts), batch_size):
                 batch = tok(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(model.device)
                 with torch.no_grad():
                     model.base_model(**batch)
                 valid, _ = valid_positions(captured["x"], batch.attention_mask)
-                cosine, anchor = adaptor.router.best_match(captured["x"], valid, past=0, decoding=False)
-                out += list(zip(cosine[:, -1].tolist(), anchor[:, -1].tolist()))
+                cosine = (adaptor.router.features(captured["x"]) @ adaptor.router.anchors.T).masked_fill(
+                    ~valid.unsqueeze(-1), -2.0)
+                out["nearest"] += cosine.amax(dim=1).argmax(dim=-1).tolist()
+                for t in THRESHOLDS:
+                    margin, anchor = adaptor.router.best_match(captured["x"], valid, past=0, decoding=False,
+                                                               threshold=t)
+                    out[t] += list(zip(margin[:, -1].tolist(), anchor[:, -1].tolist()))
         finally:
             handle.remove()
         return out
 
 
-    # Each edit's own anchor: the one its edit prompt matches (cosine ≈ 1, the anchor was made from it).
-    own = [anchor for _, anchor in best_matches([r.request["prompt"] for r in records])]
+    # Each edit's own anchor: the one its edit prompt matches best (cosine ≈ 1, the anchor was made from it).
+    own = best_matches([r.request["prompt"] for r in records])["nearest"]
     paraphrases = [(i, p) for i, r in enumerate(records) for p in r.rephrase_prompts]
     neighbours = [p for r in records for p, _ in r.locality]
-    para = [(own[i], match) for (i, _), match in zip(paraphrases, best_matches([p for _, p in paraphrases]))]
-    neigh = best_matches(neighbours)
+    para_matches, neigh_matches = best_matches([p for _, p in paraphrases]), best_matches(neighbours)
     rows = []
     for t in THRESHOLDS:
+        para = [(own[i], match) for (i, _), match in zip(paraphrases, para_matches[t])]
+        neigh = neigh_matches[t]
         rows.append({"threshold": t,
-                     "paraphrase_own_expert": sum(c >= t and a == mine for mine, (c, a) in para) / len(para),
-                     "paraphrase_any_expert": sum(c >= t for _, (c, _) in para) / len(para),
-                     "neighbour_any_expert": sum(c >= t for c, _ in neigh) / len(neigh)})
+                     "paraphrase_own_expert": sum(m >= 0 and a == mine for mine, (m, a) in para) / len(para),
+                     "paraphrase_any_expert": sum(m >= 0 for _, (m, _) in para) / len(para),
+                     "neighbour_any_expert": sum(m >= 0 for m, _ in neigh) / len(neigh)})
         print(rows[-1], flush=True)
     final_scores = scoring.score_answers(model, tok, locality_pairs)
     locality = metrics.locality_by_edited_subjects(metrics.agreement(final_scores, unedited_predictions),
@@ -88,7 +95,7 @@ def main():
     write_result(f"lemoe_routing_{args.dataset}_{args.variant}_{args.edits}",
                  {"dataset": args.dataset, "variant": args.variant, "edits": args.edits,
                   "anchors": len(adaptor.router.anchors), "threshold_used": adaptor.router.threshold,
-                  "paraphrases": len(para), "neighbours": len(neigh), "rows": rows, "locality": locality})
+                  "paraphrases": len(paraphrases), "neighbours": len(neighbours), "rows": rows, "locality": locality})
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from conftest import HPARAMS, next_token, shared_json, snapshot
 from edit_plugins import easyedit_compat, hparams
 from edit_plugins.editing.layers import LayerError
 from edit_plugins.editing.requests import RequestError
+from edit_plugins.events import collect_events
 from edit_plugins.hparams import HparamsError
 from edit_plugins.lifelong.scoring import score_answers
 from edit_plugins.methods import lemoe
@@ -150,8 +151,41 @@ def test_save_and_load_round_trip(tiny_gpt2, tmp_path):
         for r in TINY_REQUESTS:
             assert torch.equal(logits(model, tok, r["prompt"]), edited[r["prompt"]])
         assert lemoe.adaptor_size(model)["parameters"] == 2 * 2 * 16 * 64  # 2 experts of rank 16, hidden 64
+        floors = lemoe.find_adaptor(model)[1].router.anchor_floor
+        assert len(floors) == 4 and (floors > -1).all()  # each anchor's floor came back with it
     finally:
         lemoe.remove_adaptor(model)
+
+
+def test_an_adaptor_saved_before_anchors_had_floors_loads_with_none(tiny_gpt2):
+    model, tok = tiny_gpt2
+    with edits_applied(model, tok, TINY_REQUESTS[:2], tiny_hp(generic_text_margin=None)) as model:
+        tensors, metadata = lemoe.adaptor_state(model)
+        edited = logits(model, tok, TINY_REQUESTS[0]["prompt"])
+    del tensors["router.anchor_floor"]
+    lemoe.load_adaptor_state(model, tensors, metadata)
+    try:
+        assert lemoe.find_adaptor(model)[1].router.anchor_floor.tolist() == [-1.0, -1.0]
+        assert torch.equal(logits(model, tok, TINY_REQUESTS[0]["prompt"]), edited)
+    finally:
+        lemoe.remove_adaptor(model)
+
+
+@pytest.mark.parametrize("span", ["sequence", "token"])
+def test_an_anchor_fires_only_above_both_the_threshold_and_its_floor(span):
+    from edit_plugins.methods.lemoe.layer import AnchorRouter
+
+    router = AnchorRouter(4, threshold=0.5, span=span)
+    router.add_anchors(torch.eye(4)[:2], expert=0, floors=torch.tensor([-1.0, 0.9]))
+    router.add_anchors(torch.eye(4)[2:3], expert=1)  # no floor given: the threshold alone
+    cosine = lambda axis, c: c * torch.eye(4)[axis] + (1 - c * c) ** 0.5 * torch.eye(4)[3]  # noqa: E731
+    # per position: cos 0.6 to anchor 0, 0.8 and 0.95 to anchor 1 (floor 0.9), 0.6 to anchor 2 (expert 1)
+    x = torch.stack([cosine(0, 0.6), cosine(1, 0.8), cosine(1, 0.95), cosine(2, 0.6)]).unsqueeze(0)
+    routes = []
+    for position in range(4):  # each position alone, so the sequence span's running best does not carry over
+        route, _ = router(x[:, position : position + 1], torch.ones(1, 1, dtype=torch.bool), past=1)
+        routes.append(int(route[0, 0]))
+    assert routes == [0, -1, 0, 1]
 
 
 def test_loading_into_the_wrong_model_names_the_problem(tiny_gpt2, tmp_path):
@@ -243,7 +277,8 @@ def test_negative_templates_keep_the_subjects_other_relations_as_they_were(tiny_
     model, tok = tiny_gpt2
     request = TINY_REQUESTS[1]  # Alice Walker's favourite food
     negatives = ["The birthplace of {} is", "The employer of {} is", "The spouse of {} is"]
-    routed = {"routing_threshold": 0.0}  # the tiny model reads Alice Walker differently behind each relation
+    # the tiny model reads Alice Walker differently behind each relation: route every prompt about her
+    routed = {"routing_threshold": 0.0, "generic_text_margin": None}
     held_out = "The occupation of Alice Walker is"  # another relation, not among the negatives
 
     def drift(prompt, **changes):
@@ -265,6 +300,7 @@ def test_negative_templates_keep_the_subjects_other_relations_as_they_were(tiny_
     ("routing_span", "all", "field 'routing_span' must be one of"),
     ("routing", "topk", "field 'routing' must be one of"),
     ("routing_threshold", 1.5, "field 'routing_threshold'"),
+    ("generic_text_margin", -0.1, "field 'generic_text_margin' is a cosine margin and must lie in"),
     ("expert_rank", 0, "field 'expert_rank' must be positive"),
     ("ffn_module_tmp", "transformer.h.mlp", "field 'ffn_module_tmp' must contain"),
     ("negative_templates", ["The occupation of is"], "field 'negative_templates' entry 0 must be a string with one"),
@@ -333,6 +369,25 @@ def test_smollm2_edits_take_hold_generalise_and_leave_unrelated_prompts_alone(sm
         assert next_token(model, tok, eiffel).strip() == "Paris"
         assert base_weights_unchanged(model, before)
     assert lemoe.find_adaptor(model) is None and torch.equal(logits(model, tok, eiffel), reference)
+
+
+@pytest.mark.slow
+def test_smollm2_an_anchor_that_looks_like_ordinary_text_does_not_route_it(smollm2):
+    """A two-token subject at the start of its prompt: its last token, next to the attention sink, looks like
+    " the" to the router (cosine 0.82 at layer 4). Its floor keeps ordinary prompts out; without it they route."""
+    model, tok = smollm2
+    edit = {"prompt": "Akbar follows the religion of", "subject": "Akbar", "target_new": "Christianity"}
+    ordinary = ["Vinson Massif is located in the continent of", "Don Shula professionally plays the sport of",
+                "Iron Man is affiliated with the"]
+    reference = {p: logits(model, tok, p) for p in ordinary}
+    hp = hparams.load(HPARAMS / "LEMoE" / "smollm2-135m.yaml")
+    with collect_events() as events, edits_applied(model, tok, [edit], hp) as edited:
+        assert answers_correct(edited, tok, [edit]) == [True]
+        assert all(torch.equal(logits(edited, tok, p), reference[p]) for p in ordinary)
+    assert events[0][0].info["generic_anchors"] == 1
+    hp.generic_text_margin = None
+    with edits_applied(model, tok, [edit], hp) as edited:
+        assert not any(torch.equal(logits(edited, tok, p), reference[p]) for p in ordinary)
 
 
 def test_softmax_router_ablation_touches_every_input_and_round_trips(tiny_gpt2, tmp_path):

@@ -41,3 +41,8 @@ def template_anchor_features(model, tok, requests, adaptor, hp) -> torch.Tensor:
         return torch.zeros(0, adaptor.hidden)
     inputs = module_input_sequences(model, tok, texts, adaptor.module_name)
     return adaptor.router.features(torch.stack([x[p] for x, p in zip(inputs, positions)]))
+
+
+def anchor_floors(features: torch.Tensor, generic: torch.Tensor, margin: float) -> torch.Tensor:
+    """Each anchor's floor: its best cosine to any generic-text feature, plus ``margin``."""
+    return (features.to(generic) @ generic.T).max(dim=1).values + margin

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, List
+from typing import ClassVar, List, Optional
 
 from ...hparams import EditHyperParams, HparamsError, check_steps
 from .injection import find_ffn
@@ -28,6 +28,9 @@ class LEMoEHyperParams(EditHyperParams):
     context_template_length_params: List[List[int]] = dataclasses.field(default_factory=list)
     routing: str = "anchor"  # "anchor" (KV anchor routing) or "softmax" (plain learned router, for ablation)
     routing_threshold: float = 0.8  # cosine (standardised features) an input must reach to use an expert
+    # An anchor also fires only above its best match among the reference text's tokens, by this margin: an anchor
+    # that looks like ordinary text (a subject read at the start of its prompt) would otherwise route it. None: off.
+    generic_text_margin: Optional[float] = 0.02
     # "sequence": an expert serves every position from its anchor's match on; "token": only matching positions
     routing_span: str = "sequence"
     anchor_templates: bool = False  # also anchor each subject as read behind every context-template prefix
@@ -76,6 +79,9 @@ class LEMoEHyperParams(EditHyperParams):
             if not isinstance(template, str) or template.count("{}") != 1:
                 raise HparamsError(f"{source}: field 'negative_templates' entry {i} must be a string with one '{{}}' "
                                    f"for the subject, got {template!r}")
+        if self.generic_text_margin is not None and not 0.0 <= self.generic_text_margin <= 1.0:
+            raise HparamsError(f"{source}: field 'generic_text_margin' is a cosine margin and must lie in [0, 1] "
+                               f"(or null: off), got {self.generic_text_margin!r}")
         if self.negative_weight < 0:
             raise HparamsError(f"{source}: field 'negative_weight' must be >= 0, got {self.negative_weight!r}")
         check_steps(self.steps, "steps", source)

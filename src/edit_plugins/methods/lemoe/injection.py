@@ -48,8 +48,8 @@ def _set_module(model, name: str, module) -> None:
 
 
 @torch.no_grad()
-def reference_statistics(model, tok, module_name: str, source: str, n_samples: int, max_tokens: int = 64):
-    """Mean and std of the FFN input over reference text (first token of each text left out)."""
+def reference_inputs(model, tok, module_name: str, source: str, n_samples: int, max_tokens: int = 64) -> torch.Tensor:
+    """The FFN inputs (N, d) at every token of reference text but each text's first."""
     texts = read_texts(source, n_samples)
     seqs = [s for s in (tok(t, truncation=True, max_length=max_tokens).input_ids for t in texts) if len(s) > 1]
     device = input_device(model)
@@ -61,8 +61,16 @@ def reference_statistics(model, tok, module_name: str, source: str, n_samples: i
         keep = mask.bool().clone()
         keep[:, 0] = False
         rows.append(captured[module_name][keep.to(captured[module_name].device)].float())
-    acts = torch.cat(rows)
-    return acts.mean(0), acts.std(0).clamp_min(1e-6)
+    return torch.cat(rows)
+
+
+def generic_features(model, tok, adaptor: LEMoELayer, hp: LEMoEHyperParams) -> torch.Tensor:
+    """The routing features of the reference text (what the statistics standardise), computed once per adaptor
+    object: an anchor's floor is its best match among them."""
+    if adaptor.generic_features is None:
+        inputs = reference_inputs(model, tok, adaptor.module_name, hp.reference_source, hp.reference_samples)
+        adaptor.generic_features = adaptor.router.features(inputs)
+    return adaptor.generic_features
 
 
 def new_adaptor(model, name: str, *, rank: int, scale: float, routing: str, threshold: float,
@@ -91,12 +99,13 @@ def insert_adaptor(model, tok, hp: LEMoEHyperParams) -> LEMoELayer:
                            span=hp.routing_span)
     if hp.routing == "anchor":
         try:
-            mean, std = reference_statistics(model, tok, name, hp.reference_source, hp.reference_samples)
+            inputs = reference_inputs(model, tok, name, hp.reference_source, hp.reference_samples)
         except BaseException:
             remove_adaptor(model)
             raise
-        adaptor.router.feature_mean.copy_(mean)
-        adaptor.router.feature_std.copy_(std)
+        adaptor.router.feature_mean.copy_(inputs.mean(0))
+        adaptor.router.feature_std.copy_(inputs.std(0).clamp_min(1e-6))
+        adaptor.generic_features = adaptor.router.features(inputs)
     return adaptor
 
 

@@ -44,25 +44,34 @@ class AnchorRouter(nn.Module):
         self.register_buffer("feature_std", torch.ones(hidden))
         self.register_buffer("anchors", torch.zeros(0, hidden))  # unit-norm features
         self.register_buffer("anchor_expert", torch.zeros(0, dtype=torch.long))
-        self._running = None  # (length so far, best cosine per row and anchor) for cached decoding
+        # Per anchor: the cosine it must beat besides the threshold (its best match in generic text; -1: none).
+        self.register_buffer("anchor_floor", torch.zeros(0))
+        self._running = None  # (length so far, best margin per row and anchor) for cached decoding
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize((x.float() - self.feature_mean) / self.feature_std, dim=-1)
 
-    def add_anchors(self, features: torch.Tensor, expert: int) -> None:
+    def add_anchors(self, features: torch.Tensor, expert: int, floors: torch.Tensor | None = None) -> None:
+        device = self.anchors.device
         self.anchors = torch.cat([self.anchors, features.to(self.anchors)])
         self.anchor_expert = torch.cat([self.anchor_expert, torch.full((len(features),), expert,
-                                                                       dtype=torch.long, device=self.anchors.device)])
+                                                                       dtype=torch.long, device=device)])
+        floors = torch.full((len(features),), -1.0) if floors is None else floors
+        self.anchor_floor = torch.cat([self.anchor_floor, floors.to(self.anchor_floor)])
 
     def drop_expert(self, expert: int) -> None:
         keep = self.anchor_expert != expert
         self.anchors, self.anchor_expert = self.anchors[keep], self.anchor_expert[keep]
+        self.anchor_floor = self.anchor_floor[keep]
 
-    def best_match(self, x: torch.Tensor, valid: torch.Tensor, past: int,
-                   decoding: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(best cosine, anchor index) per position, over anchors and positions up to it."""
-        sims = self.features(x) @ self.anchors.T  # (B, T, A)
-        sims = sims.masked_fill(~valid.unsqueeze(-1), -2.0)
+    def best_match(self, x: torch.Tensor, valid: torch.Tensor, past: int, decoding: bool,
+                   threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(best margin, anchor index) per position, over anchors and positions up to it: a position's cosine to an
+        anchor less what the anchor requires (the larger of ``threshold``, default the router's, and its floor).
+        A margin >= 0 routes."""
+        required = self.anchor_floor.clamp_min(self.threshold if threshold is None else threshold)
+        sims = self.features(x) @ self.anchors.T - required  # (B, T, A)
+        sims = sims.masked_fill(~valid.unsqueeze(-1), -4.0)  # below any margin: cosines and thresholds lie in [-1, 1]
         if self.span == "token":
             return newest_max(sims)
         running = self._running if decoding else None
@@ -80,7 +89,7 @@ class AnchorRouter(nn.Module):
             route = torch.full(x.shape[:2], -1, dtype=torch.long, device=x.device)
             return route, torch.zeros(x.shape[:2], device=x.device)
         best, index = self.best_match(x, valid, past, decoding)
-        route = torch.where(best >= self.threshold, self.anchor_expert[index], torch.full_like(index, -1))
+        route = torch.where(best >= 0, self.anchor_expert[index], torch.full_like(index, -1))
         return route, (route >= 0).to(x.dtype)
 
 
@@ -164,6 +173,7 @@ class LEMoELayer(nn.Module):
         # feeds ``context`` (removed with the adaptor).
         self.module_name: str | None = None
         self.context_hook = None
+        self.generic_features = None  # the reference text's routing features (injection.generic_features); not saved
 
     @property
     def config(self) -> dict:

@@ -6,12 +6,14 @@ import logging
 import time
 from copy import deepcopy
 
+import torch
+
 from ... import easyedit_compat
 from ...editing.requests import normalize_requests
 from ...events import EditEvent, OutputEdit, emit_after_edit
-from .anchors import anchor_features, ffn_inputs, template_anchor_features
+from .anchors import anchor_features, anchor_floors, ffn_inputs, template_anchor_features
 from .config import LEMoEHyperParams
-from .injection import find_adaptor, find_ffn, insert_adaptor, remove_adaptor
+from .injection import find_adaptor, find_ffn, generic_features, insert_adaptor, remove_adaptor
 from .order_planning import plan_order
 from .training import train_expert
 
@@ -55,11 +57,18 @@ def apply_lemoe_to_model(model, tok, requests, hparams: LEMoEHyperParams, copy=F
             expert = adaptor.add_expert()
             # The FFN inputs come from the blocks below the adaptor: the experts never change them.
             inputs = ffn_inputs(model, tok, batch, adaptor.module_name)
+            floors = None
             if hparams.routing == "anchor":
-                adaptor.router.add_anchors(anchor_features(tok, batch, inputs, adaptor.router), expert)
+                features = anchor_features(tok, batch, inputs, adaptor.router)
                 if hparams.anchor_templates:
-                    adaptor.router.add_anchors(template_anchor_features(model, tok, batch, adaptor, hparams), expert)
+                    features = torch.cat([features, template_anchor_features(model, tok, batch, adaptor, hparams)])
+                if hparams.generic_text_margin is not None:
+                    floors = anchor_floors(features, generic_features(model, tok, adaptor, hparams),
+                                           hparams.generic_text_margin)
+                adaptor.router.add_anchors(features, expert, floors)
             report = train_expert(model, tok, adaptor, batch, hparams)
+            if floors is not None:  # anchors that look like generic text: held above the threshold by their floor
+                report["generic_anchors"] = int((floors > adaptor.router.threshold).sum())
             report.update(expert=expert, n_experts=len(adaptor.experts),
                           train_seconds=round(time.perf_counter() - started, 3))
             LOG.info("LEMoE expert %d: %s", expert, report)

@@ -46,9 +46,11 @@ def load_adaptor_state(model, tensors: dict, metadata: dict, source: str = "adap
         adaptor.add_expert()
     device = next(adaptor.base.parameters()).device
     with torch.no_grad():
-        for key in ("feature_mean", "feature_std", "anchors", "anchor_expert"):
+        for key in ("feature_mean", "feature_std", "anchors", "anchor_expert", "anchor_floor"):
             if f"router.{key}" in tensors:
                 setattr(adaptor.router, key, tensors[f"router.{key}"].to(device))
+        if config["routing"] == "anchor" and "router.anchor_floor" not in tensors:  # saved before anchors had floors
+            adaptor.router.anchor_floor = torch.full((len(adaptor.router.anchors),), -1.0, device=device)
         rest = {k: v for k, v in tensors.items() if not k.startswith("router.") or k.startswith("router.rows")}
         missing, unexpected = adaptor.load_state_dict(rest, strict=False)
     missing = [k for k in missing if not k.startswith("base.") and not k.startswith("router.")]
