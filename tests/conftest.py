@@ -119,6 +119,22 @@ def restore(model, weights):
     restore_weights(model, weights)
 
 
+def run_command_here(*args) -> None:
+    """Run ``edit-plugins ARGS`` in this process and require success. A test's runs that are not killed go
+    here: a second process would import torch, transformers and EasyEdit again (about 20 s for HEAD's)."""
+    from click.testing import CliRunner
+
+    from edit_plugins.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exit_code != 0:
+        import traceback
+
+        raised = "".join(traceback.format_exception(*result.exc_info)) if result.exc_info else ""
+        pytest.fail(f"edit-plugins {' '.join(map(str, args))} exited {result.exit_code}:\n{result.output[-3000:]}"
+                    f"{raised[-3000:]}")
+
+
 def kill_at_position(victim, progress, position: int, timeout: float = 300) -> None:
     """SIGKILL a running lifelong process once its saved state (``progress``) reaches ``position``."""
     import signal

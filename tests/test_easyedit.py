@@ -299,6 +299,7 @@ def test_head_editor_edit_runs_the_shipped_hparams_as_they_are(method, name, mod
     hp = hparams.load(ROOT / "hparams" / method / f"{name}.yaml")
     if hasattr(hp, "stats_dir"):
         hp.stats_dir = stats_dir  # the test run's cache, not ./data/stats
+        hp.mom2_n_samples = min(hp.mom2_n_samples, 100)  # the statistics the suite computes once, for every test
     editor = BaseEditor.from_hparams(hp)
     prompts, subjects, new, true = EDITS[model]
     metrics, edited, _ = editor.edit(prompts=prompts, subject=subjects, target_new=new, ground_truth=true,
@@ -417,7 +418,7 @@ def test_covariance_methods_run_offline_after_stats(alg_name, tmp_path, monkeypa
 
 @pytest.mark.process
 @pytest.mark.slow
-def test_alphaedit_keeps_its_past_edits_term_across_a_kill_and_resume(tmp_path):
+def test_alphaedit_keeps_its_past_edits_term_across_a_kill_and_resume(tmp_path, monkeypatch):
     """AlphaEdit keeps the sum of past edits' key outer products (cache_c) in a module global, not in the
     weights: a killed run must save it and load it back, so that its later edits solve the same system and
     the run ends in the weights and summary of a run never killed."""
@@ -425,7 +426,7 @@ def test_alphaedit_keeps_its_past_edits_term_across_a_kill_and_resume(tmp_path):
 
     import yaml
 
-    from conftest import SHARED_DATA, kill_at_position
+    from conftest import SHARED_DATA, kill_at_position, run_command_here
     from edit_plugins import easyedit_compat
     from edit_plugins.easyedit_stats import fill_stats
     from edit_plugins.files import load_tensors
@@ -444,9 +445,8 @@ def test_alphaedit_keeps_its_past_edits_term_across_a_kill_and_resume(tmp_path):
               "--checkpoints", "1,6", "--quiet"]
     cli = lambda *args: [sys.executable, "-m", "edit_plugins.cli", "lifelong", *map(str, args)]  # noqa: E731
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    straight = subprocess.run(cli(*common, "--out", tmp_path / "straight"), capture_output=True, text=True, env=env,
-                              cwd=tmp_path)
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)
+    run_command_here("lifelong", *common, "--out", tmp_path / "straight")
 
     victim = subprocess.Popen(cli(*common, "--out", tmp_path / "killed"), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
@@ -455,9 +455,7 @@ def test_alphaedit_keeps_its_past_edits_term_across_a_kill_and_resume(tmp_path):
     saved, _ = load_tensors(tmp_path / "killed" / "state" / "method_state.safetensors")
     assert saved["cache_c"].shape == (2, 256, 256) and float(saved["cache_c"].abs().sum()) > 0
 
-    resumed = subprocess.run(cli("--out", tmp_path / "killed", "--resume", "--quiet"), capture_output=True, text=True,
-                             env=env, cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_command_here("lifelong", "--out", tmp_path / "killed", "--resume", "--quiet")
     killed, reference = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("killed", "straight"))
     assert killed == reference
     weights = [load_tensors(tmp_path / d / "state" / "edited_parameters.safetensors")[0] for d in ("killed", "straight")]
@@ -478,7 +476,7 @@ def test_restore_callable_methods_survive_a_kill_and_resume_by_replay(alg_name, 
 
     import yaml
 
-    from conftest import SHARED_DATA, kill_at_position
+    from conftest import SHARED_DATA, kill_at_position, run_command_here
     from edit_plugins import easyedit_compat
 
     if not easyedit_compat.is_head():
@@ -491,17 +489,14 @@ def test_restore_callable_methods_survive_a_kill_and_resume_by_replay(alg_name, 
               "--unrelated-data", zsre, "--num-unrelated", 10, "--quiet"]
     cli = lambda *args: [sys.executable, "-m", "edit_plugins.cli", "lifelong", *map(str, args)]  # noqa: E731
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    straight = subprocess.run(cli(*common, "--out", tmp_path / "straight"), capture_output=True, text=True, env=env)
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    run_command_here("lifelong", *common, "--out", tmp_path / "straight")
 
     victim = subprocess.Popen(cli(*common, "--out", tmp_path / "killed"), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=env)
     kill_at_position(victim, tmp_path / "killed" / "state" / "progress.json", 3, timeout=600)
     assert not (tmp_path / "killed" / "summary.json").exists()  # it died mid-run
 
-    resumed = subprocess.run(cli("--out", tmp_path / "killed", "--resume", "--quiet"), capture_output=True, text=True,
-                             env=env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_command_here("lifelong", "--out", tmp_path / "killed", "--resume", "--quiet")
     killed, reference = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("killed", "straight"))
     assert killed == reference
     state = json.loads((tmp_path / "killed" / "state" / "progress.json").read_text())
@@ -582,3 +577,19 @@ def test_ultraedit_keeps_its_lifelong_normaliser_across_calls(tiny_gpt2, tmp_pat
     fresh.apply(model, tok, [{"prompt": "Paris is in", "target_new": "Italy", "subject": "Paris"}], hp,
                 **easyedit_compat.sequential_apply_kwargs())
     assert float(next(iter(executor.alg.lifelong_normalizer.values())).n) > counts[1]
+
+
+def test_a_new_run_starts_wise_with_no_earlier_runs_edit_history():
+    """WISE replays the inputs of earlier edits from lists in its module; a second run in one process must not
+    replay the first run's edits."""
+    import importlib
+
+    from edit_plugins import easyedit_compat
+
+    if not easyedit_compat.is_head():
+        pytest.skip("WISE is EasyEdit HEAD's")
+    wise = importlib.import_module("easyeditor.models.wise.WISE")
+    wise.edit_history.append([{"input_ids": torch.tensor([[1, 2]])}, False])
+    wise.merge_group_edit_history.append([[{"input_ids": torch.tensor([[3]])}, False]])
+    easyedit_compat.clear_module_state("WISE")
+    assert wise.edit_history == [] and wise.merge_group_edit_history == []

@@ -49,6 +49,11 @@ def tiny_hp(stats_dir, layers=(1,), **guard):
     return hp
 
 
+# The guard's guarantees are algebra that holds for any value an edit asks for: the tests of them alone on
+# SmolLM2 optimise it in fewer steps.
+ALGEBRA_ONLY = {"v_num_grad_steps": 5}
+
+
 def smollm2_hp(stats_dir, **guard):
     hp = hparams.load(HPARAMS / "WilKE" / "smollm2-135m-rome.yaml")
     hp.stats_dir, hp.mom2_n_samples = stats_dir, 100
@@ -89,7 +94,7 @@ def test_guarded_edits_keep_every_earlier_key_mapped_to_its_value(model_fixture,
     model, tok = request.getfixturevalue(model_fixture)
     before = snapshot(model)
     hp, requests = (tiny_hp(stats_dir), TINY_REQUESTS) if model_fixture == "tiny_gpt2" else (
-        smollm2_hp(stats_dir, interference_guard=True), SMOLLM2_REQUESTS)
+        smollm2_hp(stats_dir, interference_guard=True, **ALGEBRA_ONLY), SMOLLM2_REQUESTS)
     try:
         drifts, events = edit_sequence(model, tok, hp, requests)
         assert max(max(d) for d in drifts[1:]) < 1e-5  # float precision, after every edit
@@ -512,7 +517,7 @@ def test_a_spread_edit_reaches_its_goal_through_every_layer_and_the_guard_holds_
     before = snapshot(model)
     tops, requests = ((3, 2), TINY_REQUESTS) if model_fixture == "tiny_gpt2" else ((6, 5), SMOLLM2_REQUESTS)
     make = (lambda **kw: tiny_hp(stats_dir, **kw)) if model_fixture == "tiny_gpt2" else (
-        lambda **kw: smollm2_hp(stats_dir, **kw))
+        lambda **kw: smollm2_hp(stats_dir, **kw, **ALGEBRA_ONLY))
     moved = {}
     try:
         for guarded in (True, False):

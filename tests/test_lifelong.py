@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import HPARAMS, ROOT, SHARED_DATA, changed_parameters, kill_at_position, snapshot
+from conftest import HPARAMS, ROOT, SHARED_DATA, changed_parameters, kill_at_position, run_command_here, snapshot
 from edit_plugins.hookspecs import hookimpl
 from edit_plugins.lifelong import metrics, scoring
 from edit_plugins.lifelong.data import DataError, EditRecord, load_records
@@ -256,16 +256,14 @@ def test_resume_after_sigkill_gives_the_same_summary(tmp_path, stats_dir, method
     common = ["--hparams", hp, "--data", ZSRE, "--num-edits", 10, "--save-every", 2, "--probe-data", KNOWN,
               "--num-probes", 10, "--quiet"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    straight = subprocess.run(cli(*common, "--out", tmp_path / "straight"), capture_output=True, text=True, env=env)
-    assert straight.returncode == 0, straight.stderr
+    run_command_here("lifelong", *common, "--out", tmp_path / "straight")
 
     victim = subprocess.Popen(cli(*common, "--out", tmp_path / "killed"), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env=env)
     kill_at_position(victim, tmp_path / "killed" / "state" / "progress.json", 4)
     assert not (tmp_path / "killed" / "summary.json").exists()  # it really died mid-run
 
-    resumed = subprocess.run(cli("--out", tmp_path / "killed", "--resume"), capture_output=True, text=True, env=env)
-    assert resumed.returncode == 0, resumed.stderr
+    run_command_here("lifelong", "--out", tmp_path / "killed", "--resume")
     assert (tmp_path / "killed" / "summary.json").read_text() == (tmp_path / "straight" / "summary.json").read_text()
     edits = [json.loads(e) for e in (tmp_path / "killed" / "edits.jsonl").read_text().splitlines()]
     assert [e["step"] for e in edits] == list(range(1, 11))
@@ -283,7 +281,8 @@ def test_short_run_on_smollm2(tmp_path, smollm2, stats_dir):
     before = snapshot(model)
     try:
         summary = run_lifelong(hp, CF_ROME, tmp_path / "run", model=model, tok=tok,
-                               options=RunOptions(num_edits=4, probe_data=str(KNOWN), num_probes=20), progress_bar=False)
+                               options=RunOptions(num_edits=4, checkpoints=[4], probe_data=str(KNOWN), num_probes=20),
+                               progress_bar=False)
     finally:
         from conftest import restore
 

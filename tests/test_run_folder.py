@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import HPARAMS, ROOT, SHARED_DATA, changed_parameters, snapshot
+from conftest import HPARAMS, ROOT, SHARED_DATA, changed_parameters, run_command_here, snapshot
 from edit_plugins.cli import main
 from edit_plugins.hparams import HparamsError
 from edit_plugins.hparams import load as load_hparams
@@ -66,8 +66,7 @@ def straight_run(tmp_path_factory, stats_dir):
     folder = tmp_path_factory.mktemp("straight")
     hp = tiny_hparams(stats_dir, folder)
     common = ["lifelong", "--hparams", hp, "--data", ZSRE, "--num-edits", 6, "--save-every", 2, "--quiet"]
-    out = run_cli(*common, "--out", folder / "run")
-    assert out.returncode == 0, out.stderr
+    run_command_here(*common, "--out", folder / "run")
     return common, folder / "run"
 
 

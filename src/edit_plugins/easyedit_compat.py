@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,8 +277,11 @@ def prepare_for_sequential_use(alg_name: str, hparams) -> None:
 # fresh process would sample other ones from the edited model; cache_c (AlphaEdit, SPHERE): Σ k kᵀ of the past
 # edits' keys, the past-edits term of every later solve, with cache_c_new saying whether it exists yet.
 # A lifelong run saves them with its state, and clears them when it starts: a second run in one process would
-# otherwise begin with the first run's.
+# otherwise begin with the first run's. WISE keeps the inputs of its edits in lists beside its editor class
+# (edit_history, merge_group_edit_history: replayed at later edits when retrieve and replay are set); a resumed
+# run rebuilds them by replaying its edits, and a new one starts them empty.
 _TEMPLATES = "CONTEXT_TEMPLATES_CACHE"
+_EDIT_HISTORIES = ("edit_history", "merge_group_edit_history")
 MODULE_STATE_FORMAT = "edit-plugins easyedit module state v1"
 
 
@@ -292,6 +296,17 @@ def _state_module(alg_name: str):
     return module if hasattr(module, _TEMPLATES) or hasattr(module, "cache_c_new") else None
 
 
+def _package_modules(alg_name: str) -> list:
+    """The loaded modules of the EasyEdit package that holds ``alg_name``'s apply function."""
+    if easyeditor_module() is None:
+        return []
+    module = inspect.getmodule(alg_dict().get(alg_name))
+    if module is None or not module.__name__.startswith("easyeditor.models."):
+        return []
+    package = module.__name__.rpartition(".")[0]
+    return [m for name, m in list(sys.modules.items()) if m is not None and name.startswith(package + ".")]
+
+
 def clear_module_state(alg_name: str) -> None:
     """The method's next call starts as in a fresh process: no templates yet, no past edits."""
     module = _state_module(alg_name)
@@ -302,6 +317,10 @@ def clear_module_state(alg_name: str) -> None:
             module.cache_c_new = False  # what its own reset_cache does
         if hasattr(module, "P_loaded"):
             module.P_loaded = False  # AlphaEdit loads its projection once per process: this run's P_loc
+    for sibling in _package_modules(alg_name):
+        for name in _EDIT_HISTORIES:
+            if isinstance(getattr(sibling, name, None), list):
+                setattr(sibling, name, [])
     executor = getattr(alg_dict().get(alg_name) if easyeditor_module() is not None else None, "__self__", None)
     if hasattr(executor, "is_init"):
         executor.is_init = False  # an executor object in ALG_DICT (UltraEdit's) holding an earlier run's model
