@@ -98,9 +98,12 @@ def train_expert(model, tok, adaptor: LEMoELayer, requests: list[EditRequest], h
                     kl = head.kl_from(reference, hidden[negative_rows, negative_pos])
                     report["negative_kl"] = float(kl.detach())
                     loss = loss + hp.negative_weight * kl
-                if not loss.requires_grad:  # no row reaches the new expert: an earlier anchor beats every one
+                if not loss.requires_grad:  # no row reaches the new expert: an earlier anchor beats every one,
+                    # or the new anchors match ordinary text as well as their own prompts (their floors)
                     raise AdaptorError(f"LEMoE: none of this batch's prompts routes to its new expert "
-                                       f"({[r.prompt for r in requests]}); routing_threshold is {hp.routing_threshold}")
+                                       f"({[r.prompt for r in requests]}); routing_threshold is {hp.routing_threshold}, "
+                                       f"generic_text_margin {hp.generic_text_margin} (an anchor must also beat its "
+                                       f"best match in ordinary text by it)")
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
