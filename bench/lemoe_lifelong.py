@@ -4,6 +4,9 @@
     variants: full | templates | token_span | token_span_templates | token_span_templates_longer | softmax_router | no_order_planning | unfrozen | negatives | layer11 | negatives_layer11 | wilke | rome
     datasets: zsre (MEND's, NQ locality) | knowedit_zsre (same-subject locality; 200 NQ questions scored beside) | counterfact
 
+A run stopped before its end (a session's end, a kill) continues from its last saved state when the same
+command is run again (``--fresh`` starts it over); its wall time is then this process's.
+
 Writes bench/results/lemoe_<dataset>_<variant>_<edits>.json: the run's summary, wall time, peak RSS,
 and for LEMoE the adaptor's size and training seconds per expert (inference overhead:
 bench/lemoe_inference.py, on the adaptor the run saves).
@@ -20,7 +23,7 @@ from bench.relation_negatives import NEGATIVES
 from edit_plugins import hparams
 from edit_plugins.lifelong.data import load_records
 from edit_plugins.lifelong.run_log import read_checkpoints, read_edits, read_timing
-from edit_plugins.lifelong import RunOptions, run_lifelong
+from edit_plugins.lifelong import RunOptions, resume_lifelong, run_lifelong
 from edit_plugins.models import load_model
 
 
@@ -50,6 +53,7 @@ def main():
     parser.add_argument("--dataset", choices=["zsre", "knowedit_zsre", "counterfact"], required=True)
     parser.add_argument("--edits", type=int, default=300)
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="full")
+    parser.add_argument("--fresh", action="store_true", help="start over instead of continuing a stopped run")
     args = parser.parse_args()
 
     model, tok = load_model("smollm2-135m", bench_device())
@@ -70,15 +74,20 @@ def main():
     unrelated = ({"unrelated_data": str(SHARED / "zsre_mend_eval.json"), "num_unrelated": 200}
                  if args.dataset == "knowedit_zsre" else {})
     folder = ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}{device_suffix()}"
-    shutil.rmtree(folder, ignore_errors=True)
     started = time.perf_counter()
-    summary = run_lifelong(hp, records, folder, model=model, tok=tok,
-                           options=RunOptions(probe_data=str(SHARED / "known_1000.json"), num_probes=100,
-                                              save_every=50, checkpoints=[1, 10, 50, 100, 200, 300],
-                                              **unrelated),
-                           progress_bar=False)
+    resumed = (folder / "config.yaml").is_file() and not args.fresh
+    if resumed:
+        summary = resume_lifelong(folder, model=model, tok=tok, records=records, progress_bar=False)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+        summary = run_lifelong(hp, records, folder, model=model, tok=tok,
+                               options=RunOptions(probe_data=str(SHARED / "known_1000.json"), num_probes=100,
+                                                  save_every=50, checkpoints=[1, 10, 50, 100, 200, 300],
+                                                  **unrelated),
+                               progress_bar=False)
     result = {"dataset": args.dataset, "variant": args.variant, "edits": len(records), "fast_scan_estimate": FAST_SCAN_ESTIMATE,
-              "wall_seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(peak_rss_mb()),
+              "wall_seconds": round(time.perf_counter() - started, 1), "resumed": resumed,
+              "peak_rss_mb": round(peak_rss_mb()),
               "hparams": {k: v for k, v in vars(hp).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
               "summary": summary, "checkpoints": read_checkpoints(folder),
               "timing": read_timing(folder)}
