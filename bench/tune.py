@@ -153,6 +153,10 @@ def tuning_page(rows_) -> str:
                          f"| {_f(r['seconds_per_edit'], 2)} |")
         notes = sweep(method).get("notes")  # what a reader of the table must know
         lines += ["", notes.strip(), ""] if notes else [""]
+    for method in sorted({p.stem for p in SWEEPS.glob("*.yaml")} - {r["method"] for r in rows_}):
+        notes = sweep(method).get("notes") or ""
+        lines += [f"## {method}", "", sweep(method).get("why", "").strip(), "",
+                  f"Not run yet: none of its {len(sweep(method)['configs'])} configurations. {notes.strip()}".strip(), ""]
     return "\n".join(lines)
 
 
