@@ -18,6 +18,8 @@ import shutil
 import statistics
 import time
 
+import torch
+
 from bench.common import bench_device, device_suffix, FAST_SCAN_ESTIMATE, ROOT, SHARED, known_counterfact, peak_rss_mb, setup, write_result
 from bench.relation_negatives import NEGATIVES
 from edit_plugins import hparams
@@ -87,6 +89,7 @@ def main():
                                progress_bar=False)
     result = {"dataset": args.dataset, "variant": args.variant, "edits": len(records), "fast_scan_estimate": FAST_SCAN_ESTIMATE,
               "wall_seconds": round(time.perf_counter() - started, 1), "resumed": resumed,
+              "threads": torch.get_num_threads(),
               "peak_rss_mb": round(peak_rss_mb()),
               "hparams": {k: v for k, v in vars(hp).items() if isinstance(v, (int, float, str, bool, list, type(None)))},
               "summary": summary, "checkpoints": read_checkpoints(folder),

@@ -353,6 +353,12 @@ def lemoe(lines: list[str]) -> None:
             routing = load(f"lemoe_routing_{r['dataset']}_{r['variant']}_{r['edits']}")
             return f(routing["locality"]["unedited_subjects"]) + "†" if routing else "n/a"
 
+        def wall_cell(r):
+            """Wall seconds, and how they were measured where that differs from alone on both cores."""
+            how = [w for w, on in (("1 thread, beside another job", r.get("threads") == 1),
+                                   ("this process's share of a resumed run", r.get("resumed"))) if on]
+            return f(r["wall_seconds"], 0) + (f" ({'; '.join(how)})" if how else "")
+
         table_rows = []
         for r in rows:
             final = r["summary"]["final_checkpoint"]
@@ -363,7 +369,7 @@ def lemoe(lines: list[str]) -> None:
                          f"{f(final.get('retention_rephrase_acc'))} | {f(final.get('retention_paraphrase'))} | "
                          f"{f(final.get('locality_acc'))} | {unedited_subject_locality(r, final)} | "
                          f"{f(final.get('unrelated_locality'))} | "
-                         f"{f(final.get('probe_locality'))} | {f(r['wall_seconds'], 0)} | {r['peak_rss_mb']} |")
+                         f"{f(final.get('probe_locality'))} | {wall_cell(r)} | {r['peak_rss_mb']} |")
         for dataset, variant, edits, last in partial:
             table_rows.append(f"| {dataset} | {last['step']} of {edits} (unfinished run: its latest checkpoint) | "
                          f"{labels[variant]} | {f(last.get('retention_gen_em'))} / {f(last.get('retention_acc'))} | "
