@@ -78,7 +78,11 @@ def main():
     folder = ROOT / "runs" / f"bench-lemoe-{args.dataset}-{args.variant}-{args.edits}{device_suffix()}"
     started = time.perf_counter()
     resumed = (folder / "config.yaml").is_file() and not args.fresh
-    if resumed:
+    if resumed:  # with the settings it started with, which the result then records
+        import yaml
+
+        hp = hparams.from_dict(yaml.safe_load((folder / "config.yaml").read_text())["hparams"],
+                               f"{folder}/config.yaml: hparams")
         summary = resume_lifelong(folder, model=model, tok=tok, records=records, progress_bar=False)
     else:
         shutil.rmtree(folder, ignore_errors=True)
