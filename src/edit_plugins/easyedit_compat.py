@@ -285,22 +285,24 @@ _EDIT_HISTORIES = ("edit_history", "merge_group_edit_history")
 MODULE_STATE_FORMAT = "edit-plugins easyedit module state v1"
 
 
-def _state_module(alg_name: str):
-    """The module of EasyEdit's apply function for ``alg_name``, where it keeps any of those globals."""
+def _apply_module(alg_name: str):
+    """The EasyEdit module of ``alg_name``'s apply function; None where EasyEdit is absent or it is not EasyEdit's."""
     if easyeditor_module() is None:
         return None
     apply_fn = alg_dict().get(alg_name)
     module = inspect.getmodule(apply_fn) if apply_fn is not None else None
-    if module is None or not module.__name__.startswith("easyeditor."):
-        return None
+    return module if module is not None and module.__name__.startswith("easyeditor.") else None
+
+
+def _state_module(alg_name: str):
+    """The module of EasyEdit's apply function for ``alg_name``, where it keeps any of those globals."""
+    module = _apply_module(alg_name)
     return module if hasattr(module, _TEMPLATES) or hasattr(module, "cache_c_new") else None
 
 
 def _package_modules(alg_name: str) -> list:
     """The loaded modules of the EasyEdit package that holds ``alg_name``'s apply function."""
-    if easyeditor_module() is None:
-        return []
-    module = inspect.getmodule(alg_dict().get(alg_name))
+    module = _apply_module(alg_name)
     if module is None or not module.__name__.startswith("easyeditor.models."):
         return []
     package = module.__name__.rpartition(".")[0]
